@@ -1,0 +1,27 @@
+# eroseg: adversarial robustness of semantic segmentation, end to end.
+#
+#   snakemake --cores 2                      # embedded synthetic default
+#   snakemake --cores 2 --configfile config/tests.yaml
+#   snakemake --report results/report.html   # one page with every table and figure
+#
+# The rules only call the `eroseg` CLI; all logic lives in the package.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/figures.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

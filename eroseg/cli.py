@@ -1,0 +1,303 @@
+"""The ``eroseg`` command line: one subcommand per pipeline stage.
+
+Snakemake rules call these subcommands through ``shell:`` and pass every
+hyper-parameter on the command line (nested settings as JSON), so the package
+never reads the workflow's config file and a rule's ``params`` are exactly
+what the command receives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+log = logging.getLogger("eroseg")
+
+_FRACTION = re.compile(r"^\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
+_REL_EPS = re.compile(r"^\s*eps\s*([*/])\s*([0-9.eE+-]+)\s*$")
+
+
+def parse_number(value, *, eps: float | None = None, name: str = "value") -> float:
+    """Parse a number given as ``0.03``, ``"8/255"`` or, with ``eps`` known, ``"eps/4"``.
+
+    Raises:
+        ValueError: naming ``name`` and the accepted forms.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        s = value.strip()
+        try:
+            return float(s)
+        except ValueError:
+            pass
+        m = _FRACTION.match(s)
+        if m:
+            return float(m.group(1)) / float(m.group(2))
+        m = _REL_EPS.match(s)
+        if m and eps is not None:
+            k = float(m.group(2))
+            return eps / k if m.group(1) == "/" else eps * k
+    raise ValueError(f"{name}: cannot parse {value!r}; expected a number, a fraction like '8/255' or 'eps/4'")
+
+
+def resolve_attack_params(params: dict) -> dict:
+    """Turn ``eps``/``step_size`` strings (``"8/255"``, ``"eps/4"``) into floats."""
+    out = dict(params)
+    if "eps" in out:
+        out["eps"] = parse_number(out["eps"], name="eps")
+    if "step_size" in out:
+        out["step_size"] = parse_number(out["step_size"], eps=out.get("eps"), name="step_size")
+    return out
+
+
+def _json_arg(text: str, what: str) -> dict:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"eroseg: {what} is not valid JSON: {err}: {text!r}") from err
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SystemExit(f"eroseg: {what} must be a JSON object, got {text!r}")
+    return value
+
+
+def _setup(args) -> None:
+    logging.basicConfig(
+        level=logging.INFO if not getattr(args, "quiet", False) else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    threads = getattr(args, "threads", None)
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+def _make_attack(name: str | None, params: dict, extra: dict | None = None):
+    if not name or name == "none":
+        return None
+    from eroseg.attacks import create_attack
+
+    return create_attack(name, **resolve_attack_params({**params, **(extra or {})}))
+
+
+def _dataset(name: str, root: str, split: str, **kwargs):
+    from eroseg.data import get_dataset
+
+    return get_dataset(name, os.path.expandvars(os.path.expanduser(root)), split, **kwargs)
+
+
+# --------------------------------------------------------------------- commands
+def cmd_synthesize(args) -> None:
+    from eroseg.data import generate_synthetic
+
+    generate_synthetic(
+        args.root, n_train=args.n_train, n_val=args.n_val, height=args.height, width=args.width, seed=args.seed
+    )
+
+
+def cmd_prepare(args) -> None:
+    from eroseg.data import prepare_dataset
+
+    prepare_dataset(
+        args.dataset, os.path.expandvars(os.path.expanduser(args.root)), args.splits,
+        manifest_path=args.manifest, frequencies_path=args.frequencies,
+    )
+
+
+def cmd_train(args) -> None:
+    from eroseg.data import dataset_info
+    from eroseg.device import select_device
+    from eroseg.train import TrainConfig, train
+
+    cfg = TrainConfig.from_dict(_json_arg(args.train, "--train"))
+    model_cfg = _json_arg(args.model, "--model")
+    attack_params = _json_arg(args.attack_params, "--attack-params")
+    info = dataset_info(args.dataset)
+    device = select_device(args.device)
+    attack = _make_attack(args.attack, attack_params, {"amp": cfg.amp})
+    robust = None
+    if cfg.val_robust_steps > 0 and args.robust_eps:
+        robust = _make_attack("pgd", {"eps": args.robust_eps, "step_size": args.robust_step_size,
+                                      "steps": cfg.val_robust_steps, "amp": cfg.amp})
+    train_set = _dataset(args.dataset, args.root, args.train_split)
+    val_set = _dataset(args.dataset, args.root, args.val_split) if args.val_split else None
+    train(
+        train_set=train_set, val_set=val_set, num_classes=info.num_classes, model_cfg=model_cfg, cfg=cfg,
+        attack=attack, out=args.out, log_path=args.log, seed=args.seed, device=device,
+        meta={"method": args.method, "attack": args.attack, "attack_params": attack_params,
+              "dataset": args.dataset, "classes": list(info.classes)},
+        robust_attack=robust, progress=not args.quiet,
+    )
+
+
+def cmd_evaluate(args) -> None:
+    import numpy as np
+
+    from eroseg.device import select_device
+    from eroseg.evaluate import evaluate
+    from eroseg.io import atomic_path, write_json
+    from eroseg.models import load_model
+
+    device = select_device(args.device)
+    model, meta = load_model(args.checkpoint, map_location=device)
+    params = _json_arg(args.attack_params, "--attack-params")
+    attack = _make_attack(args.attack, params, {"amp": args.amp})
+    dataset = _dataset(args.dataset, args.root, args.split)
+    res = evaluate(
+        model, dataset, int(meta["num_classes"]), attack=attack, batch_size=args.batch_size, device=device,
+        seed=args.seed, amp=args.amp, num_samples=args.samples_n if args.samples else 0,
+        record_steps=args.record_steps, max_images=args.max_images,
+    )
+    record = {
+        "checkpoint": str(args.checkpoint),
+        "method": meta.get("method"),
+        "seed": meta.get("seed"),
+        "attack": args.attack if args.attack else "none",
+        "attack_name": args.name or (args.attack or "clean"),
+        "attack_params": resolve_attack_params(params) if attack is not None else {},
+        "split": args.split,
+        "num_images": int(res["per_image"].tp.shape[0]),
+        "classes": meta.get("classes"),
+        **res["metrics"],
+        "per_image": {**res["per_image"].to_dict(), "pixel_acc": [float(v) for v in res["per_image"].pixel_acc]},
+        "seconds": res["seconds"],
+    }
+    if args.samples:
+        with atomic_path(args.samples) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **res["samples"], **{f"step_{k}": v for k, v in res["steps"].items()})
+    write_json(args.out, record)
+    log.info("%s: mIoU %.4f pixel acc %.4f (%d images, %.1f s)", record["attack_name"], record["miou"],
+             record["pixel_acc"], record["num_images"], res["seconds"])
+
+
+def cmd_aggregate(args) -> None:
+    from eroseg.aggregate import aggregate
+
+    aggregate(args.evals, _json_arg(args.spec, "--spec"), args.out_dir)
+
+
+def cmd_figures(args) -> None:
+    from eroseg.figures import make_figures
+
+    make_figures(
+        evals=args.evals, logs=args.logs, samples=args.samples, steps=args.steps,
+        spec=_json_arg(args.spec, "--spec"), out_dir=args.out_dir,
+    )
+
+
+# ----------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from eroseg import __version__
+
+    p = argparse.ArgumentParser(prog="eroseg", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"eroseg {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, threads=True):
+        sp.add_argument("--quiet", action="store_true", help="only warnings")
+        if threads:
+            sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+    s = sub.add_parser("synthesize", help="generate the embedded synthetic dataset (PASCAL VOC layout)")
+    s.add_argument("--root", required=True)
+    s.add_argument("--n-train", type=int, required=True)
+    s.add_argument("--n-val", type=int, required=True)
+    s.add_argument("--height", type=int, required=True)
+    s.add_argument("--width", type=int, required=True)
+    s.add_argument("--seed", type=int, default=0)
+    common(s, threads=False)
+    s.set_defaults(func=cmd_synthesize)
+
+    s = sub.add_parser("prepare", help="validate a dataset; write its manifest and class frequencies")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--root", required=True)
+    s.add_argument("--splits", nargs="+", default=["train", "val"])
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--frequencies", required=True)
+    common(s, threads=False)
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("train", help="train one model (standard or adversarial); resumes if interrupted")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--root", required=True)
+    s.add_argument("--train-split", default="train")
+    s.add_argument("--val-split", default="val")
+    s.add_argument("--model", default="{}", help="model config as JSON (arch, encoder, encoder_weights, kwargs)")
+    s.add_argument("--train", default="{}", help="training config as JSON (see eroseg.train.TrainConfig)")
+    s.add_argument("--method", default=None, help="method name stored in the checkpoint")
+    s.add_argument("--attack", default=None, help="training attack name (none: standard training)")
+    s.add_argument("--attack-params", default="{}", help="training attack parameters as JSON")
+    s.add_argument("--robust-eps", default=None, help="eps of the per-epoch robust val check, e.g. 8/255")
+    s.add_argument("--robust-step-size", default="eps/4")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--out", required=True)
+    s.add_argument("--log", required=True)
+    common(s)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="evaluate a checkpoint, clean or under one attack")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--root", required=True)
+    s.add_argument("--split", default="val")
+    s.add_argument("--attack", default=None, help="attack name, or none for clean")
+    s.add_argument("--attack-params", default="{}")
+    s.add_argument("--name", default=None, help="label of this attack setting in tables")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--max-images", type=int, default=None)
+    s.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    s.add_argument("--samples", default=None, help="write qualitative examples (.npz) here")
+    s.add_argument("--samples-n", type=int, default=4)
+    s.add_argument("--record-steps", action="store_true", help="record per-step attack masks into --samples")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--out", required=True)
+    common(s)
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("aggregate", help="tables (CSV, Markdown) from evaluation JSON files")
+    s.add_argument("--evals", nargs="+", required=True)
+    s.add_argument("--spec", default="{}", help="which tables to build, as JSON")
+    s.add_argument("--out-dir", required=True)
+    common(s, threads=False)
+    s.set_defaults(func=cmd_aggregate)
+
+    s = sub.add_parser("figures", help="figures (PNG, SVG) from evaluation JSON, logs and samples")
+    s.add_argument("--evals", nargs="*", default=[])
+    s.add_argument("--logs", nargs="*", default=[])
+    s.add_argument("--samples", nargs="*", default=[])
+    s.add_argument("--steps", default=None, help="npz with an EroSeg run's per-step masks")
+    s.add_argument("--spec", default="{}")
+    s.add_argument("--out-dir", required=True)
+    common(s, threads=False)
+    s.set_defaults(func=cmd_figures)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup(args)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        # Errors a user can act on: one line, no traceback.
+        if os.environ.get("EROSEG_TRACEBACK"):
+            raise
+        log.error("%s", err)
+        return 1
+    return 0

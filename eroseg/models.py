@@ -1,0 +1,208 @@
+"""Segmentation models and checkpoints.
+
+Models come from segmentation-models-pytorch (any architecture, any encoder it
+offers) and are wrapped by :class:`SegmentationModel`, which takes images in
+[0, 1] and normalises inside. Attacks therefore work in pixel space and eps is
+in pixel units (8/255). The wrapper also pads inputs to the multiple of 32
+that the encoders need and crops the logits back, so any image size works.
+
+Checkpoints are plain dicts of tensors and JSON-like metadata, saved
+atomically and loaded with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from eroseg import __version__
+from eroseg.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CHECKPOINT_FORMAT = "eroseg-checkpoint-v1"
+
+
+class SegmentationModel(nn.Module):
+    """Wraps a segmentation network so that it takes images in [0, 1].
+
+    Args:
+        net: module mapping normalised images ``[B, 3, H, W]`` to logits ``[B, C, H, W]``.
+        mean: per-channel mean used for normalisation.
+        std: per-channel standard deviation used for normalisation.
+        pad_multiple: inputs are padded (replicate) to a multiple of this size
+            and the logits are cropped back; 1 disables padding.
+
+    Shape:
+        - Input: ``[B, 3, H, W]`` float in [0, 1].
+        - Output: ``[B, C, H, W]`` logits.
+    """
+
+    def __init__(self, net: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD, pad_multiple: int = 32):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.pad_multiple = int(pad_multiple)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:
+            raise ValueError(
+                f"expected images of shape [B, {self.mean.shape[1]}, H, W] in [0, 1], got {tuple(x.shape)}"
+            )
+        h, w = x.shape[-2:]
+        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        m = self.pad_multiple
+        ph, pw = (-h) % m, (-w) % m
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        out = self.net(x)
+        return out[..., :h, :w] if (ph or pw) else out
+
+
+def _resolve_encoder_weights(encoder_weights: str | None) -> tuple[str | None, Path | None]:
+    """Split ``encoder_weights`` into an smp weights name or a local file."""
+    if encoder_weights in (None, "", "none", "None"):
+        return None, None
+    expanded = os.path.expandvars(os.path.expanduser(str(encoder_weights)))
+    if os.sep in expanded or expanded.endswith((".pth", ".pt", ".safetensors", ".bin")):
+        path = Path(expanded)
+        if not path.is_file():
+            raise FileNotFoundError(f"encoder_weights: local weights file {path} not found")
+        return None, path
+    return str(encoder_weights), None
+
+
+def create_model(
+    arch: str = "Unet",
+    encoder: str = "resnet18",
+    num_classes: int = 21,
+    *,
+    encoder_weights: str | None = None,
+    pad_multiple: int = 32,
+    **arch_kwargs: Any,
+) -> SegmentationModel:
+    """Create a segmentation-models-pytorch model wrapped to take [0, 1] images.
+
+    Args:
+        arch: smp architecture name (``Unet``, ``DeepLabV3``, ``DeepLabV3Plus``,
+            ``PSPNet``, ``FPN``, ...), case-insensitive.
+        encoder: smp encoder name (``resnet18``, ``resnet50``, ``tu-...``).
+        num_classes: number of output classes.
+        encoder_weights: ``None`` (default, random init), an smp weights name
+            such as ``"imagenet"`` (needs a download or a filled cache), or a
+            path to a local encoder state-dict file.
+        pad_multiple: see :class:`SegmentationModel`.
+        **arch_kwargs: passed to the smp architecture (e.g. ``decoder_channels``).
+
+    Raises:
+        ValueError: unknown architecture or encoder (the message lists the valid ones).
+        RuntimeError: pretrained weights were asked for but cannot be downloaded.
+    """
+    import segmentation_models_pytorch as smp
+
+    archs = {k.lower(): cls.__name__ for k, cls in smp.MODEL_ARCHITECTURES_MAPPING.items()}
+    if arch.lower() not in archs:
+        raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(sorted(archs.values()))}")
+    encoders = smp.encoders.get_encoder_names()
+    if encoder not in encoders and not encoder.startswith("tu-"):
+        raise ValueError(
+            f"unknown encoder {encoder!r}; valid: smp encoders such as resnet18, resnet50, mobilenet_v2, "
+            f"or any timm model as 'tu-<name>' (full list: segmentation_models_pytorch.encoders.get_encoder_names())"
+        )
+    weights_name, weights_file = _resolve_encoder_weights(encoder_weights)
+    kwargs = dict(arch_kwargs)
+    for key in ("decoder_channels", "encoder_output_stride"):
+        if isinstance(kwargs.get(key), list):
+            kwargs[key] = tuple(kwargs[key])
+    try:
+        net = smp.create_model(
+            archs[arch.lower()], encoder_name=encoder, encoder_weights=weights_name, classes=num_classes, **kwargs
+        )
+    except Exception as err:  # hub clients raise many types; turn them into one actionable message
+        if weights_name is None:
+            raise
+        raise RuntimeError(
+            f"could not load pretrained encoder weights {weights_name!r} for encoder {encoder!r} "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). This machine may be offline. "
+            "Either set encoder_weights to null (random init), or download the encoder's state dict on a "
+            "machine with internet and set encoder_weights to that local file path."
+        ) from err
+    if weights_file is not None:
+        state = torch.load(weights_file, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+        missing, unexpected = net.encoder.load_state_dict(state, strict=False)
+        loaded = len(state) - len(unexpected)
+        if loaded == 0:
+            raise ValueError(f"{weights_file}: no tensor matches encoder {encoder!r}; is it that encoder's state dict?")
+        if missing:
+            log.warning("%s: %d encoder tensors not in the file (kept random): %s", weights_file, len(missing), missing[:5])
+    return SegmentationModel(net, pad_multiple=pad_multiple)
+
+
+def model_from_config(cfg: dict, num_classes: int) -> SegmentationModel:
+    """Build a model from a model config dict (``arch``, ``encoder``, ``encoder_weights``, ``kwargs``)."""
+    return create_model(
+        cfg.get("arch", "Unet"),
+        cfg.get("encoder", "resnet18"),
+        num_classes,
+        encoder_weights=cfg.get("encoder_weights"),
+        **(cfg.get("kwargs") or {}),
+    )
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict, **state: Any) -> None:
+    """Save ``model``'s state dict with metadata atomically.
+
+    Args:
+        path: target file.
+        model: the model (a DDP wrapper is unwrapped).
+        meta: JSON-like metadata; must contain ``model`` (the model config)
+            and ``num_classes`` so that :func:`load_model` can rebuild it.
+        **state: further entries (optimizer state, epoch, RNG states...),
+            which must be tensors or plain containers for ``weights_only`` loading.
+    """
+    net = model.module if hasattr(model, "module") else model
+    ckpt = {
+        "format": CHECKPOINT_FORMAT,
+        "version": __version__,
+        "meta": meta,
+        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        **state,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint dict with ``weights_only=True``; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not an eroseg checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    return ckpt
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[SegmentationModel, dict]:
+    """Rebuild the model of a checkpoint; returns ``(model in eval mode, meta)``."""
+    ckpt = load_checkpoint(path, map_location)
+    meta = ckpt["meta"]
+    model_cfg = dict(meta["model"])
+    model_cfg["encoder_weights"] = None  # the trained weights below replace any pretrained ones
+    model = model_from_config(model_cfg, int(meta["num_classes"]))
+    model.load_state_dict(ckpt["state_dict"])
+    return model.to(map_location).eval(), meta

@@ -1,0 +1,34 @@
+# Tables and figures: cheap local jobs that read JSON/CSV/NPZ only (no model is loaded).
+
+
+rule aggregate:
+    input:
+        evals=all_eval_paths(),
+    output:
+        [f"{OUT}/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md")],
+    params:
+        spec=js(aggregate_spec()),
+        out_dir=f"{OUT}/tables",
+        code=CODE_AGG,
+    log:
+        f"{OUT}/logs/aggregate.log",
+    shell:
+        "eroseg aggregate --evals {input.evals} --spec {params.spec:q} --out-dir {params.out_dir} > {log} 2>&1"
+
+
+rule figures:
+    input:
+        evals=all_eval_paths(),
+        logs=[f"{OUT}/models/{m}/seed{s}/log.csv" for m in METHODS for s in SEEDS],
+        samples=samples_path(),
+    output:
+        [f"{OUT}/figures/{f}.{ext}" for f in FIGURES for ext in ("png", "svg")],
+    params:
+        spec=js(figure_spec()),
+        out_dir=f"{OUT}/figures",
+        code=CODE_FIG,
+    log:
+        f"{OUT}/logs/figures.log",
+    shell:
+        "MPLBACKEND=Agg eroseg figures --evals {input.evals} --logs {input.logs} --samples {input.samples}"
+        " --steps {input.samples} --spec {params.spec:q} --out-dir {params.out_dir} > {log} 2>&1"

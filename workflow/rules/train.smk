@@ -1,0 +1,33 @@
+# Training: every method in the config, for every seed. A method's params are
+# only its own attack and the shared settings, so changing one method's
+# parameter retrains that method only.
+
+
+rule train:
+    input:
+        manifest=f"{OUT}/data/manifest.csv",
+    output:
+        model=f"{OUT}/models/{{method}}/seed{{seed}}/model.pt",
+        log=f"{OUT}/models/{{method}}/seed{{seed}}/log.csv",
+    params:
+        dataset=DATASET["name"],
+        root=DATA_ROOT,
+        train_split=DATASET["train_split"],
+        val_split=DATASET["val_split"],
+        model=js(config["model"]),
+        train=js(config["train"]),
+        attack=lambda wc: training_attack(wc.method)[0] or "none",
+        attack_params=lambda wc: js(training_attack(wc.method)[1]),
+        robust_eps=config["adversarial_training"]["eps"],
+        code=CODE_TRAIN,
+    threads: config["resources"]["threads"]
+    resources:
+        gpu=1,
+    log:
+        f"{OUT}/logs/train/{{method}}_seed{{seed}}.log",
+    shell:
+        "eroseg train --dataset {params.dataset} --root {params.root:q} --train-split {params.train_split}"
+        " --val-split {params.val_split} --model {params.model:q} --train {params.train:q}"
+        " --method {wildcards.method} --attack {params.attack} --attack-params {params.attack_params:q}"
+        " --robust-eps {params.robust_eps:q} --seed {wildcards.seed} --threads {threads}"
+        " --out {output.model} --log {output.log} > {log} 2>&1"
