@@ -14,11 +14,21 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/figures.smk"
+
+
+# Cheap jobs that read JSON/CSV only: never submitted to a cluster.
+localrules:
+    all,
+    aggregate,
+    figures,
 
 
 rule all:

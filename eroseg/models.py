@@ -140,12 +140,16 @@ def create_model(
         state = torch.load(weights_file, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
-        missing, unexpected = net.encoder.load_state_dict(state, strict=False)
-        loaded = len(state) - len(unexpected)
-        if loaded == 0:
+        own = net.encoder.state_dict()
+        matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        missing = sorted(set(own) - set(matching))
+        if not matching:
             raise ValueError(f"{weights_file}: no tensor matches encoder {encoder!r}; is it that encoder's state dict?")
         if missing:
             log.warning("%s: %d encoder tensors not in the file (kept random): %s", weights_file, len(missing), missing[:5])
+        own.update(matching)
+        # smp encoders override load_state_dict (dropping classifier keys); load the full dict.
+        net.encoder.load_state_dict(own)
     return SegmentationModel(net, pad_multiple=pad_multiple)
 
 

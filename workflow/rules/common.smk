@@ -193,6 +193,14 @@ def figure_spec():
 
 TABLES = ["main", "results", "steps", "eps", "ablation"]
 FIGURES = ["robust_vs_steps", "robust_vs_eps", "per_class_iou", "training_curves", "qualitative", "erosion"]
+FIGURE_CAPTIONS = {
+    "robust_vs_steps": "fig_sweeps",
+    "robust_vs_eps": "fig_sweeps",
+    "per_class_iou": "fig_per_class",
+    "training_curves": "fig_training",
+    "qualitative": "fig_qualitative",
+    "erosion": "fig_erosion",
+}
 
 
 def all_outputs():

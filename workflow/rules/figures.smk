@@ -5,7 +5,13 @@ rule aggregate:
     input:
         evals=all_eval_paths(),
     output:
-        [f"{OUT}/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md")],
+        report(f"{OUT}/tables/main.csv", caption="../report/table_main.rst", category="Tables"),
+        [
+            report(f"{OUT}/tables/{t}.csv", caption="../report/table_other.rst", category="Tables")
+            for t in TABLES
+            if t != "main"
+        ],
+        [f"{OUT}/tables/{t}.md" for t in TABLES],
     params:
         spec=js(aggregate_spec()),
         out_dir=f"{OUT}/tables",
@@ -22,7 +28,11 @@ rule figures:
         logs=[f"{OUT}/models/{m}/seed{s}/log.csv" for m in METHODS for s in SEEDS],
         samples=samples_path(),
     output:
-        [f"{OUT}/figures/{f}.{ext}" for f in FIGURES for ext in ("png", "svg")],
+        [
+            report(f"{OUT}/figures/{f}.png", caption=f"../report/{FIGURE_CAPTIONS[f]}.rst", category="Figures")
+            for f in FIGURES
+        ],
+        [f"{OUT}/figures/{f}.svg" for f in FIGURES],
     params:
         spec=js(figure_spec()),
         out_dir=f"{OUT}/figures",

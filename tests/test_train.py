@@ -1,0 +1,156 @@
+"""Training loop: checkpoints, logs, adversarial fraction, BN statistics, resume, NaN guard."""
+
+import csv
+
+import pytest
+import torch
+
+from eroseg.models import load_checkpoint, load_model
+from eroseg.train import NonFiniteLossError, TrainConfig, TrainingTask, train
+
+MODEL = {"arch": "Unet", "encoder": "resnet18", "kwargs": {"encoder_depth": 3, "decoder_channels": [8, 8, 8]}}
+
+
+class Toy(torch.utils.data.Dataset):
+    """Left half class 0, right half class 1, colours noisy: learnable in a few steps."""
+
+    def __init__(self, n=16, size=16, seed=0, nan_at=None):
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.zeros(n, size, size, dtype=torch.long)
+        self.labels[:, :, size // 2:] = 1
+        self.labels[:, 0, 0] = 255
+        base = torch.where(self.labels.unsqueeze(1) == 1, 0.7, 0.3).float().expand(n, 3, size, size)
+        self.images = (base + 0.1 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1)
+        if nan_at is not None:
+            self.images[nan_at] = float("nan")
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
+
+def noise_attack(model, images, labels, generator=None):
+    """A stand-in attack that calls the model like a real one (eval mode, restored)."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        model.train(was)
+    noise = torch.rand(images.shape, generator=generator, device=images.device) * 2 - 1
+    return (images + 8 / 255 * noise).clamp(0, 1)
+
+
+def cfg(**kw):
+    base = dict(epochs=2, batch_size=4, lr=0.01, hflip=0.5, val_robust_images=4, val_robust_steps=1, amp=False)
+    base.update(kw)
+    return TrainConfig.from_dict(base)
+
+
+def run(tmp_path, name="m", attack=None, **kw):
+    out = tmp_path / f"{name}.pt"
+    extra = {k: kw.pop(k) for k in ("max_steps", "robust_attack") if k in kw}
+    train(train_set=Toy(), val_set=Toy(8, seed=1), num_classes=2, model_cfg=MODEL, cfg=cfg(**kw), attack=attack,
+          out=out, log_path=tmp_path / f"{name}.csv", seed=0, progress=False, **extra)
+    return out
+
+
+def test_standard_training_writes_checkpoint_and_log(tmp_path):
+    out = run(tmp_path, epochs=2)
+    model, meta = load_model(out)
+    assert meta["num_classes"] == 2 and meta["train"]["epochs"] == 2
+    rows = list(csv.DictReader(open(tmp_path / "m.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(float(r["images_per_s"]) > 0 and 0 <= float(r["val_miou"]) <= 1 for r in rows)
+    assert not (tmp_path / "m.pt.partial").exists()
+
+
+def test_robust_val_column_filled(tmp_path):
+    run(tmp_path, attack=noise_attack, robust_attack=noise_attack, epochs=1)
+    rows = list(csv.DictReader(open(tmp_path / "m.csv")))
+    assert 0 <= float(rows[0]["robust_val_miou"]) <= 1
+
+
+@pytest.mark.parametrize("fraction,expected", [(0.5, 2), (1.0, 4), (0.25, 1), (0.0, 0)])
+def test_adversarial_fraction_holds(fraction, expected):
+    model = torch.nn.Conv2d(3, 2, 1)
+    calls = []
+
+    def attack(m, images, labels, generator=None):
+        calls.append(images.shape[0])
+        return images + 0.01
+
+    task = TrainingTask(model, attack, adv_fraction=fraction)
+    images, labels = torch.rand(4, 3, 8, 8), torch.zeros(4, 8, 8, dtype=torch.long)
+    res = task(images, labels)
+    assert int(res["adv_mask"].sum()) == expected
+    assert calls == ([expected] if expected else [])
+
+
+def test_attack_passes_do_not_update_batchnorm_statistics():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 2, 1))
+    bn = model[1]
+    modes = []
+    bn.register_forward_hook(lambda m, a, o: modes.append(m.training))
+    from eroseg.attacks import create_attack
+
+    attack = create_attack("pgd", eps=8 / 255, step_size=2 / 255, steps=3)
+    task = TrainingTask(model, attack, adv_fraction=0.5)
+    images, labels = torch.rand(4, 3, 8, 8), torch.randint(0, 2, (4, 8, 8))
+    before = bn.num_batches_tracked.item()
+    task(images, labels)
+    # Every attack pass ran in eval mode; exactly one train-mode pass (the update) touched the statistics.
+    assert modes.count(True) == 1 and modes.count(False) >= 3
+    assert bn.num_batches_tracked.item() == before + 1
+
+
+def test_resume_after_interruption_gives_identical_weights(tmp_path):
+    full = run(tmp_path, "full", attack=noise_attack, epochs=2, checkpoint_every=2)
+    # 4 steps per epoch: stop after 3 steps (mid-epoch, after a step checkpoint at 2), then resume.
+    res = train(train_set=Toy(), val_set=Toy(8, seed=1), num_classes=2, model_cfg=MODEL,
+                cfg=cfg(epochs=2, checkpoint_every=2), attack=noise_attack, out=tmp_path / "part.pt",
+                log_path=tmp_path / "part.csv", seed=0, progress=False, max_steps=3)
+    assert res["interrupted"] and (tmp_path / "part.pt.partial").exists() and not (tmp_path / "part.pt").exists()
+    train(train_set=Toy(), val_set=Toy(8, seed=1), num_classes=2, model_cfg=MODEL,
+          cfg=cfg(epochs=2, checkpoint_every=2), attack=noise_attack, out=tmp_path / "part.pt",
+          log_path=tmp_path / "part.csv", seed=0, progress=False)
+    a, b = load_checkpoint(full)["state_dict"], load_checkpoint(tmp_path / "part.pt")["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert len(list(csv.DictReader(open(tmp_path / "part.csv")))) == 2
+
+
+def test_resume_refuses_other_settings(tmp_path):
+    train(train_set=Toy(), val_set=None, num_classes=2, model_cfg=MODEL, cfg=cfg(epochs=2), attack=None,
+          out=tmp_path / "x.pt", log_path=tmp_path / "x.csv", progress=False, max_steps=1)
+    with pytest.raises(ValueError, match="other settings"):
+        train(train_set=Toy(), val_set=None, num_classes=2, model_cfg=MODEL, cfg=cfg(epochs=3), attack=None,
+              out=tmp_path / "x.pt", log_path=tmp_path / "x.csv", progress=False)
+
+
+def test_non_finite_loss_stops_with_epoch_and_step(tmp_path):
+    # Epoch 1 is clean; the NaN image is put in place for epoch 2.
+    train(train_set=Toy(), val_set=None, num_classes=2, model_cfg=MODEL, cfg=cfg(epochs=2, hflip=0.0),
+          attack=None, out=tmp_path / "n.pt", log_path=tmp_path / "n.csv", progress=False, max_steps=4)
+    good = load_checkpoint(tmp_path / "n.pt.partial")
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step \d+"):
+        train(train_set=Toy(nan_at=list(range(16))), val_set=None, num_classes=2, model_cfg=MODEL,
+              cfg=cfg(epochs=2, hflip=0.0), attack=None, out=tmp_path / "n.pt", log_path=tmp_path / "n.csv",
+              progress=False)
+    kept = load_checkpoint(tmp_path / "n.pt.partial")
+    assert kept["epoch"] == good["epoch"] == 1
+    for k, v in good["state_dict"].items():
+        assert torch.equal(kept["state_dict"][k], v)
+    assert not (tmp_path / "n.pt").exists()
+
+
+def test_config_rejects_unknown_and_bad_values():
+    with pytest.raises(ValueError, match="unknown training parameter.*epoch"):
+        TrainConfig.from_dict({"epoch": 3})
+    with pytest.raises(ValueError, match="adv_fraction"):
+        TrainConfig.from_dict({"adv_fraction": 1.5})
