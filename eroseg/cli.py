@@ -120,9 +120,10 @@ def cmd_prepare(args) -> None:
 def cmd_train(args) -> None:
     from eroseg.data import dataset_info
     from eroseg.device import select_device
-    from eroseg.train import TrainConfig, train
+    from eroseg.train import TrainConfig, init_distributed, train
 
     cfg = TrainConfig.from_dict(_json_arg(args.train, "--train"))
+    rank, _ = init_distributed()
     model_cfg = _json_arg(args.model, "--model")
     attack_params = _json_arg(args.attack_params, "--attack-params")
     info = dataset_info(args.dataset)
@@ -139,7 +140,7 @@ def cmd_train(args) -> None:
         attack=attack, out=args.out, log_path=args.log, seed=args.seed, device=device,
         meta={"method": args.method, "attack": args.attack, "attack_params": attack_params,
               "dataset": args.dataset, "classes": list(info.classes)},
-        robust_attack=robust, progress=not args.quiet,
+        robust_attack=robust, progress=not args.quiet and rank == 0,
     )
 
 
@@ -182,6 +183,42 @@ def cmd_evaluate(args) -> None:
     write_json(args.out, record)
     log.info("%s: mIoU %.4f pixel acc %.4f (%d images, %.1f s)", record["attack_name"], record["miou"],
              record["pixel_acc"], record["num_images"], res["seconds"])
+
+
+def cmd_attack(args) -> None:
+    import csv
+    import io
+
+    from eroseg.data import dataset_info
+    from eroseg.device import select_device
+    from eroseg.export import attack_and_save, folder_images, load_image
+    from eroseg.io import atomic_write_text
+    from eroseg.models import load_model
+
+    if bool(args.images) == bool(args.dataset):
+        raise ValueError("give either --images FOLDER or --dataset NAME --root ROOT (with --split)")
+    device = select_device(args.device)
+    model, meta = load_model(args.checkpoint, map_location=device)
+    attack = _make_attack(args.attack, _json_arg(args.attack_params, "--attack-params"))
+    if args.dataset:
+        if not args.root:
+            raise ValueError("--dataset needs --root")
+        ds = _dataset(args.dataset, args.root, args.split)
+        n = len(ds) if args.max_images is None else min(args.max_images, len(ds))
+        ids = getattr(ds, "ids", [f"{i:05d}" for i in range(len(ds))])
+        items = ((str(ids[i]), *ds[i]) for i in range(n))
+        palette = dataset_info(args.dataset).palette
+    else:
+        files = folder_images(args.images)[: args.max_images]
+        items = ((f.stem, load_image(f), None) for f in files)
+        palette = dataset_info(meta.get("dataset") or "synthetic").palette
+    rows = attack_and_save(model, items, attack, args.out_dir, palette, device=device, seed=args.seed)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["id", "linf", "pixel_acc"])
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(Path(args.out_dir) / "summary.csv", buf.getvalue())
+    log.info("attacked %d images -> %s", len(rows), args.out_dir)
 
 
 def cmd_aggregate(args) -> None:
@@ -269,6 +306,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     common(s)
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("attack", help="attack a checkpoint on a dataset split or a folder of images; save PNGs")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--images", default=None, help="folder of images (the clean prediction is attacked)")
+    s.add_argument("--dataset", default=None)
+    s.add_argument("--root", default=None)
+    s.add_argument("--split", default="val")
+    s.add_argument("--attack", required=True)
+    s.add_argument("--attack-params", default="{}")
+    s.add_argument("--max-images", type=int, default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.add_argument("--out-dir", required=True)
+    common(s)
+    s.set_defaults(func=cmd_attack)
 
     s = sub.add_parser("aggregate", help="tables (CSV, Markdown) from evaluation JSON files")
     s.add_argument("--evals", nargs="+", required=True)

@@ -263,6 +263,20 @@ class _Progress:
             sys.stderr.write("\n")
 
 
+def init_distributed() -> tuple[int, int]:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1).
+
+    NCCL on CUDA, gloo on CPU. Returns ``(rank, world_size)``.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
+    return _dist_info()
+
+
 def train(
     *,
     train_set: torch.utils.data.Dataset,
@@ -318,7 +332,11 @@ def train(
         torch.use_deterministic_algorithms(True, warn_only=True)
 
     torch.manual_seed(seed)
-    model = model_from_config(model_cfg, num_classes).to(device)
+    model = model_from_config(model_cfg, num_classes)
+    if world > 1 and device.type == "cuda":
+        # Batch statistics over the global batch, as one process would compute them.
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
     if cfg.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -392,11 +410,15 @@ def train(
         t0, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
         for step, (images, labels) in enumerate(loader, start=first):
             it = epoch * steps_per_epoch + step
-            g = _step_generator(seed + rank, epoch, step, device)
+            # Flips are drawn for the global batch and sliced, so that N processes
+            # see the same augmentation as one process with the same global batch.
+            g_flip = torch.Generator().manual_seed((seed * 1_000_003 + epoch * 10_007 + step) % (2**63))
+            g = _step_generator(seed + 7 * rank, epoch, step, device)
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             if cfg.hflip > 0:
-                flip = torch.rand(images.shape[0], generator=g, device=device) < cfg.hflip
+                flip = (torch.rand(cfg.batch_size, generator=g_flip) < cfg.hflip)[rank * local_bs:(rank + 1) * local_bs]
+                flip = flip.to(device)
                 images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
                 labels = torch.where(flip.view(-1, 1, 1), labels.flip(-1), labels)
             if cfg.channels_last and device.type == "cuda":
