@@ -20,13 +20,19 @@ rule train:
         attack_params=lambda wc: js(training_attack(wc.method)[1]),
         robust_eps=config["adversarial_training"]["eps"],
         code=CODE_TRAIN,
+        # One process per GPU through torchrun when a training job gets several GPUs.
+        launcher=(
+            f"torchrun --standalone --nproc_per_node={config['resources']['gpus_per_train']} -m eroseg"
+            if config["resources"]["gpus_per_train"] > 1
+            else "eroseg"
+        ),
     threads: config["resources"]["threads"]
     resources:
-        gpu=1,
+        gpu=config["resources"]["gpus_per_train"],
     log:
         f"{OUT}/logs/train/{{method}}_seed{{seed}}.log",
     shell:
-        "eroseg train --dataset {params.dataset} --root {params.root:q} --train-split {params.train_split}"
+        "{params.launcher} train --dataset {params.dataset} --root {params.root:q} --train-split {params.train_split}"
         " --val-split {params.val_split} --model {params.model:q} --train {params.train:q}"
         " --method {wildcards.method} --attack {params.attack} --attack-params {params.attack_params:q}"
         " --robust-eps {params.robust_eps:q} --seed {wildcards.seed} --threads {threads}"
