@@ -1,0 +1,150 @@
+"""Dataset validation for the ``prepare`` stage: manifest and class frequencies.
+
+Every sample of every requested split is opened and checked (image and label
+exist and are readable, sizes match, label values are class ids or void)
+before any training starts, so bad data fails early with the file and what is
+wrong instead of deep inside a training job.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from eroseg.data.checks import check_label_size, check_label_values
+from eroseg.data.errors import IGNORE_INDEX, DatasetError
+from eroseg.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+MANIFEST_COLUMNS = ("split", "id", "image", "label", "height", "width", "valid_pixels")
+FREQUENCY_COLUMNS = ("class_id", "class_name", "pixels", "fraction")
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """``(height, width)`` of an image from its header; fully decoded to catch truncated files."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            w, h = im.size
+    except OSError as err:
+        raise DatasetError(f"{path}: cannot read image ({err}); expected a readable JPEG or PNG") from err
+    return h, w
+
+
+def _relative(path: Path, root: Path) -> str:
+    # Paths relative to the root keep the manifest identical across machines.
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _csv_text(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def prepare_dataset(
+    dataset_name: str,
+    root: str | os.PathLike,
+    splits: Sequence[str],
+    *,
+    manifest_path: str | os.PathLike,
+    frequencies_path: str | os.PathLike,
+    frequency_split: str | None = None,
+) -> dict:
+    """Validate every sample of ``splits``; write the manifest and class-frequency CSVs.
+
+    Args:
+        dataset_name: registered dataset name (see :data:`eroseg.data.DATASETS`).
+        root: dataset root.
+        splits: split names to validate, e.g. ``["train", "val"]``.
+        manifest_path: output CSV with one row per sample: split, id, image,
+            label (paths relative to ``root``), height, width, valid_pixels
+            (non-void label pixels).
+        frequencies_path: output CSV with one row per class: class_id,
+            class_name, pixels, fraction (of the valid pixels of
+            ``frequency_split``).
+        frequency_split: split the class frequencies are counted on;
+            ``"train"`` if listed in ``splits``, else the first split.
+
+    Returns:
+        A summary: ``dataset``, ``root``, ``num_classes``, ``samples`` (per
+        split), ``frequency_split``, ``class_pixels`` (list), ``manifest``,
+        ``frequencies`` (output paths).
+
+    Raises:
+        ValueError: unknown dataset or empty/duplicate ``splits``.
+        DatasetError: at the first bad sample, naming its file and the problem.
+    """
+    from eroseg.data import dataset_info, get_dataset  # the registry imports this module
+
+    info = dataset_info(dataset_name)
+    splits = list(splits)
+    if not splits:
+        raise ValueError("prepare_dataset: splits is empty; expected at least one split name (e.g. train val)")
+    if len(set(splits)) != len(splits):
+        raise ValueError(f"prepare_dataset: splits {splits} lists a split twice")
+    if frequency_split is None:
+        frequency_split = "train" if "train" in splits else splits[0]
+    elif frequency_split not in splits:
+        raise ValueError(f"prepare_dataset: frequency_split {frequency_split!r} is not one of splits {splits}")
+
+    root = Path(root)
+    start = time.perf_counter()
+    n = info.num_classes
+    pixels = np.zeros(n, np.int64)
+    rows: list[tuple] = []
+    samples: dict[str, int] = {}
+    for split in splits:
+        # num_classes=None: values are checked here, where the message can name the split.
+        ds = get_dataset(dataset_name, root, split, num_classes=None)
+        for i in range(len(ds)):
+            image_path, label_path = Path(ds.image_path(i)), Path(ds.label_path(i))
+            hw = _image_size(image_path)
+            label = ds.load_label(i)
+            check_label_size(label.shape, hw, label_path)
+            check_label_values(label, n, label_path)
+            valid = label[label != IGNORE_INDEX]
+            if split == frequency_split:
+                pixels += np.bincount(valid.ravel(), minlength=n)[:n]
+            rows.append((split, ds.ids[i], _relative(image_path, root), _relative(label_path, root), hw[0], hw[1],
+                         int(valid.size)))
+        samples[split] = len(ds)
+        log.info("%s: split %s: %d samples valid", root, split, len(ds))
+
+    total = int(pixels.sum())
+    freq_rows = [
+        (c, info.classes[c], int(pixels[c]), f"{(pixels[c] / total if total else 0.0):.6f}") for c in range(n)
+    ]
+    atomic_write_text(manifest_path, _csv_text(MANIFEST_COLUMNS, rows))
+    atomic_write_text(frequencies_path, _csv_text(FREQUENCY_COLUMNS, freq_rows))
+    absent = [info.classes[c] for c in range(n) if pixels[c] == 0]
+    if absent:
+        log.warning("%s: classes without any pixel in split %s: %s", root, frequency_split, ", ".join(absent))
+    log.info("%s: validated %d samples in %.1f s", root, len(rows), time.perf_counter() - start)
+    return {
+        "dataset": dataset_name,
+        "root": str(root),
+        "num_classes": n,
+        "samples": samples,
+        "frequency_split": frequency_split,
+        "class_pixels": [int(v) for v in pixels],
+        "manifest": str(manifest_path),
+        "frequencies": str(frequencies_path),
+    }
+
+
+__all__ = ["FREQUENCY_COLUMNS", "MANIFEST_COLUMNS", "prepare_dataset"]

@@ -1,0 +1,246 @@
+"""Reader for datasets in the PASCAL VOC segmentation layout (VOC 2012 and the synthetic set).
+
+Layout under ``root``::
+
+    JPEGImages/<id>.jpg            (or <id>.png / <id>.jpeg; the synthetic set uses lossless PNG)
+    SegmentationClass/<id>.png     palette ("P") or greyscale ("L") PNG; pixel values are class ids, 255 void
+    ImageSets/Segmentation/<split>.txt   one id per line
+
+A split list may also hold two paths per line (``/JPEGImages/x.jpg
+/SegmentationClassAug/x.png``, relative to ``root``), the format of the
+common SBD ``train_aug`` lists.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from eroseg.data.checks import check_label_mode, check_label_size, check_label_values
+from eroseg.data.errors import IGNORE_INDEX, DatasetError, DatasetNotFoundError
+
+#: The 21 PASCAL VOC classes; index = class id in the label PNGs.
+VOC_CLASSES: tuple[str, ...] = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+
+#: Image suffixes tried, in order, for ``JPEGImages/<id>``.
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".png", ".jpeg")
+
+Transform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
+    """Return the standard PASCAL VOC colour map.
+
+    Class ``i``'s colour spreads the bits of ``i`` over the three channels,
+    most significant first (bit 0 -> red, bit 1 -> green, bit 2 -> blue), so
+    that neighbouring class ids get very different colours. Index 255 (void)
+    is ``(224, 224, 192)``.
+
+    Args:
+        n: number of entries (at most 256).
+
+    Returns:
+        ``n`` ``(r, g, b)`` tuples.
+    """
+    if not 0 <= n <= 256:
+        raise ValueError(f"voc_palette: n={n}; expected 0..256")
+    palette = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette.append((r, g, b))
+    return palette
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """Convert a PIL image to a float32 ``[3, H, W]`` tensor in [0, 1]."""
+    arr = np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy; torch warns on read-only arrays
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous().float().div_(255.0)
+
+
+class VOCSegmentation(torch.utils.data.Dataset):
+    """A split of a dataset in the PASCAL VOC layout.
+
+    All files of the split are located when the dataset is built, so a
+    missing image or label fails at once (naming the file) rather than in
+    the middle of an epoch.
+
+    Args:
+        root: dataset root (holds ``JPEGImages/``, ``SegmentationClass/``, ``ImageSets/``).
+        split: split name; its list is ``ImageSets/Segmentation/<split>.txt``.
+        list_file: path of the split list, overriding the one derived from
+            ``split`` (e.g. an SBD ``train_aug.txt``). Relative paths are taken
+            relative to ``root``.
+        transform: optional joint transform ``(image, label) -> (image, label)``.
+        num_classes: if given, every loaded label is checked to hold only
+            ``0..num_classes-1`` or 255.
+        image_dir: image folder under ``root``.
+        label_dir: label folder under ``root`` (``SegmentationClassAug`` for SBD).
+
+    Attributes:
+        ids: the sample ids in list order.
+
+    Raises:
+        DatasetNotFoundError: root, split list, an image or a label is missing.
+        DatasetError: the split list is empty.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        *,
+        list_file: str | os.PathLike | None = None,
+        transform: Transform | None = None,
+        num_classes: int | None = None,
+        image_dir: str = "JPEGImages",
+        label_dir: str = "SegmentationClass",
+    ) -> None:
+        self.root = Path(root)
+        self.split = split
+        self.transform = transform
+        self.num_classes = num_classes
+        if not self.root.is_dir():
+            raise DatasetNotFoundError(
+                f"{self.root}: dataset root not found; expected a folder in the PASCAL VOC layout "
+                "(JPEGImages/, SegmentationClass/, ImageSets/Segmentation/<split>.txt)"
+            )
+        self.list_file = self._list_path(list_file)
+        self.ids: list[str] = []
+        self._images: list[Path] = []
+        self._labels: list[Path] = []
+        self._read_list(image_dir, label_dir)
+
+    # ----------------------------------------------------------------- building
+    def _list_path(self, list_file: str | os.PathLike | None) -> Path:
+        if list_file is not None:
+            path = Path(list_file)
+            path = path if path.is_absolute() else self.root / path
+            if not path.is_file():
+                raise DatasetNotFoundError(f"{path}: split list file not found (given as list_file)")
+            return path
+        list_dir = self.root / "ImageSets" / "Segmentation"
+        path = list_dir / f"{self.split}.txt"
+        if not path.is_file():
+            found = sorted(p.stem for p in list_dir.glob("*.txt")) if list_dir.is_dir() else []
+            have = ", ".join(found) if found else f"none ({list_dir} has no .txt lists)"
+            raise DatasetNotFoundError(
+                f"{path}: split list for split {self.split!r} not found; existing splits: {have}"
+            )
+        return path
+
+    def _read_list(self, image_dir: str, label_dir: str) -> None:
+        lines = [ln.strip() for ln in self.list_file.read_text().splitlines()]
+        entries = [ln for ln in lines if ln and not ln.startswith("#")]
+        if not entries:
+            raise DatasetError(f"{self.list_file}: split list is empty; expected one sample id per line")
+        img_root, lbl_root = self.root / image_dir, self.root / label_dir
+        # One listdir per folder instead of a stat per file: VOC lists hold
+        # ~10k ids, and network file systems make each stat slow.
+        img_names = set(os.listdir(img_root)) if img_root.is_dir() else set()
+        lbl_names = set(os.listdir(lbl_root)) if lbl_root.is_dir() else set()
+        for lineno, entry in enumerate(entries, 1):
+            fields = entry.split()
+            if len(fields) == 2:  # SBD style: "<image path> <label path>" relative to root
+                image = self.root / fields[0].lstrip("/")
+                label = self.root / fields[1].lstrip("/")
+                sample_id = image.stem
+                if not image.is_file():
+                    raise DatasetNotFoundError(
+                        f"{image}: image not found (listed on line {lineno} of {self.list_file})"
+                    )
+                if not label.is_file():
+                    raise DatasetNotFoundError(
+                        f"{label}: label not found (listed on line {lineno} of {self.list_file})"
+                    )
+            elif len(fields) == 1:
+                sample_id = fields[0]
+                image = next((img_root / f"{sample_id}{s}" for s in IMAGE_SUFFIXES if f"{sample_id}{s}" in img_names),
+                             None)
+                if image is None:
+                    raise DatasetNotFoundError(
+                        f"{img_root / (sample_id + '.jpg')}: image of sample {sample_id!r} not found "
+                        f"(listed in {self.list_file}); expected "
+                        f"{sample_id}{{{','.join(IMAGE_SUFFIXES)}}} in {img_root}"
+                    )
+                label = lbl_root / f"{sample_id}.png"
+                if label.name not in lbl_names:
+                    raise DatasetNotFoundError(
+                        f"{label}: label of sample {sample_id!r} not found (listed in {self.list_file}); "
+                        f"expected a PNG per image in {lbl_root}"
+                    )
+            else:
+                raise DatasetError(
+                    f"{self.list_file}: line {lineno} is {entry!r}; expected one id, or an image path and a label path"
+                )
+            self.ids.append(sample_id)
+            self._images.append(image)
+            self._labels.append(label)
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_path(self, index: int) -> Path:
+        """Path of sample ``index``'s image."""
+        return self._images[index]
+
+    def label_path(self, index: int) -> Path:
+        """Path of sample ``index``'s label PNG."""
+        return self._labels[index]
+
+    def load_image(self, index: int) -> torch.Tensor:
+        """Sample ``index``'s image as float32 ``[3, H, W]`` in [0, 1] (no transform)."""
+        path = self._images[index]
+        try:
+            with Image.open(path) as im:
+                return image_to_tensor(im)
+        except OSError as err:
+            raise DatasetError(f"{path}: cannot read image ({err})") from err
+
+    def load_label(self, index: int) -> np.ndarray:
+        """Sample ``index``'s label map as an int64 ``[H, W]`` array (class ids, 255 void).
+
+        Raises:
+            DatasetError: the file is not a palette/greyscale PNG or cannot be read.
+        """
+        path = self._labels[index]
+        try:
+            with Image.open(path) as im:
+                check_label_mode(im.mode, path)
+                return np.array(im, dtype=np.int64)
+        except DatasetError:
+            raise
+        except OSError as err:
+            raise DatasetError(f"{path}: cannot read label ({err})") from err
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.load_image(index)
+        label = self.load_label(index)
+        path = self._labels[index]
+        check_label_size(label.shape, tuple(image.shape[1:]), path)
+        if self.num_classes is not None:
+            check_label_values(label, self.num_classes, path)
+        label_t = torch.from_numpy(label)
+        if self.transform is not None:
+            image, label_t = self.transform(image, label_t)
+        return image, label_t
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, n={len(self)})"
+
+
+__all__ = ["IGNORE_INDEX", "IMAGE_SUFFIXES", "VOC_CLASSES", "VOCSegmentation", "image_to_tensor", "voc_palette"]
