@@ -83,7 +83,7 @@ def test_changing_one_attack_reruns_only_its_evaluations(workdir):
     cfg = yaml.safe_load(cfg_path.read_text())
     cfg["evaluation"]["attacks"]["eroseg"]["params"] = {"q0": 0.5}
     changed = workdir / "config" / "changed.yaml"
-    changed.write_text(yaml.safe_dump(cfg))
+    changed.write_text(yaml.safe_dump(cfg, sort_keys=False))
     jobs = planned_jobs(workdir, "--configfile", str(changed))
     # eroseg: 2 models at the headline + ablation reuse (same file) ; samples uses eroseg too.
     assert set(jobs) <= {"evaluate_attack", "samples", "aggregate", "figures", "all"}, jobs
@@ -95,7 +95,7 @@ def test_changing_figure_style_reruns_no_evaluation(workdir):
     cfg = yaml.safe_load((workdir / "config" / "tests.yaml").read_text())
     cfg["figures"]["dpi"] = 61
     changed = workdir / "config" / "style.yaml"
-    changed.write_text(yaml.safe_dump(cfg))
+    changed.write_text(yaml.safe_dump(cfg, sort_keys=False))
     assert planned_jobs(workdir, "--configfile", str(changed)) == {"figures": 1, "all": 1}
 
 
@@ -103,7 +103,7 @@ def test_bad_config_names_the_key(tmp_path):
     shutil.copytree(ROOT / "config", tmp_path / "config")
     cfg = yaml.safe_load((tmp_path / "config" / "tests.yaml").read_text())
     cfg["train"]["epochs"] = 0
-    (tmp_path / "config" / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "config" / "bad.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     res = snakemake(tmp_path, "-n", "--configfile", "config/bad.yaml", check=False)
     assert res.returncode != 0
     assert "epochs" in res.stdout + res.stderr

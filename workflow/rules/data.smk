@@ -8,13 +8,19 @@ if SYNTH:
         output:
             directory(DATA_ROOT),
         params:
-            s=config["dataset"]["synthetic"],
+            # Scalars, not the dict: params compare by their string form, which for a
+            # dict depends on key order (a YAML dump reorders keys).
+            n_train=config["dataset"]["synthetic"]["n_train"],
+            n_val=config["dataset"]["synthetic"]["n_val"],
+            height=config["dataset"]["synthetic"]["height"],
+            width=config["dataset"]["synthetic"]["width"],
+            seed=config["dataset"]["synthetic"]["seed"],
             code=CODE_DATA,
         log:
             f"{OUT}/logs/synthesize.log",
         shell:
-            "eroseg synthesize --root {output} --n-train {params.s[n_train]} --n-val {params.s[n_val]}"
-            " --height {params.s[height]} --width {params.s[width]} --seed {params.s[seed]} > {log} 2>&1"
+            "eroseg synthesize --root {output} --n-train {params.n_train} --n-val {params.n_val}"
+            " --height {params.height} --width {params.width} --seed {params.seed} > {log} 2>&1"
 
 
 rule prepare:
