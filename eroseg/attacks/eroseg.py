@@ -16,7 +16,11 @@ K the correctly classified valid pixels, F the valid pixels already fooled):
 
 Quantile: the nearest order statistic, ``Q_t = sort(c over K)[round(q_t * (n_K - 1))]``,
 so ``q_t = 0`` keeps the least confident correct pixel (and its ties) and
-``q_t = 1`` all of K.
+``q_t = 1`` all of K. Confidences are ranked by the log-odds of the true class,
+``u_y - logsumexp_{j != y} u_j``, which orders pixels exactly as ``p_y`` does
+but does not saturate: in float32, ``p_y`` rounds to 1.0 for every pixel with
+a margin above about 17, and those ties would put all of them in ``S_t`` at
+once.
 
 Fallback: an image that still has correct pixels but no attacked pixel (for
 example "erosion only" at t = 0, before anything is fooled) gets weight 1 on
@@ -84,7 +88,11 @@ def eroseg_masks(
     correct = valid & (pred == labels)
     fooled = valid & (pred != labels)
     if selection:
-        conf = logits.softmax(1).gather(1, y.unsqueeze(1)).squeeze(1)
+        # Rank by the log-odds of the true class, log(p_y / (1 - p_y)): the same order as p_y, but
+        # without the ties p_y = 1.0 that float32 softmax gives every confidently correct pixel.
+        u_y = logits.gather(1, y.unsqueeze(1))
+        others = logits.scatter(1, y.unsqueeze(1), -math.inf)
+        conf = (u_y - others.logsumexp(1, keepdim=True)).squeeze(1)
         c = torch.where(correct, conf, torch.full_like(conf, math.inf)).flatten(1)
         n_k = correct.flatten(1).sum(1)
         idx = torch.round(q * (n_k - 1).clamp_min(0).to(conf.dtype)).long()
