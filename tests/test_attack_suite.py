@@ -312,3 +312,16 @@ def test_worst_case_never_better_than_any_attack(trained):
     for a in accs.values():
         assert torch.all(acc <= a + 1e-9)
     assert chosen.shape == (x.shape[0],)
+
+
+def test_order_statistic_matches_sort():
+    from eroseg.attacks.eroseg import order_statistic
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(6, 50, generator=g)
+    v[2, 10:] = math.inf  # a row with only 10 finite values
+    v[3] = 1.0  # ties
+    idx = torch.tensor([0, 49, 9, 25, 7, 13])
+    expected = v.sort(1).values[torch.arange(6), idx]
+    assert torch.equal(order_statistic(v, idx), expected)
+    assert torch.equal(order_statistic(v, torch.zeros(6, dtype=torch.long)), v.min(1).values)

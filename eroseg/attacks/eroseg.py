@@ -39,7 +39,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from eroseg.attacks.core import run_attack
+from eroseg.attacks.core import class_map, run_attack
 
 SCHEDULES = ("linear", "cosine", "constant")
 
@@ -54,6 +54,26 @@ def quantile_schedule(t: int, steps: int, q0: float, schedule: str = "linear") -
     if schedule == "cosine":
         return q0 + (1 - q0) * (1 - math.cos(math.pi * r)) / 2
     raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+
+def order_statistic(values: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Per row ``b``, the ``idx[b]``-th smallest (0-based) of ``values[b]``; ``[B, N]``, ``[B]`` -> ``[B]``.
+
+    On CUDA a batched sort. On CPU, where sorting is the slow part of an EroSeg
+    step, one batched ``kthvalue``: row ``b`` is prefixed with
+    ``k_max - 1 - idx[b]`` copies of -inf (and +inf for the rest of the prefix),
+    so the common ``k_max``-th smallest of every padded row is its own
+    ``idx[b]``-th smallest. Both give exactly the same values.
+    """
+    if values.is_cuda:
+        return values.sort(dim=1).values.gather(1, idx.unsqueeze(1)).squeeze(1)
+    k_max = int(idx.max()) + 1
+    if k_max == 1:
+        return values.min(dim=1).values
+    cols = torch.arange(k_max - 1, device=values.device)
+    n_low = (k_max - 1 - idx).unsqueeze(1)
+    prefix = torch.where(cols.unsqueeze(0) < n_low, -math.inf, math.inf).to(values.dtype)
+    return torch.cat([prefix, values], dim=1).kthvalue(k_max, dim=1).values
 
 
 def eroseg_masks(
@@ -84,7 +104,7 @@ def eroseg_masks(
     """
     b = logits.shape[0]
     y = torch.where(valid, labels, torch.zeros_like(labels))
-    pred = logits.argmax(1)
+    pred = class_map(logits)
     correct = valid & (pred == labels)
     fooled = valid & (pred != labels)
     if selection:
@@ -96,7 +116,7 @@ def eroseg_masks(
         c = torch.where(correct, conf, torch.full_like(conf, math.inf)).flatten(1)
         n_k = correct.flatten(1).sum(1)
         idx = torch.round(q * (n_k - 1).clamp_min(0).to(conf.dtype)).long()
-        thresh = c.sort(dim=1).values.gather(1, idx.unsqueeze(1)).view(b, 1, 1)
+        thresh = order_statistic(c, idx).view(b, 1, 1)
         sensitive = correct & (conf <= thresh)
     else:
         sensitive = torch.zeros_like(correct)

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from eroseg.attacks.core import run_attack
+from eroseg.attacks.core import class_map, run_attack
 
 
 def segpgd_lambda(t: int, steps: int) -> float:
@@ -22,7 +22,7 @@ def segpgd_lambda(t: int, steps: int) -> float:
 def segpgd_weights(t: int, steps: int, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor):
     """Weight ``1 - lambda_t`` on correctly classified pixels and ``lambda_t`` on the others."""
     lam = segpgd_lambda(t, steps)
-    correct = logits.argmax(1) == labels
+    correct = class_map(logits) == labels
     w = torch.where(correct, 1.0 - lam, lam).to(logits.dtype) * valid
     return w, {}
 
