@@ -65,6 +65,7 @@ def main():
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--precision", action="store_true", help="also compare bf16 with fp32 (CUDA)")
     p.add_argument("--amp", action="store_true", help="bf16 autocast for the AT ratio (CUDA)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last model and inputs (CUDA)")
     args = p.parse_args()
     import json
 
@@ -74,7 +75,7 @@ def main():
     torch.manual_seed(0)
     kwargs = json.loads(args.kwargs) if args.kwargs else {}
     model = create_model(args.arch, args.encoder, args.classes, **kwargs).to(device)
-    cl = device.type == "cuda"
+    cl = args.channels_last and device.type == "cuda"
     if cl:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
@@ -96,7 +97,7 @@ def main():
             samples[k] += time_steps(t, opt, images, labels, args.repeats, device)
     med = {k: statistics.median(v) for k, v in samples.items()}
     print(f"device {device}, {args.arch}/{args.encoder}, batch {args.batch}, {args.height}x{args.width}, "
-          f"K={args.steps}, adv_fraction=1.0, amp={amp}, threads={torch.get_num_threads()}")
+          f"K={args.steps}, adv_fraction=1.0, amp={amp}, channels_last={cl}, threads={torch.get_num_threads()}")
     print(f"{'method':<10} {'step ms':>9} {'ratio':>7} {'ideal':>6} {'ratio/ideal':>12}  (goal <= 1.15)")
     for k, v in med.items():
         r = v / med["standard"]

@@ -88,7 +88,7 @@ class TrainConfig:
     val_robust_images: int = 32
     val_robust_steps: int = 3
     amp: bool = True
-    channels_last: bool = True
+    channels_last: bool = False
     num_workers: int = 0
     deterministic: bool = False
 

@@ -104,9 +104,12 @@ def eval_settings():
                 out.add((m, s, a, eps_tag(HEAD_EPS), _steps_of(a, HEAD_STEPS)))
     sw = EVAL["sweep"]
     for a in sw["attacks"]:
-        for e in sw["eps"]:
-            for st in sw["steps"]:
-                out.add((sw["method"], SEEDS[0], a, eps_tag(e), _steps_of(a, st)))
+        if sw.get("full_grid"):
+            grid = [(e, st) for e in sw["eps"] for st in sw["steps"]]
+        else:  # steps at the headline eps, eps at the headline steps
+            grid = [(HEAD_EPS, st) for st in sw["steps"]] + [(e, HEAD_STEPS) for e in sw["eps"]]
+        for e, st in grid:
+            out.add((sw["method"], SEEDS[0], a, eps_tag(e), _steps_of(a, st)))
     ab = EVAL["ablation"]
     for a in ab["variants"].values():
         out.add((ab["method"], SEEDS[0], a, eps_tag(HEAD_EPS), _steps_of(a, HEAD_STEPS)))
