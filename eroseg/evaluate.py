@@ -22,9 +22,7 @@ from eroseg.metrics import IGNORE_INDEX, ConfusionMatrix, PerImageStats, per_ima
 log = logging.getLogger(__name__)
 
 
-def _collate(batch):
-    images, labels = zip(*batch)
-    return torch.stack(images), torch.stack(labels)
+from eroseg.train import _collate  # noqa: E402  (one collate: one error message for mixed sizes)
 
 
 def _generator(seed: int, batch_index: int, device: torch.device) -> torch.Generator:

@@ -62,6 +62,10 @@ class TrainConfig:
         clean_weight: loss weight of the clean images of the batch.
         adv_weight: loss weight of the adversarial images of the batch.
         hflip: random horizontal flip probability.
+        crop_size: ``[height, width]`` of random training crops (after a random
+            rescale by a factor from ``scale_range``; padding is void). ``None``
+            trains on whole images, which must then share one size.
+        scale_range: ``[low, high]`` random rescale factors (with ``crop_size``).
         checkpoint_every: also checkpoint every N optimiser steps (0: epoch ends only).
         val_robust_images: images of the val split used for the per-epoch robust mIoU.
         val_robust_steps: PGD steps of that small robust evaluation (0 disables it).
@@ -84,6 +88,8 @@ class TrainConfig:
     clean_weight: float = 1.0
     adv_weight: float = 1.0
     hflip: float = 0.5
+    crop_size: list | None = None
+    scale_range: list = field(default_factory=lambda: [1.0, 1.0])
     checkpoint_every: int = 0
     val_robust_images: int = 32
     val_robust_steps: int = 3
@@ -112,6 +118,10 @@ class TrainConfig:
             raise ValueError(f"adv_fraction must be in [0, 1], got {self.adv_fraction}")
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) < 1):
+            raise ValueError(f"crop_size must be [height, width] of positive integers, got {self.crop_size!r}")
+        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ValueError(f"scale_range must be [low, high] with 0 < low <= high, got {self.scale_range!r}")
         if self.schedule not in ("poly", "constant"):
             raise ValueError(f"schedule must be 'poly' or 'constant', got {self.schedule!r}")
 
@@ -194,7 +204,36 @@ def lr_at(cfg: TrainConfig, it: int, total: int) -> float:
 
 def _collate(batch):
     images, labels = zip(*batch)
+    sizes = {tuple(t.shape[-2:]) for t in labels}
+    if len(sizes) > 1:
+        raise ValueError(
+            f"images of one batch differ in size ({sorted(sizes)[:3]}...); set train.crop_size for training "
+            "or evaluation.batch_size: 1 to evaluate whole images of different sizes"
+        )
     return torch.stack(images), torch.stack(labels)
+
+
+class KeyedAugment(torch.utils.data.Dataset):
+    """Random scale + crop whose randomness depends only on ``(seed, key)``.
+
+    The loader asks for key ``epoch * n + i`` (sample ``i`` in epoch
+    ``epoch``), so an augmentation is the same in a resumed run, in any
+    DataLoader worker and in any process of a data-parallel run.
+    """
+
+    def __init__(self, base, crop_size, scale_range, seed: int):
+        from eroseg.data.transforms import RandomScaleCrop
+
+        self.base, self.seed = base, seed
+        self.make = lambda g: RandomScaleCrop(tuple(scale_range), tuple(crop_size), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: int):
+        image, label = self.base[key % len(self.base)]
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + 7_919 * key) % (2**63))
+        return self.make(g)(image, label)
 
 
 def _dist_info() -> tuple[int, int]:
@@ -346,6 +385,8 @@ def train(
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     n = len(train_set)
+    if cfg.crop_size is not None:
+        train_set = KeyedAugment(train_set, cfg.crop_size, cfg.scale_range, seed)
     steps_per_epoch = n // cfg.batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"training set has {n} images, fewer than one batch of {cfg.batch_size}")
@@ -399,6 +440,8 @@ def train(
     last_row: dict = rows[-1] if rows else {}
     for epoch in range(start_epoch, cfg.epochs):
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist()
+        if cfg.crop_size is not None:
+            perm = [epoch * n + i for i in perm]  # keys of KeyedAugment
         batches = [perm[i * cfg.batch_size:(i + 1) * cfg.batch_size] for i in range(steps_per_epoch)]
         first = start_step if epoch == start_epoch else 0
         local = [b[rank * local_bs:(rank + 1) * local_bs] for b in batches[first:]]

@@ -108,15 +108,16 @@ def test_attack_passes_do_not_update_batchnorm_statistics():
     assert bn.num_batches_tracked.item() == before + 1
 
 
-def test_resume_after_interruption_gives_identical_weights(tmp_path):
-    full = run(tmp_path, "full", attack=noise_attack, epochs=2, checkpoint_every=2)
+@pytest.mark.parametrize("aug", [{}, {"crop_size": [12, 12], "scale_range": [0.5, 1.5]}])
+def test_resume_after_interruption_gives_identical_weights(tmp_path, aug):
+    full = run(tmp_path, "full", attack=noise_attack, epochs=2, checkpoint_every=2, **aug)
     # 4 steps per epoch: stop after 3 steps (mid-epoch, after a step checkpoint at 2), then resume.
     res = train(train_set=Toy(), val_set=Toy(8, seed=1), num_classes=2, model_cfg=MODEL,
-                cfg=cfg(epochs=2, checkpoint_every=2), attack=noise_attack, out=tmp_path / "part.pt",
+                cfg=cfg(epochs=2, checkpoint_every=2, **aug), attack=noise_attack, out=tmp_path / "part.pt",
                 log_path=tmp_path / "part.csv", seed=0, progress=False, max_steps=3)
     assert res["interrupted"] and (tmp_path / "part.pt.partial").exists() and not (tmp_path / "part.pt").exists()
     train(train_set=Toy(), val_set=Toy(8, seed=1), num_classes=2, model_cfg=MODEL,
-          cfg=cfg(epochs=2, checkpoint_every=2), attack=noise_attack, out=tmp_path / "part.pt",
+          cfg=cfg(epochs=2, checkpoint_every=2, **aug), attack=noise_attack, out=tmp_path / "part.pt",
           log_path=tmp_path / "part.csv", seed=0, progress=False)
     a, b = load_checkpoint(full)["state_dict"], load_checkpoint(tmp_path / "part.pt")["state_dict"]
     assert a.keys() == b.keys()
@@ -154,3 +155,24 @@ def test_config_rejects_unknown_and_bad_values():
         TrainConfig.from_dict({"epoch": 3})
     with pytest.raises(ValueError, match="adv_fraction"):
         TrainConfig.from_dict({"adv_fraction": 1.5})
+
+
+def test_keyed_augmentation_is_a_function_of_the_key():
+    from eroseg.train import KeyedAugment
+
+    aug = KeyedAugment(Toy(4), [10, 10], [0.5, 1.5], seed=1)
+    a, b = aug[5], aug[5]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert a[0].shape == (3, 10, 10) and a[1].shape == (10, 10)
+    assert any(not torch.equal(aug[5][0], aug[5 + 4 * k][0]) for k in range(1, 4)), "epochs must differ"
+
+
+@pytest.mark.parametrize("method", ["pgd", "segpgd", "cospgd", "eroseg"])
+def test_each_method_trains_one_short_epoch(tmp_path, method):
+    from eroseg.attacks import create_attack
+
+    attack = create_attack(method, eps=8 / 255, step_size=2 / 255, steps=1)
+    out = run(tmp_path, method, attack=attack, epochs=1)
+    model, meta = load_model(out)
+    rows = list(csv.DictReader(open(tmp_path / f"{method}.csv")))
+    assert len(rows) == 1 and float(rows[0]["loss"]) > 0
