@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -107,3 +108,25 @@ def test_bad_config_names_the_key(tmp_path):
     res = snakemake(tmp_path, "-n", "--configfile", "config/bad.yaml", check=False)
     assert res.returncode != 0
     assert "epochs" in res.stdout + res.stderr
+
+
+def test_slurm_profile_dry_run_requests_gpus(tmp_path):
+    """The slurm profile (plugin installed) plans every GPU rule with a GPU request; local rules stay local."""
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="snakemake-executor-plugin-slurm not installed")
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    env = dict(_env(), EROSEG_SLURM_ACCOUNT="acct", EROSEG_SLURM_PARTITION="cpu", EROSEG_SLURM_GPU_PARTITION="gpu")
+    res = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile"),
+         "--profile", str(ROOT / "workflow" / "profiles" / "slurm"), "--configfile", "config/tests.yaml"],
+        capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout + res.stderr
+    blocks: dict[str, list[str]] = {}
+    for m in re.finditer(r"^(?:local)?rule (\w+):\n((?:    .*\n)+)", out, flags=re.M):
+        blocks.setdefault(m.group(1), []).append(m.group(2))
+    for rule in ("train", "evaluate_attack", "evaluate_clean", "samples"):
+        assert blocks.get(rule), (rule, out[-2000:])
+        for b in blocks[rule]:
+            assert "gpu=1" in b and "slurm_partition=gpu" in b, b
+    for rule in ("aggregate", "figures"):
+        assert blocks.get(rule) and all("gpu=" not in b for b in blocks[rule])
