@@ -145,9 +145,11 @@ def aggregate(eval_paths: list[str], spec: dict, out_dir: str | Path) -> dict[st
     main.columns = [f"{c}" for c in cols]
     tables["main"] = main
     tables["main_values"] = main_num
-    n_seeds = df.groupby("method")["seed"].nunique().to_dict()
+    n_seeds = sorted(set(df.groupby("method")["seed"].nunique()))
+    seeds = "/".join(str(n) for n in n_seeds)
     _write(main, out_dir, "main",
-           f"mIoU (%) under attack, eps {h_eps:g}/255, {h_steps} steps; mean ± std over seeds {n_seeds}")
+           f"mIoU (%) under attack, eps {h_eps:g}/255, {h_steps} steps (FGSM: 1 step); "
+           f"mean ± std over {seeds} seed(s)")
     atomic_write_text(out_dir / "main_values.csv", main_num.to_csv())
 
     sweep = spec.get("sweep")
@@ -172,7 +174,8 @@ def aggregate(eval_paths: list[str], spec: dict, out_dir: str | Path) -> dict[st
     if abl:
         am = abl["method"]
         rows = []
-        for label, name in abl["attacks"].items():
+        variants = abl["attacks"]  # [[label, attack], ...] (keeps the config's order) or a dict
+        for label, name in (variants.items() if isinstance(variants, dict) else variants):
             sel = long[(long.method == am) & (long.attack == name) & (long.eps_255 == h_eps) & (long.steps == h_steps)]
             rows.append({"variant": label, "attack": name, "miou": sel["miou"].mean() * 100 if len(sel) else math.nan,
                          "pixel_acc": sel["pixel_acc"].mean() * 100 if len(sel) else math.nan})

@@ -22,7 +22,7 @@ from eroseg.metrics import IGNORE_INDEX, ConfusionMatrix, PerImageStats, per_ima
 log = logging.getLogger(__name__)
 
 
-from eroseg.train import _collate  # noqa: E402  (one collate: one error message for mixed sizes)
+from eroseg.train import batches_by_size  # noqa: E402  (whole images of mixed sizes batch by size)
 
 
 def _generator(seed: int, batch_index: int, device: torch.device) -> torch.Generator:
@@ -35,6 +35,16 @@ def predict(model: torch.nn.Module, images: torch.Tensor, amp: bool = False) -> 
     """Class map ``[B, H, W]`` of ``images`` (no gradients, eval mode assumed)."""
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and images.is_cuda):
         return model(images).argmax(1)
+
+
+def _stack_padded(arrays: list, fill) -> np.ndarray:
+    """Stack arrays whose last two dims may differ (whole images of mixed sizes), padding bottom-right with ``fill``."""
+    h = max(a.shape[-2] for a in arrays)
+    w = max(a.shape[-1] for a in arrays)
+    out = np.full((len(arrays), *arrays[0].shape[:-2], h, w), fill, dtype=arrays[0].dtype)
+    for i, a in enumerate(arrays):
+        out[i, ..., :a.shape[-2], :a.shape[-1]] = a
+    return out
 
 
 def evaluate(
@@ -78,13 +88,12 @@ def evaluate(
     model = model.to(device).eval()
     if max_images is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(max_images, len(dataset))))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate)
     cm = ConfusionMatrix(num_classes, ignore_index)
     parts: list[PerImageStats] = []
     samples: dict[str, list] = {k: [] for k in ("image", "adv", "label", "pred_clean", "pred_adv")}
     steps: dict[str, list] = {}
     t0 = time.perf_counter()
-    for bi, (images, labels) in enumerate(loader):
+    for bi, (images, labels) in enumerate(batches_by_size(dataset, batch_size)):
         images, labels = images.to(device), labels.to(device)
         adv = images
         if attack is not None:
@@ -115,7 +124,8 @@ def evaluate(
     return {
         "metrics": cm.compute(),
         "per_image": per_image,
-        "samples": {k: np.stack(v) for k, v in samples.items() if v},
+        "samples": {k: _stack_padded(v, 0.0 if k in ("image", "adv") else ignore_index)
+                    for k, v in samples.items() if v},
         "steps": {k: np.stack(v) for k, v in steps.items()},
         "seconds": seconds,
     }

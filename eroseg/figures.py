@@ -21,6 +21,7 @@ import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
@@ -104,8 +105,9 @@ def plot_per_class(evals: list[dict], classes: list[str], out_dir: Path, title: 
     ax.set_xticks(x, classes, rotation=30, ha="right")
     ax.set_ylabel("IoU (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(title)
-    ax.legend(frameon=False, fontsize=8, ncol=min(len(evals), 4))
+    ax.set_title(title, pad=28)
+    # Legend above the axes: inside, it would cover the tallest (clean) bars.
+    ax.legend(frameon=False, fontsize=8, ncol=min(len(evals), 6), loc="lower center", bbox_to_anchor=(0.5, 1.08))
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, out_dir, "per_class_iou", dpi)
 
@@ -124,6 +126,7 @@ def plot_training(logs: dict[str, pd.DataFrame], out_dir: Path, dpi: int) -> lis
     for ax, t in zip(axes, ("training loss", "clean val mIoU (%)", "robust val mIoU (%), PGD few steps")):
         ax.set_title(t)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0].legend(frameon=False, fontsize=8)
     return _save(fig, out_dir, "training_curves", dpi)
@@ -236,9 +239,11 @@ def make_figures(*, evals: list[str], logs: list[str], samples: list[str], steps
         params = d.get("attack_params") or {}
         if d.get("method") != pm or d.get("seed") != pc.get("seed", d.get("seed")):
             continue
+        single = d["attack_name"] in set(spec.get("single_step", ()))
         if d["attack_name"] == "clean" or (
             d["attack_name"] in (pc.get("attacks") or sa)
-            and round(params.get("eps", 0) * 255, 3) == h_eps and int(params.get("steps", 0)) == h_steps
+            and round(params.get("eps", 0) * 255, 3) == h_eps
+            and int(params.get("steps", 0)) == (1 if single else h_steps)
         ):
             if all(c["attack_name"] != d["attack_name"] for c in chosen):
                 chosen.append(d)

@@ -67,6 +67,10 @@ class TrainConfig:
             trains on whole images, which must then share one size.
         scale_range: ``[low, high]`` random rescale factors (with ``crop_size``).
         checkpoint_every: also checkpoint every N optimiser steps (0: epoch ends only).
+        val_batch_size: batch size of the per-epoch validation, which the first
+            process runs alone (``None``: the per-process training batch). Validation runs on whole images; consecutive images
+            of one size share a batch, so mixed sizes (VOC, ADE20K) work with
+            any value; lower it when whole images under attack do not fit.
         val_robust_images: images of the val split used for the per-epoch robust mIoU.
         val_robust_steps: PGD steps of that small robust evaluation (0 disables it).
         amp: bf16 autocast on CUDA.
@@ -91,6 +95,7 @@ class TrainConfig:
     crop_size: list | None = None
     scale_range: list = field(default_factory=lambda: [1.0, 1.0])
     checkpoint_every: int = 0
+    val_batch_size: int | None = None
     val_robust_images: int = 32
     val_robust_steps: int = 3
     amp: bool = True
@@ -114,6 +119,8 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.val_batch_size is not None and self.val_batch_size < 1:
+            raise ValueError(f"val_batch_size must be >= 1 or null (= batch_size), got {self.val_batch_size}")
         if not 0.0 <= self.adv_fraction <= 1.0:
             raise ValueError(f"adv_fraction must be in [0, 1], got {self.adv_fraction}")
         if self.optimizer not in ("sgd", "adamw"):
@@ -207,10 +214,32 @@ def _collate(batch):
     sizes = {tuple(t.shape[-2:]) for t in labels}
     if len(sizes) > 1:
         raise ValueError(
-            f"images of one batch differ in size ({sorted(sizes)[:3]}...); set train.crop_size for training "
-            "or evaluation.batch_size: 1 to evaluate whole images of different sizes"
+            f"training images of one batch differ in size ({sorted(sizes)[:3]}...); set train.crop_size "
+            "(and train.scale_range) so that every training image is cropped to one size"
         )
     return torch.stack(images), torch.stack(labels)
+
+
+def batches_by_size(dataset, batch_size: int):
+    """Yield ``(images, labels)`` batches of up to ``batch_size`` consecutive images of one size.
+
+    Evaluation runs on whole images, which in real datasets differ in size
+    (PASCAL VOC, ADE20K): a batch is closed early where the size changes, so
+    the order of the images is kept (per-image results stay aligned with the
+    dataset) and any ``batch_size`` works. Equal-size datasets give the usual
+    full batches.
+    """
+    images: list = []
+    labels: list = []
+    for i in range(len(dataset)):
+        image, label = dataset[i]
+        if labels and (len(labels) == batch_size or label.shape[-2:] != labels[0].shape[-2:]):
+            yield torch.stack(images), torch.stack(labels)
+            images, labels = [], []
+        images.append(image)
+        labels.append(label)
+    if labels:
+        yield torch.stack(images), torch.stack(labels)
 
 
 class KeyedAugment(torch.utils.data.Dataset):
@@ -258,8 +287,7 @@ def _write_log(path: Path, rows: list[dict]) -> None:
 def _evaluate_clean(model, dataset, batch_size, device, num_classes, amp) -> dict:
     cm = ConfusionMatrix(num_classes)
     model.eval()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate)
-    for images, labels in loader:
+    for images, labels in batches_by_size(dataset, batch_size):
         images, labels = images.to(device), labels.to(device)
         with _autocast(device, amp):
             pred = model(images).argmax(1)
@@ -269,8 +297,7 @@ def _evaluate_clean(model, dataset, batch_size, device, num_classes, amp) -> dic
 
 def _evaluate_robust(model, dataset, batch_size, device, num_classes, attack, seed) -> dict:
     cm = ConfusionMatrix(num_classes)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate)
-    for i, (images, labels) in enumerate(loader):
+    for i, (images, labels) in enumerate(batches_by_size(dataset, batch_size)):
         images, labels = images.to(device), labels.to(device)
         adv = attack(model, images, labels, generator=_step_generator(seed, -1, i, device))
         with torch.no_grad():
@@ -500,11 +527,12 @@ def train(
             "epoch_s": epoch_s,
         }
         if val_set is not None and rank == 0:
-            clean = _evaluate_clean(model, val_set, local_bs, device, num_classes, cfg.amp)
+            val_bs = cfg.val_batch_size or local_bs
+            clean = _evaluate_clean(model, val_set, val_bs, device, num_classes, cfg.amp)
             row.update(val_miou=clean["miou"], val_pixel_acc=clean["pixel_acc"])
             if robust_attack is not None and cfg.val_robust_steps > 0 and cfg.val_robust_images > 0:
                 subset = torch.utils.data.Subset(val_set, range(min(cfg.val_robust_images, len(val_set))))
-                rob = _evaluate_robust(model, subset, local_bs, device, num_classes, robust_attack, seed)
+                rob = _evaluate_robust(model, subset, val_bs, device, num_classes, robust_attack, seed)
                 row["robust_val_miou"] = rob["miou"]
         rows.append(row)
         last_row = row

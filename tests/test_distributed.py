@@ -27,7 +27,6 @@ def _train(out, log):
     import eroseg.train as t
     from tests.test_train import Toy
 
-    t.model_from_config = _tiny_model
     cfg = t.TrainConfig.from_dict(dict(epochs=2, batch_size=4, lr=0.05, hflip=0.5, amp=False, val_robust_steps=0))
     t.train(train_set=Toy(16), val_set=None, num_classes=2, model_cfg=MODEL, cfg=cfg, attack=None,
             out=out, log_path=log, seed=3, progress=False)
@@ -40,6 +39,9 @@ def _worker(rank, port, out, log):
     from eroseg.train import init_distributed
 
     init_distributed()
+    import eroseg.train as t
+
+    t.model_from_config = _tiny_model  # a spawned process of its own: nothing to restore
     try:
         _train(out, log)
     finally:
@@ -55,6 +57,9 @@ def _free_port():
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not available")
 def test_two_process_gloo_matches_single_process(tmp_path, monkeypatch):
     monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
+    import eroseg.train as t
+
+    monkeypatch.setattr(t, "model_from_config", _tiny_model)  # restored after the test
     _train(tmp_path / "single.pt", tmp_path / "single.csv")
     mp.spawn(_worker, args=(_free_port(), str(tmp_path / "ddp.pt"), str(tmp_path / "ddp.csv")), nprocs=2)
     a = load_checkpoint(tmp_path / "single.pt")["state_dict"]

@@ -86,3 +86,51 @@ def test_pipeline_through_slurm_matches_local(tmp_path, cluster):
     a = pd.read_csv(slurm_dir / "results/tests/tables/main_values.csv", index_col=0)
     b = pd.read_csv(local_dir / "results/tests/tables/main_values.csv", index_col=0)
     pd.testing.assert_frame_equal(a, b, atol=1e-6, rtol=0)
+
+
+def _squeue(env):
+    # Job id, state and comment: the executor plugin puts the rule's name into the comment.
+    res = subprocess.run(["squeue", "-h", "-o", "%i %T %k"], capture_output=True, text=True, env=env)
+    rows = [line.split(maxsplit=2) for line in res.stdout.splitlines() if line.strip()]
+    return [row + [""] * (3 - len(row)) for row in rows]
+
+
+def test_cancelled_training_job_resumes_from_its_checkpoint(tmp_path, cluster):
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    cfg = yaml.safe_load((tmp_path / "config" / "tests.yaml").read_text())
+    cfg["methods"] = {"standard": {"attack": None}}
+    cfg["train"].update(epochs=8, checkpoint_every=2)
+    for key in ("sweep", "ablation"):
+        cfg["evaluation"][key]["method"] = "standard"
+    (tmp_path / "config" / "kill.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    partial = tmp_path / "results/tests/models/standard/seed0/model.pt.partial"
+    env = dict(cluster, MPLBACKEND="Agg", EROSEG_SLURM_ACCOUNT="", EROSEG_SLURM_PARTITION="debug",
+               EROSEG_SLURM_GPU_PARTITION="debug")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    cmd = [sys.executable, "-m", "snakemake", "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile"),
+           "--profile", str(ROOT / "workflow" / "profiles" / "slurm"), "--slurm-no-account",
+           "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
+           "--set-resources", *[f"{r}:{k}={v}" for r in GPU_RULES for k, v in (("cpus_per_task", 1), ("mem_mb", 2000))],
+           "--configfile", "config/kill.yaml"]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
+    cancelled = None
+    deadline = time.time() + 240
+    while time.time() < deadline and first.poll() is None:
+        jobs = [j for j in _squeue(env) if j[1] == "RUNNING" and "train" in j[2]]
+        if partial.exists() and jobs:
+            cancelled = jobs[0][0]
+            subprocess.run(["scancel", cancelled], env=env, check=True)
+            break
+        time.sleep(0.5)
+    out1 = first.communicate(timeout=300)[0]
+    assert cancelled, f"no training job was seen running with a checkpoint:\n{out1[-3000:]}"
+    assert first.returncode != 0, "the run with a cancelled job must fail"
+    assert not (tmp_path / "results/tests/models/standard/seed0/model.pt").exists()
+    kept = partial.exists()
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    train_log = (tmp_path / "results/tests/logs/train/standard_seed0.log").read_text()
+    print(f"cancelled SLURM job {cancelled}; checkpoint kept: {kept}")
+    assert kept and "resuming" in train_log
+    rows = pd.read_csv(tmp_path / "results/tests/models/standard/seed0/log.csv")
+    assert list(rows["epoch"]) == list(range(1, 9))

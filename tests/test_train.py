@@ -176,3 +176,51 @@ def test_each_method_trains_one_short_epoch(tmp_path, method):
     model, meta = load_model(out)
     rows = list(csv.DictReader(open(tmp_path / f"{method}.csv")))
     assert len(rows) == 1 and float(rows[0]["loss"]) > 0
+
+
+class MixedSizes(torch.utils.data.Dataset):
+    """Whole images of different sizes, as in PASCAL VOC or ADE20K val."""
+
+    SIZES = [(16, 16), (16, 16), (16, 24), (24, 16), (24, 16), (24, 16), (16, 16)]
+
+    def __len__(self):
+        return len(self.SIZES)
+
+    def __getitem__(self, i):
+        h, w = self.SIZES[i]
+        label = torch.zeros(h, w, dtype=torch.long)
+        label[:, w // 2:] = 1
+        image = torch.where(label == 1, 0.7, 0.3).float().expand(3, h, w).clone()
+        image[0, 0, 0] = i / 10  # identifies the image
+        return image, label
+
+
+def test_batches_by_size_keeps_order_and_groups_equal_sizes():
+    from eroseg.train import batches_by_size
+
+    batches = list(batches_by_size(MixedSizes(), 2))
+    assert [tuple(b[0].shape) for b in batches] == [
+        (2, 3, 16, 16), (1, 3, 16, 24), (2, 3, 24, 16), (1, 3, 24, 16), (1, 3, 16, 16)]
+    order = torch.cat([b[0][:, 0, 0, 0] for b in batches])
+    assert torch.allclose(order, torch.arange(7) / 10)
+
+
+def test_validation_and_evaluation_on_whole_images_of_mixed_sizes(tmp_path):
+    from eroseg.attacks import create_attack
+    from eroseg.evaluate import evaluate
+
+    out = tmp_path / "m.pt"
+    pgd = create_attack("pgd", eps=8 / 255, step_size=2 / 255, steps=1)
+    train(train_set=Toy(), val_set=MixedSizes(), num_classes=2, model_cfg=MODEL,
+          cfg=cfg(epochs=1, crop_size=[16, 16], val_batch_size=3), attack=None, robust_attack=pgd,
+          out=out, log_path=tmp_path / "m.csv", seed=0, progress=False)
+    row = list(csv.DictReader(open(tmp_path / "m.csv")))[0]
+    assert 0 <= float(row["val_miou"]) <= 1 and 0 <= float(row["robust_val_miou"]) <= 1
+    model, _ = load_model(out)
+    res = evaluate(model, MixedSizes(), 2, attack=pgd, batch_size=4, num_samples=4)
+    assert res["per_image"].tp.shape == (7, 2)
+    # The qualitative samples of different sizes are padded to the largest, labels with void.
+    assert res["samples"]["image"].shape == (4, 3, 24, 24)
+    labels = res["samples"]["label"]
+    assert (labels[0, 16:, :] == 255).all() and (labels[2, 16:, :] == 255).all() and (labels[3, :, 16:] == 255).all()
+    assert (labels[2, :16, :] != 255).all() and (labels[3, :, :16] != 255).all()

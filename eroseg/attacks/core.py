@@ -1,51 +1,150 @@
-"""The shared iterative loop of every gradient attack, with projections and per-image accuracy.
+"""Shared engine of the gradient attacks: the iterative loop, its steps, projections, checks and accuracy.
 
-An attack is this loop plus a per-pixel weight function: PGD weights every
-valid pixel by 1, SegPGD and CosPGD re-weight them, EroSeg restricts the
-loss to the sensitive pixels and the erosion front. The weights are computed
-from the logits of the same forward pass that gives the gradient, so an
-attack step costs one forward and one backward pass, like PGD.
+Every attack of the package is :func:`run_attack` plus a per-pixel weight
+function ``weight_fn(t, T, logits, labels, valid)``: PGD weights every valid
+pixel by 1 (``weight_fn=None``), SegPGD and CosPGD re-weight them, EroSeg
+restricts the loss to its sensitive pixels and erosion front. The weights come
+from the logits of the same forward pass that gives the gradient, so a step
+costs one forward and one backward pass whatever the attack.
 
-Shared rules: the result stays within ``eps`` (Linf or L2) of the input and
-in [0, 1]; only the perturbation gets gradients (``torch.autograd.grad``),
-never the model's parameters; the model's train/eval mode is restored in
-``finally``; the attack runs under ``torch.enable_grad()``; the pixel loss is
-summed over valid pixels and divided by their number in the batch; dtype and
-device follow the inputs.
+Rules every attack obeys (each one is tested in ``tests/test_attacks.py``):
+
+* the result lies within ``eps`` of the input (Linf per element, L2 per image
+  over all ``C*H*W`` values) and in [0, 1];
+* gradients are taken with ``torch.autograd.grad(loss, delta)``, so only the
+  perturbation gets one; the model's parameters are left alone (no ``.grad``,
+  ``requires_grad`` untouched: freezing them does not make the input gradient
+  any faster, because autograd only computes what ``delta`` needs);
+* the model runs in eval mode; every module's own train/eval flag is restored
+  in ``finally``, also when the model raises;
+* the loop runs under ``torch.enable_grad()`` (so it works inside
+  ``torch.no_grad()``) and refuses to run inside ``torch.inference_mode()``;
+* the pixel loss is ``sum(w * CE) / N`` with ``N`` the valid pixels of the
+  whole batch; void pixels (``ignore_index``) contribute nothing;
+* dtype and device follow the inputs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable
+import numbers
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 
+#: Threat models: per-element (``linf``) or per-image Euclidean (``l2``) budget.
 NORMS = ("linf", "l2")
 
-#: ``weight_fn(t, steps, logits, labels, valid) -> (weights [B,H,W] or None, extra masks dict)``
-WeightFn = Callable[[int, int, torch.Tensor, torch.Tensor, torch.Tensor], tuple]
+#: ``weight_fn(t, T, logits, labels, valid)`` returns the per-pixel weights ``[B, H, W]``
+#: (``None``: 1 on every valid pixel), or a pair ``(weights, masks)`` whose dict of masks
+#: is passed on to the callback.
+WeightFn = Callable[[int, int, torch.Tensor, torch.Tensor, torch.Tensor], Any]
+
+_FLAGS = ("random_start", "targeted", "best_iterate", "amp")
 
 
-def check_params(*, eps: float, step_size: float | None, steps: int, norm: str) -> None:
-    """Validate the shared attack parameters with messages that name the bad one."""
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps must be a positive number (pixel units, e.g. 8/255), got {eps!r}")
-    if step_size is not None and not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
-        raise ValueError(f"step_size must be a positive number, got {step_size!r}")
-    if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+# ------------------------------------------------------------------ validation
+def _check_positive(name: str, value: Any, hint: str = "") -> None:
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a real number{hint}, got {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0{hint}, got {value!r}")
 
 
+def check_common(params: Mapping[str, Any]) -> None:
+    """Validate the parameters shared by all attacks; only the keys present are checked.
+
+    Args:
+        params: any of ``eps``, ``step_size``, ``steps``, ``norm``,
+            ``random_start``, ``targeted``, ``best_iterate``, ``amp``,
+            ``ignore_index``, ``generator``, ``callback``.
+
+    Raises:
+        TypeError: a parameter has the wrong type (e.g. ``eps="8/255"``, ``steps=2.5``,
+            ``random_start="false"``).
+        ValueError: a parameter has a bad value (``eps <= 0``, ``steps < 1``,
+            ``step_size <= 0``, ``norm`` not in :data:`NORMS`).
+    """
+    if "eps" in params:
+        _check_positive("eps", params["eps"], " (pixel units, e.g. 8/255)")
+    if "step_size" in params:
+        _check_positive("step_size", params["step_size"], " (pixel units, e.g. 2/255)")
+    if "steps" in params:
+        steps = params["steps"]
+        if not isinstance(steps, numbers.Integral) or isinstance(steps, bool):
+            raise TypeError(f"steps must be an integer >= 1, got {type(steps).__name__} {steps!r}")
+        if steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if "norm" in params and params["norm"] not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {params['norm']!r}")
+    for flag in _FLAGS:
+        # Strict bools: a config string "false" would otherwise be truthy.
+        if flag in params and not isinstance(params[flag], bool):
+            raise TypeError(f"{flag} must be a bool (True/False), got {type(params[flag]).__name__} {params[flag]!r}")
+    if "ignore_index" in params:
+        ii = params["ignore_index"]
+        if not isinstance(ii, numbers.Integral) or isinstance(ii, bool):
+            raise TypeError(f"ignore_index must be an integer label value (e.g. 255), got {ii!r}")
+    gen = params.get("generator")
+    if gen is not None and not isinstance(gen, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(gen).__name__}")
+    cb = params.get("callback")
+    if cb is not None and not callable(cb):
+        raise TypeError(f"callback must be callable(info: dict) or None, got {type(cb).__name__}")
+
+
+def check_grad_mode() -> None:
+    """Refuse to attack inside ``torch.inference_mode()``.
+
+    Raises:
+        RuntimeError: inference mode is on; attacks need autograd, which it disables
+            and which ``torch.enable_grad()`` cannot turn back on.
+    """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "adversarial attacks need autograd (the gradient of the loss with respect to the input), "
+            "which torch.inference_mode() disables and cannot be re-enabled inside it; call the attack "
+            "outside inference_mode (inside torch.no_grad() is fine: attacks re-enable gradients themselves)"
+        )
+
+
+def check_inputs(images: Any, labels: Any) -> None:
+    """Check that ``images`` is a float ``[B, C, H, W]`` tensor and ``labels`` an integer ``[B, H, W]`` one.
+
+    Raises:
+        TypeError: not tensors, images not floating point or labels not integer.
+        ValueError: shapes or devices do not match.
+    """
+    if not isinstance(images, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise TypeError(f"images and labels must be torch.Tensors, got {type(images).__name__} and "
+                        f"{type(labels).__name__}")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be a floating-point tensor with values in [0, 1], got dtype {images.dtype}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor (int64 class indices), got dtype {labels.dtype}")
+    if images.dim() != 4 or labels.shape != (images.shape[0], *images.shape[2:]):
+        raise ValueError(f"expected images [B, C, H, W] and labels [B, H, W] with the same B, H, W; got images "
+                         f"{tuple(images.shape)} and labels {tuple(labels.shape)}")
+    if images.device != labels.device:
+        raise ValueError(f"images and labels must be on the same device, got {images.device} and {labels.device}")
+
+
+# ------------------------------------------------------------ small building blocks
 def class_map(logits: torch.Tensor) -> torch.Tensor:
     """Predicted classes ``[B, H, W]`` of logits ``[B, C, H, W]``.
 
-    ``max(1).indices`` rather than ``argmax(1)``: the same classes, but on CPU
-    ``argmax`` over the channel dimension of an NCHW tensor takes a slow path
-    (about 10x slower at 8x8x64x64), which would show in every attack step.
+    ``max(1).indices`` rather than ``argmax(1)``: the same classes (ties go to
+    the lowest index in both), but on CPU ``argmax`` over the channel dimension
+    of an NCHW tensor takes a slow path (about 10x slower at 8x8x64x64), which
+    would show in every attack step.
+
+    Args:
+        logits: ``[B, C, H, W]``.
+
+    Returns:
+        ``[B, H, W]`` int64.
     """
     return logits.max(1).indices
 
@@ -53,58 +152,184 @@ def class_map(logits: torch.Tensor) -> torch.Tensor:
 def pixel_accuracy_per_image(
     logits_or_pred: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255
 ) -> torch.Tensor:
-    """Per-image pixel accuracy over valid pixels, ``[B]`` float (1.0 for an image with no valid pixel).
+    """Per-image pixel accuracy over the valid (non-void) pixels.
 
     Args:
-        logits_or_pred: logits ``[B, C, H, W]`` or class map ``[B, H, W]``.
-        labels: ``[B, H, W]``.
-        ignore_index: void label.
+        logits_or_pred: logits ``[B, C, H, W]`` or predicted classes ``[B, H, W]``.
+        labels: ``[B, H, W]`` integer labels.
+        ignore_index: void label; void pixels are left out of both counts.
+
+    Returns:
+        ``[B]`` float32 on the inputs' device; 1.0 for an image without a valid
+        pixel (nothing there can be fooled).
+
+    Shape:
+        ``[B, C, H, W]`` or ``[B, H, W]``, ``[B, H, W]`` -> ``[B]``.
     """
+    if logits_or_pred.dim() not in (3, 4):
+        raise ValueError(f"logits_or_pred must be logits [B, C, H, W] or classes [B, H, W], got shape "
+                         f"{tuple(logits_or_pred.shape)}")
     pred = class_map(logits_or_pred) if logits_or_pred.dim() == 4 else logits_or_pred
+    if pred.shape != labels.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and labels {tuple(labels.shape)} differ in shape")
     valid = labels != ignore_index
     correct = ((pred == labels) & valid).flatten(1).sum(1).float()
     n = valid.flatten(1).sum(1).float()
     return torch.where(n > 0, correct / n.clamp_min(1), torch.ones_like(n))
 
 
+def segmentation_loss(
+    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None, ignore_index: int = 255
+) -> torch.Tensor:
+    """Weighted pixel cross-entropy ``sum(w * CE) / N``, ``N`` the valid pixels of the whole batch.
+
+    Dividing by the batch's valid-pixel count (not by ``B*H*W``, not per image)
+    keeps the loss scale independent of image size and of how much is void.
+
+    Args:
+        logits: ``[B, C, H, W]``.
+        labels: ``[B, H, W]``; ``ignore_index`` pixels contribute 0.
+        weights: ``[B, H, W]`` per-pixel weights, or ``None`` for 1 everywhere.
+        ignore_index: void label.
+
+    Returns:
+        Scalar loss in the logits' dtype.
+    """
+    ce = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")
+    if weights is not None:
+        ce = ce * weights
+    n_valid = (labels != ignore_index).sum().clamp_min(1)
+    return ce.sum() / n_valid
+
+
 def _per_image_norm(x: torch.Tensor) -> torch.Tensor:
-    return x.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (x.dim() - 1)))
+    """L2 norm of each image over all its values, shaped ``[B, 1, 1, 1]`` for broadcasting."""
+    return torch.linalg.vector_norm(x.flatten(1), dim=1).view(-1, *([1] * (x.dim() - 1)))
 
 
-def random_init(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None) -> torch.Tensor:
-    """A random perturbation inside the eps ball (uniform in the Linf box or the L2 ball)."""
+def random_init(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random start inside the eps ball (before the [0, 1] clamp).
+
+    Linf: uniform in ``[-eps, eps]`` per element. L2: uniform in the ball of
+    radius eps in ``d = C*H*W`` dimensions (Gaussian direction, radius
+    ``eps * U^(1/d)``).
+
+    Args:
+        x: clean images ``[B, C, H, W]`` (only shape, dtype, device are used).
+        eps: radius.
+        norm: ``"linf"`` or ``"l2"``.
+        generator: random generator; it may live on another device than ``x``
+            (e.g. a CPU generator for CUDA images): the noise is drawn on the
+            generator's device, then moved, so a seed gives the same start.
+
+    Returns:
+        ``delta`` with the shape, dtype and device of ``x``.
+    """
+    dev = generator.device if generator is not None else x.device
+    kw = dict(generator=generator, device=dev, dtype=x.dtype)
     if norm == "linf":
-        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        return (2 * u - 1) * eps
-    d = x[0].numel()
-    direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    direction = direction / _per_image_norm(direction).clamp_min(1e-12)
-    radius = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), generator=generator, device=x.device, dtype=x.dtype)
-    return direction * eps * radius ** (1.0 / d)
+        delta = (2 * torch.rand(x.shape, **kw) - 1) * eps
+    else:
+        d = x[0].numel()
+        direction = torch.randn(x.shape, **kw)
+        direction = direction / _per_image_norm(direction).clamp_min(torch.finfo(x.dtype).tiny)
+        u = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), **kw)
+        delta = direction * (eps * u ** (1.0 / d))
+    return delta.to(x.device)
 
 
 def project(x: torch.Tensor, delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    """Project ``delta`` onto the eps ball and so that ``x + delta`` lies in [0, 1]."""
+    """Project ``delta`` onto the eps ball, then so that ``x + delta`` lies in [0, 1].
+
+    Clamping to the box after the ball keeps both constraints: for Linf
+    trivially, for L2 because clamping towards ``x`` only shortens each
+    coordinate of ``delta``.
+
+    Args:
+        x: clean images ``[B, C, H, W]``.
+        delta: perturbation, same shape.
+        eps: radius (per element for Linf, per image for L2).
+        norm: ``"linf"`` or ``"l2"``.
+
+    Returns:
+        The projected perturbation, same shape.
+    """
     if norm == "linf":
         delta = delta.clamp(-eps, eps)
     else:
-        n = _per_image_norm(delta)
-        delta = delta * torch.where(n > eps, eps / n.clamp_min(1e-12), torch.ones_like(n))
-    # Clamping to the box after the ball keeps both constraints: for Linf trivially, for L2
-    # because clamping towards x only shortens delta.
+        scale = (eps / _per_image_norm(delta).clamp_min(torch.finfo(delta.dtype).tiny)).clamp_max(1.0)
+        delta = delta * scale
     return (x + delta).clamp(0, 1) - x
 
 
 def step(delta: torch.Tensor, grad: torch.Tensor, step_size: float, norm: str) -> torch.Tensor:
-    """Ascent step: signed gradient (Linf) or per-image normalised gradient (L2)."""
+    """Ascent step: ``step_size * sign(grad)`` (Linf) or ``step_size * g / ||g||`` per image (L2).
+
+    A zero gradient gives a zero step (sign 0; L2 divides by a clamped norm)
+    rather than NaNs.
+
+    Args:
+        delta: current perturbation ``[B, C, H, W]``.
+        grad: gradient of the loss with respect to ``delta``, same shape.
+        step_size: step length.
+        norm: ``"linf"`` or ``"l2"``.
+
+    Returns:
+        ``delta`` plus the step (not yet projected).
+    """
     if norm == "linf":
         return delta + step_size * grad.sign()
-    g = grad / _per_image_norm(grad).clamp_min(1e-12)
+    g = grad / _per_image_norm(grad).clamp_min(torch.finfo(grad.dtype).tiny)
     return delta + step_size * g
 
 
+@contextlib.contextmanager
+def eval_mode(model: Any):
+    """Put ``model`` in eval mode for the block; restore every module's own flag afterwards, also on error.
+
+    Each submodule's flag is restored, not just the top one: a model in train
+    mode with frozen (eval) BatchNorm layers comes back exactly as it was.
+    Plain callables that are not ``nn.Module`` are left alone.
+
+    Args:
+        model: an ``nn.Module`` (or any callable, untouched).
+    """
+    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
+    modes = [m.training for m in modules]
+    try:
+        if modules:
+            model.eval()
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.training = mode
+
+
+def _autocast(enabled: bool):
+    # nullcontext on CPU: amp is a CUDA-only option and must be a true no-op elsewhere.
+    return torch.autocast("cuda", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+def _forward(model: Callable, adv: torch.Tensor, amp: bool) -> torch.Tensor:
+    with _autocast(amp):
+        logits = model(adv)
+    # Loss and weights in float32 when the forward ran in low precision; float64 models stay float64.
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return logits
+
+
+def _unpack_weights(out: Any, labels: torch.Tensor) -> tuple[torch.Tensor | None, dict]:
+    weights, masks = out if isinstance(out, tuple) else (out, {})
+    if weights is not None and weights.shape != labels.shape:
+        raise ValueError(f"weight_fn must return weights shaped like labels {tuple(labels.shape)} (or None), "
+                         f"got {tuple(weights.shape)}")
+    return weights, dict(masks)
+
+
+# --------------------------------------------------------------------- the loop
 def run_attack(
-    model: torch.nn.Module,
+    model: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
     labels: torch.Tensor,
     *,
@@ -123,91 +348,119 @@ def run_attack(
 ) -> torch.Tensor:
     """Iterative gradient attack shared by every attack of the package.
 
+    Each step: one forward pass on the current iterate ``x + delta``; per-pixel
+    weights from those logits (``weight_fn``); loss ``sum(w * CE) / N``; its
+    gradient with respect to ``delta`` (one backward pass); a signed (Linf) or
+    normalised (L2) step; projection onto the eps ball and the [0, 1] box.
+
+    Best iterate (``best_iterate=True``): the forward pass at the start of step
+    ``t`` already gives the prediction of iterate ``t`` (the random start, or
+    the clean image without one, for ``t = 0``), so each step also scores its
+    iterate; one extra forward scores the last iterate. Per image, the iterate
+    with the lowest pixel accuracy is returned (targeted: the highest accuracy
+    with respect to the targets); ties keep the earlier iterate. Without it,
+    the last iterate is returned.
+
+    Targeted (``targeted=True``): ``labels`` are the target classes and the
+    loss is minimised (the step direction is flipped). The callback's
+    ``fooled`` mask then marks the pixels already predicted as their target.
+
     Args:
-        model: maps images ``[B, 3, H, W]`` in [0, 1] to logits ``[B, C, H, W]``.
-        images: clean images in [0, 1].
-        labels: true labels ``[B, H, W]`` (target labels when ``targeted``).
+        model: maps images ``[B, C, H, W]`` in [0, 1] to logits ``[B, K, H, W]``
+            (normalisation inside the model).
+        images: clean images in [0, 1], floating point.
+        labels: ``[B, H, W]`` integer labels (targets when ``targeted``).
         eps: budget in pixel units (Linf per element, L2 per image).
-        step_size: step length (signed step for Linf, normalised gradient for L2).
-        steps: number of steps T.
+        step_size: step length in pixel units.
+        steps: number of steps T >= 1.
         norm: ``"linf"`` or ``"l2"``.
-        random_start: start from a uniform random point in the eps ball.
+        random_start: start from a uniform random point of the eps ball.
         ignore_index: void label; void pixels contribute nothing.
         targeted: minimise the loss towards ``labels`` instead of maximising it.
-        best_iterate: return, per image, the iterate with the lowest pixel
-            accuracy seen (each step's forward pass evaluates the current
-            iterate; one more forward evaluates the last; ties keep the earlier).
-        generator: random generator of the random start (same seed, same result).
-        amp: bf16 autocast for the forward passes on CUDA (loss in float32).
-        callback: called after each step's forward with ``step``, ``logits``,
-            ``weights``, ``fooled`` and the weight function's masks.
-        weight_fn: per-pixel loss weights; ``None`` weights every valid pixel by 1.
+        best_iterate: return the best iterate per image (see above).
+        generator: generator of the random start (same seed, same result).
+        amp: bf16 autocast for the forward passes on CUDA (no-op on CPU); the
+            loss is computed in float32.
+        callback: ``callback(info)`` after each step's forward and weights, with
+            ``step`` (t), ``logits`` (detached), ``weights`` (detached, or None
+            for uniform weights), ``fooled`` (bool, valid pixels whose
+            prediction differs from the label, or equals the target when
+            targeted), ``images`` (the iterate that was evaluated, detached)
+            and any masks the weight function returned.
+        weight_fn: ``weight_fn(t, T, logits, labels, valid)`` -> weights
+            ``[B, H, W]``, ``None`` (uniform), or ``(weights, masks)``; it runs
+            under ``torch.no_grad()`` on detached logits.
 
     Returns:
-        Adversarial images, same shape, dtype and device as ``images``, detached.
+        Adversarial images: same shape, dtype and device as ``images``, detached.
+
+    Shape:
+        images ``[B, C, H, W]``, labels ``[B, H, W]`` -> ``[B, C, H, W]``.
+
+    Raises:
+        RuntimeError: called inside ``torch.inference_mode()``.
+        TypeError, ValueError: bad parameters or inputs (the message names them).
     """
-    check_params(eps=eps, step_size=step_size, steps=steps, norm=norm)
-    if torch.is_inference_mode_enabled():
-        raise RuntimeError(
-            "attacks need autograd, which torch.inference_mode() disables; call the attack outside "
-            "inference_mode (torch.no_grad() is fine: attacks re-enable gradients themselves)"
-        )
-    if images.dim() != 4 or labels.shape != (images.shape[0], *images.shape[2:]):
-        raise ValueError(
-            f"expected images [B, 3, H, W] and labels [B, H, W]; got {tuple(images.shape)} and {tuple(labels.shape)}"
-        )
+    check_grad_mode()
+    check_common(dict(eps=eps, step_size=step_size, steps=steps, norm=norm, random_start=random_start,
+                      targeted=targeted, best_iterate=best_iterate, amp=amp, ignore_index=ignore_index,
+                      generator=generator, callback=callback))
+    if weight_fn is not None and not callable(weight_fn):
+        raise TypeError(f"weight_fn must be callable or None, got {type(weight_fn).__name__}")
+    check_inputs(images, labels)
+
     x = images.detach()
-    labels = labels.detach().long()
-    valid = labels != ignore_index
-    n_valid = valid.sum().clamp_min(1).to(torch.float32)
+    y = labels.detach().long()
+    # Tensors made inside inference_mode cannot take part in autograd; a plain copy can.
+    if x.is_inference():
+        x = x.clone()
+    if y.is_inference():
+        y = y.clone()
+    valid = y != ignore_index
     use_amp = amp and x.is_cuda
-    was_training = model.training
-    params = [p for p in model.parameters() if p.requires_grad]
-    best_adv = x.clone() if best_iterate else None
-    best_acc = torch.full((x.shape[0],), math.inf, device=x.device) if best_iterate else None
+    best_adv = best_score = None
+    if best_iterate:
+        best_adv = x.clone()
+        best_score = torch.full((x.shape[0],), math.inf, device=x.device)
 
     def track(adv: torch.Tensor, logits: torch.Tensor) -> None:
-        acc = pixel_accuracy_per_image(logits, labels, ignore_index)
-        better = acc < best_acc
-        best_acc.copy_(torch.where(better, acc, best_acc))
-        best_adv.copy_(torch.where(better.view(-1, 1, 1, 1), adv.detach(), best_adv))
+        acc = pixel_accuracy_per_image(logits, y, ignore_index)
+        score = 1 - acc if targeted else acc
+        better = score < best_score  # strict: ties keep the earlier iterate
+        best_score.copy_(torch.where(better, score, best_score))
+        best_adv.copy_(torch.where(better.view(-1, 1, 1, 1), adv, best_adv))
 
-    try:
-        model.eval()
-        for p in params:  # gradients flow to the perturbation only
-            p.requires_grad_(False)
-        with torch.enable_grad():
-            delta = random_init(x, eps, norm, generator) if random_start else torch.zeros_like(x)
-            delta = project(x, delta, eps, norm)
-            for t in range(steps):
-                delta.requires_grad_(True)
-                adv = x + delta
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                    logits = model(adv)
-                logits = logits.float()
-                with torch.no_grad():
-                    weights, extra = weight_fn(t, steps, logits.detach(), labels, valid) if weight_fn else (None, {})
-                    if best_iterate:
-                        track(adv, logits)
-                    if callback is not None:
-                        fooled = (class_map(logits) != labels) & valid
-                        callback({"step": t, "logits": logits.detach(), "weights": weights, "fooled": fooled, **extra})
-                ce = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="none")
-                if weights is not None:
-                    ce = ce * weights
-                loss = ce.sum() / n_valid
-                if targeted:
-                    loss = -loss
-                (grad,) = torch.autograd.grad(loss, delta)
-                with torch.no_grad():
-                    delta = project(x, step(delta.detach(), grad, step_size, norm), eps, norm)
-        adv = (x + delta).detach()
+    with eval_mode(model), torch.enable_grad():
+        delta = random_init(x, eps, norm, generator) if random_start else torch.zeros_like(x)
+        delta = project(x, delta, eps, norm)
+        for t in range(steps):
+            delta.requires_grad_(True)
+            adv = x + delta
+            logits = _forward(model, adv, use_amp)
+            if t == 0 and (logits.dim() != 4 or logits.shape[0] != x.shape[0] or logits.shape[2:] != y.shape[1:]):
+                raise ValueError(f"model must return logits [B, classes, H, W] matching labels {tuple(y.shape)}, "
+                                 f"got {tuple(logits.shape)}")
+            with torch.no_grad():
+                weights, masks = _unpack_weights(
+                    weight_fn(t, steps, logits.detach(), y, valid) if weight_fn is not None else None, y)
+                if best_iterate:
+                    track(adv.detach(), logits)
+                if callback is not None:
+                    pred = class_map(logits)
+                    fooled = valid & ((pred == y) if targeted else (pred != y))
+                    callback({"step": t, "logits": logits.detach(), "weights": weights, "fooled": fooled,
+                              "images": adv.detach(), **masks})
+            loss = segmentation_loss(logits, y, weights, ignore_index)
+            if targeted:
+                loss = -loss
+            (grad,) = torch.autograd.grad(loss, delta)
+            with torch.no_grad():
+                delta = project(x, step(delta.detach(), grad, step_size, norm), eps, norm)
+        adv = x + delta
         if best_iterate:
-            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                track(adv, model(adv).float())
+            with torch.no_grad():
+                track(adv, _forward(model, adv, use_amp))
             adv = best_adv
-        return adv.to(images.dtype)
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-        model.train(was_training)
+    # x + (clamp(x + d) - x) is in [0, 1] up to rounding; the final clamp makes it exact and
+    # can only move a value towards x, so the budget still holds.
+    return adv.clamp(0, 1).detach()

@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import torch
 
+from eroseg.data.ade20k import ADE20K, ADE20K_CLASSES, ADE20K_PALETTE
+from eroseg.data.cityscapes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, Cityscapes
 from eroseg.data.errors import IGNORE_INDEX, DatasetError, DatasetNotFoundError
 from eroseg.data.prepare import prepare_dataset
 from eroseg.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE, generate_synthetic
@@ -86,6 +88,14 @@ register_dataset(DatasetInfo(
     "voc", VOC_CLASSES, tuple(voc_palette(len(VOC_CLASSES))), _voc_factory,
     "PASCAL VOC 2012 segmentation (VOCdevkit/VOC2012 as root; list_file= for SBD train_aug)",
 ))
+register_dataset(DatasetInfo(
+    "cityscapes", CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, Cityscapes,
+    "Cityscapes fine annotations, 19 train ids (root holds leftImg8bit/ and gtFine/)",
+))
+register_dataset(DatasetInfo(
+    "ade20k", ADE20K_CLASSES, ADE20K_PALETTE, ADE20K,
+    "ADE20K SceneParsing, 150 classes (ADEChallengeData2016 as root; splits train/val)",
+))
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -121,11 +131,17 @@ def get_dataset(name: str, root: str | os.PathLike, split: str, **kwargs: Any) -
 
 
 __all__ = [
+    "ADE20K",
+    "ADE20K_CLASSES",
+    "ADE20K_PALETTE",
+    "CITYSCAPES_CLASSES",
+    "CITYSCAPES_PALETTE",
     "DATASETS",
     "IGNORE_INDEX",
     "SYNTHETIC_CLASSES",
     "SYNTHETIC_PALETTE",
     "VOC_CLASSES",
+    "Cityscapes",
     "DatasetError",
     "DatasetInfo",
     "DatasetNotFoundError",

@@ -175,7 +175,7 @@ def aggregate_spec():
             "eps_fixed": HEAD_EPS,
             "steps_fixed": HEAD_STEPS,
         },
-        "ablation": {"method": EVAL["ablation"]["method"], "attacks": EVAL["ablation"]["variants"]},
+        "ablation": {"method": EVAL["ablation"]["method"], "attacks": [[k, v] for k, v in EVAL["ablation"]["variants"].items()]},
     }
 
 
