@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    create .venv if missing, install eroseg, run the whole pipeline (embedded default)
-#   make test   same set-up, then the test suite
+#   make test   same set-up, then the test suite (SLURM tests included when a test cluster can start)
 # CORES sets snakemake's --cores; PYTHON the interpreter used to create .venv.
 
 PYTHON ?= python3
@@ -25,8 +25,10 @@ run: $(STAMP)
 	MPLBACKEND=Agg PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES)
 	MPLBACKEND=Agg PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --report results/report.html
 
+# The SLURM tests start a local test cluster (tests/slurm/cluster.sh; apt-installs slurm-wlm as root)
+# and are skipped with its one-line reason where it cannot start.
 test: $(STAMP)
-	MPLBACKEND=Agg PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+	MPLBACKEND=Agg PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow and not gpu"
 
 report: $(STAMP)
 	MPLBACKEND=Agg PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --report results/report.html

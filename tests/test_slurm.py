@@ -31,7 +31,8 @@ def cluster(tmp_path_factory):
     if res.returncode != 0:
         pytest.skip((res.stderr or res.stdout).strip().splitlines()[-1])
     pytest.importorskip("snakemake_executor_plugin_slurm", reason="snakemake-executor-plugin-slurm not installed")
-    env["SLURM_CONF"] = str(d / "etc" / "slurm.conf")
+    env["SLURM_CONF"] = env["EROSEG_SLURM_CONF"] = str(d / "etc" / "slurm.conf")
+    env["PATH"] = f"{d / 'bin'}{os.pathsep}{env['PATH']}"  # the srun shim (see cluster.sh)
     yield env
     subprocess.run(["bash", str(CLUSTER), "stop"], capture_output=True, text=True, env=env)
 

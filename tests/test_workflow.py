@@ -130,3 +130,14 @@ def test_slurm_profile_dry_run_requests_gpus(tmp_path):
             assert "gpu=1" in b and "slurm_partition=gpu" in b, b
     for rule in ("aggregate", "figures"):
         assert blocks.get(rule) and all("gpu=" not in b for b in blocks[rule])
+    # Multi-GPU training: the rule's gpu=N request reaches SLURM (the profile must not override it).
+    cfg = yaml.safe_load((tmp_path / "config" / "tests.yaml").read_text())
+    cfg["resources"]["gpus_per_train"] = 2
+    (tmp_path / "config" / "two.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    res = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile"),
+         "--profile", str(ROOT / "workflow" / "profiles" / "slurm"), "--configfile", "config/two.yaml"],
+        capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    train_blocks = re.findall(r"^rule train:\n((?:    .*\n)+)", res.stdout + res.stderr, flags=re.M)
+    assert train_blocks and all("gpu=2" in b for b in train_blocks), train_blocks

@@ -4,7 +4,7 @@
 #   tests/slurm/cluster.sh start    install (apt, as root) if missing, configure, start, wait until idle
 #   tests/slurm/cluster.sh stop     stop exactly the daemons this script started
 #   tests/slurm/cluster.sh status   say whether it runs
-#   tests/slurm/cluster.sh env      print `export SLURM_CONF=...` for clients (sbatch, squeue, snakemake)
+#   tests/slurm/cluster.sh env      print the `export SLURM_CONF=... PATH=...` clients need (sbatch, squeue, snakemake)
 #
 # Everything it writes lives in $EROSEG_SLURM_DIR (default /tmp/eroseg-slurm); it never
 # writes over a system configuration. On failure it prints one line and exits non-zero.
@@ -84,6 +84,16 @@ $gres_line
 NodeName=localhost CPUs=$cpus RealMemory=$mem State=UNKNOWN $node_gres
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 CONF
+    # srun shim: the Snakemake jobstep plugin (>= 0.6) removes every SLURM_* variable, SLURM_CONF
+    # included, from the environment of the srun it runs inside a job. A real cluster keeps its
+    # config at the default path (or runs configless), so it does not notice; this cluster's config
+    # lives in $DIR, so a job's srun gets it back from EROSEG_SLURM_CONF. Put $DIR/bin first on PATH.
+    mkdir -p "$DIR/bin"
+    cat >"$DIR/bin/srun" <<SHIM
+#!/bin/sh
+SLURM_CONF="\${SLURM_CONF:-\${EROSEG_SLURM_CONF:-$CONF}}" exec $(command -v srun) "\$@"
+SHIM
+    chmod +x "$DIR/bin/srun"
     [ -f "$DIR/munge/munge.key" ] || dd if=/dev/urandom bs=1 count=1024 of="$DIR/munge/munge.key" 2>/dev/null
     chmod 400 "$DIR/munge/munge.key"
 }
@@ -144,6 +154,6 @@ case "${1:-}" in
     start) start ;;
     stop) stop ;;
     status) status ;;
-    env) echo "export SLURM_CONF=$CONF" ;;
+    env) echo "export SLURM_CONF=$CONF EROSEG_SLURM_CONF=$CONF PATH=$DIR/bin:\$PATH" ;;
     *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
 esac
