@@ -8,8 +8,9 @@ Tables (each written as ``<name>.csv`` and ``<name>.md``):
 - ``results``: one row per evaluation (long form, every number the tables use).
 - ``main``: methods x attacks at the headline eps and steps, clean first and
   the worst case over attacks last, mean ± std of mIoU over seeds.
-- ``steps``: attack strength versus steps (rows attacks, columns steps).
-- ``eps``: attack strength versus eps.
+- ``steps``: attack strength versus steps (rows attack and eps, columns steps);
+  ``eps``: versus eps (rows attack and steps, columns eps). Each eps (steps)
+  evaluated at two or more step counts (eps values) gets its rows.
 - ``ablation``: the EroSeg ablation.
 """
 
@@ -159,16 +160,24 @@ def aggregate(eval_paths: list[str], spec: dict, out_dir: str | Path) -> dict[st
         base = long[(long.method == sm) & (long.attack.isin(sa))]
         e_fixed = round(float(sweep["eps_fixed"]) * 255, 3)
         s_fixed = int(sweep["steps_fixed"])
-        st = base[base.eps_255 == e_fixed].pivot_table(index="attack", columns="steps", values="miou", aggfunc="mean")
-        st = st.reindex([a for a in sa if a in st.index]) * 100
+        order = {a: i for i, a in enumerate(sa)}
+        # One row per attack and eps, for each eps evaluated at two or more step counts (the headline eps; every
+        # eps of the sweep with evaluation.sweep.full_grid); likewise one row per attack and step count below.
+        many_steps = base.groupby("eps_255")["steps"].nunique()
+        st = base[base.eps_255.isin(many_steps[many_steps >= 2].index) | (base.eps_255 == e_fixed)]
+        st = st.pivot_table(index=["attack", "eps_255"], columns="steps", values="miou", aggfunc="mean") * 100
+        st = st.sort_index(key=lambda ix: ix.map(order) if ix.name == "attack" else ix)
+        st.index = st.index.set_levels([f"{e:g}/255" for e in st.index.levels[1]], level=1).rename(["attack", "eps"])
         st.columns = [f"{c} steps" for c in st.columns]
         tables["steps"] = st.round(2)
-        _write(tables["steps"], out_dir, "steps", f"mIoU (%) of `{sm}` versus attack steps, eps {e_fixed:g}/255")
-        ep = base[base.steps == s_fixed].pivot_table(index="attack", columns="eps_255", values="miou", aggfunc="mean")
-        ep = ep.reindex([a for a in sa if a in ep.index]) * 100
+        _write(tables["steps"], out_dir, "steps", f"mIoU (%) of `{sm}` versus attack steps")
+        many_eps = base.groupby("steps")["eps_255"].nunique()
+        ep = base[base.steps.isin(many_eps[many_eps >= 2].index) | (base.steps == s_fixed)]
+        ep = ep.pivot_table(index=["attack", "steps"], columns="eps_255", values="miou", aggfunc="mean") * 100
+        ep = ep.sort_index(key=lambda ix: ix.map(order) if ix.name == "attack" else ix)
         ep.columns = [f"eps {c:g}/255" for c in ep.columns]
         tables["eps"] = ep.round(2)
-        _write(tables["eps"], out_dir, "eps", f"mIoU (%) of `{sm}` versus eps, {s_fixed} steps")
+        _write(tables["eps"], out_dir, "eps", f"mIoU (%) of `{sm}` versus eps")
 
     abl = spec.get("ablation")
     if abl:

@@ -105,9 +105,10 @@ def plot_per_class(evals: list[dict], classes: list[str], out_dir: Path, title: 
     ax.set_xticks(x, classes, rotation=30, ha="right")
     ax.set_ylabel("IoU (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(title, pad=28)
+    ax.set_title(title)
     # Legend above the axes: inside, it would cover the tallest (clean) bars.
-    ax.legend(frameon=False, fontsize=8, ncol=min(len(evals), 6), loc="lower center", bbox_to_anchor=(0.5, 1.08))
+    # Outside on the right: clear of the title and of the bars whatever the number of classes.
+    ax.legend(frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, out_dir, "per_class_iou", dpi)
 
