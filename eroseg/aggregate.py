@@ -71,6 +71,8 @@ def _fmt(values: pd.Series) -> str:
 
 
 def _write(df: pd.DataFrame, out_dir: Path, name: str, title: str, index: bool = True) -> None:
+    if index and isinstance(df.index, pd.MultiIndex):  # one column per level, not tuples
+        df, index = df.reset_index(), False
     atomic_write_text(out_dir / f"{name}.csv", df.to_csv(index=index))
     atomic_write_text(out_dir / f"{name}.md", f"## {title}\n\n{df.to_markdown(index=index)}\n")
 
