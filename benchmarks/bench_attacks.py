@@ -26,6 +26,8 @@ Examples::
     python benchmarks/bench_attacks.py --device cpu --height 64 --width 64 --batch 8
     python benchmarks/bench_attacks.py --device cuda --height 512 --width 512 --batch 8
     python benchmarks/bench_attacks.py --arch tiny   # without segmentation_models_pytorch
+    python benchmarks/bench_attacks.py --device cuda --arch DeepLabV3 --encoder resnet50 --classes 21 \\
+        --height 384 --width 512 --batch 1 --amp   # one whole VOC-sized image, as evaluation runs
 """
 
 from __future__ import annotations
@@ -59,14 +61,15 @@ class Normalised(nn.Module):
 
 
 def build_model(arch: str, encoder: str, classes: int) -> nn.Module:
-    """``unet``: segmentation_models_pytorch Unet with a random-init encoder; ``tiny``: three convolutions."""
-    if arch == "unet":
-        import segmentation_models_pytorch as smp
-
-        net = smp.create_model("Unet", encoder_name=encoder, encoder_weights=None, classes=classes)
-    else:
+    """``tiny``: three convolutions; any other name: that segmentation_models_pytorch architecture
+    (``unet``, ``DeepLabV3``, ``DeepLabV3Plus``, ``PSPNet``, ...) with a random-init encoder."""
+    if arch == "tiny":
         net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
                             nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, classes, 1))
+    else:
+        import segmentation_models_pytorch as smp
+
+        net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, classes=classes)
     return Normalised(net)
 
 
@@ -126,9 +129,10 @@ def breakdown(model, x, y, device, repeats: int) -> dict[str, float]:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--arch", "--model", dest="arch", choices=["unet", "tiny"], default="unet",
-                   help="unet: smp Unet (needs H, W divisible by 32); tiny: a 3-layer CNN")
-    p.add_argument("--encoder", default="resnet18", help="smp encoder of the unet")
+    p.add_argument("--arch", "--model", dest="arch", default="unet",
+                   help="an smp architecture (unet, DeepLabV3, ...; H, W must suit it, e.g. divisible by 32 "
+                        "for unet) or tiny: a 3-layer CNN")
+    p.add_argument("--encoder", default="resnet18", help="smp encoder of the architecture")
     p.add_argument("--classes", type=int, default=8)
     p.add_argument("--height", type=int, default=64)
     p.add_argument("--width", type=int, default=64)
@@ -203,7 +207,7 @@ def main(argv=None) -> dict:
     ero_pgd = statistics.median(per_round("eroseg", rt) / per_round("pgd", rt) for rt in rounds)
     goal_ero = 1.05 if device.type == "cuda" else 1.10
 
-    model_name = f"Unet/{args.encoder}" if args.arch == "unet" else "tiny CNN"
+    model_name = "tiny CNN" if args.arch == "tiny" else f"{args.arch}/{args.encoder}"
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
           f"{model_name}, {args.classes} classes, batch {args.batch}, {args.height}x{args.width}, amp={amp}, "
           f"channels_last={args.channels_last}, threads={torch.get_num_threads()}, k={k}, rounds={args.repeats}")

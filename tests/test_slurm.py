@@ -113,6 +113,9 @@ def test_cancelled_training_job_resumes_from_its_checkpoint(tmp_path, cluster):
            "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
            "--set-resources", *[f"{r}:{k}={v}" for r in GPU_RULES for k, v in (("cpus_per_task", 1), ("mem_mb", 2000))],
            "--configfile", "config/kill.yaml"]
+    # Only what training needs (the evaluations would add minutes, not evidence); the target goes before
+    # the options, which take several values each.
+    cmd[3:3] = ["results/tests/models/standard/seed0/model.pt"]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
     cancelled = None
     deadline = time.time() + 240
