@@ -92,6 +92,19 @@ def test_changing_one_attack_reruns_only_its_evaluations(workdir):
     assert jobs.get("evaluate_attack") == 2  # standard and pgd_at at the headline setting
 
 
+def test_changing_one_method_retrains_only_that_method(workdir):
+    cfg = yaml.safe_load((workdir / "config" / "tests.yaml").read_text())
+    cfg["methods"]["pgd_at"]["params"] = {"random_start": False}
+    changed = workdir / "config" / "method.yaml"
+    changed.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    jobs = planned_jobs(workdir, "--configfile", str(changed))
+    evals = [p for p in (workdir / "results/tests/eval/pgd_at/seed0").rglob("*.json") if p.name != "clean.json"]
+    # pgd_at is retrained and each of its evaluations redone; nothing of `standard` (which also
+    # owns the samples, sweeps and ablation) runs again.
+    assert jobs == {"train": 1, "evaluate_clean": 1, "evaluate_attack": len(evals), "aggregate": 1, "figures": 1,
+                    "all": 1}, jobs
+
+
 def test_changing_figure_style_reruns_no_evaluation(workdir):
     cfg = yaml.safe_load((workdir / "config" / "tests.yaml").read_text())
     cfg["figures"]["dpi"] = 61
