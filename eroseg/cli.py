@@ -12,50 +12,12 @@ import argparse
 import json
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 
+from eroseg.numbers import parse_number, resolve_attack_params  # noqa: F401  (re-exported)
+
 log = logging.getLogger("eroseg")
-
-_FRACTION = re.compile(r"^\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
-_REL_EPS = re.compile(r"^\s*eps\s*([*/])\s*([0-9.eE+-]+)\s*$")
-
-
-def parse_number(value, *, eps: float | None = None, name: str = "value") -> float:
-    """Parse a number given as ``0.03``, ``"8/255"`` or, with ``eps`` known, ``"eps/4"``.
-
-    Raises:
-        ValueError: naming ``name`` and the accepted forms.
-    """
-    if isinstance(value, bool):
-        raise ValueError(f"{name}: expected a number, got {value!r}")
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        s = value.strip()
-        try:
-            return float(s)
-        except ValueError:
-            pass
-        m = _FRACTION.match(s)
-        if m:
-            return float(m.group(1)) / float(m.group(2))
-        m = _REL_EPS.match(s)
-        if m and eps is not None:
-            k = float(m.group(2))
-            return eps / k if m.group(1) == "/" else eps * k
-    raise ValueError(f"{name}: cannot parse {value!r}; expected a number, a fraction like '8/255' or 'eps/4'")
-
-
-def resolve_attack_params(params: dict) -> dict:
-    """Turn ``eps``/``step_size`` strings (``"8/255"``, ``"eps/4"``) into floats."""
-    out = dict(params)
-    if "eps" in out:
-        out["eps"] = parse_number(out["eps"], name="eps")
-    if "step_size" in out:
-        out["step_size"] = parse_number(out["step_size"], eps=out.get("eps"), name="step_size")
-    return out
 
 
 def _json_arg(text: str, what: str) -> dict:
@@ -104,7 +66,8 @@ def cmd_synthesize(args) -> None:
     from eroseg.data import generate_synthetic
 
     generate_synthetic(
-        args.root, n_train=args.n_train, n_val=args.n_val, height=args.height, width=args.width, seed=args.seed
+        args.root, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, height=args.height,
+        width=args.width, seed=args.seed,
     )
 
 
@@ -252,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("synthesize", help="generate the embedded synthetic dataset (PASCAL VOC layout)")
     s.add_argument("--root", required=True)
     s.add_argument("--n-train", type=int, required=True)
-    s.add_argument("--n-val", type=int, required=True)
+    s.add_argument("--n-val", type=int, required=True, help="validation images (the split for choices)")
+    s.add_argument("--n-test", type=int, default=0, help="test images (the split whose numbers are reported)")
     s.add_argument("--height", type=int, required=True)
     s.add_argument("--width", type=int, required=True)
     s.add_argument("--seed", type=int, default=0)

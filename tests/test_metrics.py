@@ -76,9 +76,53 @@ def test_worst_case_picks_lowest_accuracy_per_image():
     pa = torch.stack([torch.ones(2, 2), torch.zeros(2, 2)]).long()
     pb = torch.stack([torch.zeros(2, 2), torch.tensor([[1, 1], [0, 0]])]).long()
     sa, sb = per_image_stats(pa, label, 2), per_image_stats(pb, label, 2)
-    chosen, names = worst_case_stats({"a": sa, "b": sb})
+    chosen, names = worst_case_stats({"a": sa, "b": sb}, rule="pixel_acc")
     assert names == ["a", "b"]
     assert chosen.pixel_acc.tolist() == [0.0, 0.5]
     assert np.all(chosen.pixel_acc <= np.minimum(sa.pixel_acc, sb.pixel_acc))
     with pytest.raises(ValueError, match="different numbers"):
         worst_case_stats({"a": sa, "c": per_image_stats(pa[:1], label[:1], 2)})
+
+
+def _stats_from_confusions(conf) -> PerImageStats:
+    conf = np.asarray(conf)  # [N, C, C]: rows label, columns prediction
+    return PerImageStats(np.stack([np.diag(c) for c in conf]), conf.sum(1), conf.sum(2))
+
+
+def test_pixel_accuracy_worst_case_can_beat_its_own_attack_and_the_miou_rule_cannot():
+    # Hand-made counts (2 images, 2 classes). Pixel accuracy, image 0: a 5/6 = b 5/6 (tie -> a);
+    # image 1: a 4/5 > b 3/5 -> b. That choice has tp (1, 7), pred (3, 8), label (2, 9):
+    # IoU 1/4 and 7/10, mIoU 0.475, above attack a alone (tp (0, 9), pred (0, 11): IoU 0 and 9/11 -> 0.409).
+    a = _stats_from_confusions([[[0, 1], [0, 5]], [[0, 1], [0, 4]]])
+    b = _stats_from_confusions([[[1, 0], [1, 4]], [[1, 0], [2, 2]]])
+    by_acc, names = worst_case_stats({"a": a, "b": b}, rule="pixel_acc")
+    assert names == ["a", "b"]
+    assert by_acc.scores()["miou"] == pytest.approx(0.475)
+    assert a.scores()["miou"] == pytest.approx(9 / 22)
+    by_miou, names = worst_case_stats({"a": a, "b": b})
+    assert by_miou.scores()["miou"] == pytest.approx(9 / 22)
+    assert names == ["a", "a"]
+    with pytest.raises(ValueError, match="rule"):
+        worst_case_stats({"a": a}, rule="accuracy")
+
+
+def test_miou_worst_case_never_above_any_attack_nor_the_pixel_accuracy_rule():
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        n, c, k = 6, 3, 3
+        labels = rng.integers(0, 8, size=(n, c))
+        per = {}
+        for j in range(k):
+            conf = np.zeros((n, c, c), dtype=np.int64)
+            for i in range(n):
+                for cls in range(c):
+                    conf[i, cls] = rng.multinomial(labels[i, cls], rng.dirichlet(np.ones(c)))
+            per[f"atk{j}"] = _stats_from_confusions(conf)
+        worst, names = worst_case_stats(per)
+        m = worst.scores()["miou"]
+        assert all(m <= s.scores()["miou"] + 1e-12 for s in per.values())
+        assert m <= worst_case_stats(per, rule="pixel_acc")[0].scores()["miou"] + 1e-12
+        assert np.array_equal(worst.label, per["atk0"].label)
+        # the returned names reproduce the returned counts
+        rebuilt = np.stack([per[nm].tp[i] for i, nm in enumerate(names)])
+        assert np.array_equal(rebuilt, worst.tp)

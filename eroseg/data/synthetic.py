@@ -22,7 +22,7 @@ Output layout under ``root`` (read by :class:`eroseg.data.voc.VOCSegmentation`):
 
     JPEGImages/<split>_<index>.png          lossless RGB PNG
     SegmentationClass/<split>_<index>.png   palette PNG of class ids (255 void)
-    ImageSets/Segmentation/{train,val}.txt
+    ImageSets/Segmentation/{train,val,test}.txt   (test only when n_test > 0)
     synthetic.json                          generation parameters and class names
 """
 
@@ -66,7 +66,9 @@ SKY, GRASS, ROAD, WATER, TREE, HOUSE, CAR, PERSON = range(len(SYNTHETIC_CLASSES)
 #: existing dataset made by older code is regenerated rather than reused.
 FORMAT_VERSION = 2
 
-_SPLIT_CODES = {"train": 0, "val": 1}
+_SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+#: Splits in the order they are written; ``val`` is for choices (tuning, per-epoch checks), ``test`` for reported numbers.
+SPLITS = tuple(_SPLIT_CODES)
 
 
 # ------------------------------------------------------------------- drawing
@@ -389,7 +391,7 @@ def render_scene(seed: int, split: str, index: int, height: int, width: int) -> 
 
     Args:
         seed: dataset seed (non-negative).
-        split: ``"train"`` or ``"val"``.
+        split: ``"train"``, ``"val"`` or ``"test"``.
         index: sample index within the split.
         height: image height in pixels.
         width: image width in pixels.
@@ -419,14 +421,17 @@ def _save_label(path: Path, label: np.ndarray) -> None:
     im.save(path, format="PNG", compress_level=6)
 
 
-def _params(n_train: int, n_val: int, height: int, width: int, seed: int) -> dict:
-    checks = {"n_train": (n_train, 1), "n_val": (n_val, 1), "height": (height, 16), "width": (width, 16),
-              "seed": (seed, 0)}
+def _params(n_train: int, n_val: int, height: int, width: int, seed: int, n_test: int = 0) -> dict:
+    checks = {"n_train": (n_train, 1), "n_val": (n_val, 1), "n_test": (n_test, 0), "height": (height, 16),
+              "width": (width, 16), "seed": (seed, 0)}
     for key, (value, low) in checks.items():
         if isinstance(value, bool) or int(value) != value or value < low:
             raise ValueError(f"generate_synthetic: {key}={value!r}; expected an integer >= {low}")
-    return {"n_train": int(n_train), "n_val": int(n_val), "height": int(height), "width": int(width),
-            "seed": int(seed)}
+    params = {"n_train": int(n_train), "n_val": int(n_val), "height": int(height), "width": int(width),
+              "seed": int(seed)}
+    if n_test:  # absent when 0, so datasets written before the test split existed stay valid
+        params["n_test"] = int(n_test)
+    return params
 
 
 def _metadata(params: dict) -> dict:
@@ -437,7 +442,7 @@ def _metadata(params: dict) -> dict:
         "classes": list(SYNTHETIC_CLASSES),
         "palette": [list(c) for c in SYNTHETIC_PALETTE],
         "ignore_index": IGNORE_INDEX,
-        "splits": {"train": params["n_train"], "val": params["n_val"]},
+        "splits": {s: params[f"n_{s}"] for s in SPLITS if params.get(f"n_{s}")},
     }
 
 
@@ -463,7 +468,9 @@ def _write_dataset(out: Path, params: dict) -> None:
         d.mkdir(parents=True)
     # Files are written directly: ``out`` is a private temporary folder that
     # becomes visible only through the final rename, which is the atomic step.
-    for split in ("train", "val"):
+    for split in SPLITS:
+        if not params.get(f"n_{split}"):
+            continue
         ids = []
         for i in range(params[f"n_{split}"]):
             sample_id = f"{split}_{i:05d}"
@@ -476,7 +483,7 @@ def _write_dataset(out: Path, params: dict) -> None:
 
 
 def generate_synthetic(
-    root: str | os.PathLike, *, n_train: int, n_val: int, height: int, width: int, seed: int
+    root: str | os.PathLike, *, n_train: int, n_val: int, height: int, width: int, seed: int, n_test: int = 0
 ) -> Path:
     """Generate the synthetic dataset at ``root`` in the PASCAL VOC layout.
 
@@ -489,7 +496,8 @@ def generate_synthetic(
     Args:
         root: output folder.
         n_train: number of training images (>= 1).
-        n_val: number of validation images (>= 1).
+        n_val: number of validation images (>= 1): the split for choices (tuning, per-epoch checks).
+        n_test: number of test images (>= 0): the split whose numbers are reported; 0 writes no test split.
         height: image height in pixels (>= 16).
         width: image width in pixels (>= 16).
         seed: generator seed (>= 0).
@@ -503,7 +511,7 @@ def generate_synthetic(
             never deleted then, since it may hold someone's data).
     """
     root = Path(root)
-    params = _params(n_train, n_val, height, width, seed)
+    params = _params(n_train, n_val, height, width, seed, n_test)
     meta = _metadata(params)
     if root.exists():
         if not root.is_dir():
@@ -542,8 +550,8 @@ def generate_synthetic(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info("%s: wrote %d train + %d val synthetic images (%dx%d) in %.1f s", root, params["n_train"],
-             params["n_val"], width, height, time.perf_counter() - start)
+    log.info("%s: wrote %d train + %d val + %d test synthetic images (%dx%d) in %.1f s", root, params["n_train"],
+             params["n_val"], params.get("n_test", 0), width, height, time.perf_counter() - start)
     return root
 
 
@@ -557,5 +565,5 @@ def dataset_crc(root: str | os.PathLike) -> int:
     return crc
 
 
-__all__ = ["FORMAT_VERSION", "SYNTHETIC_CLASSES", "SYNTHETIC_PALETTE", "dataset_crc", "generate_synthetic",
+__all__ = ["FORMAT_VERSION", "SPLITS", "SYNTHETIC_CLASSES", "SYNTHETIC_PALETTE", "dataset_crc", "generate_synthetic",
            "render_scene"]
