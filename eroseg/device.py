@@ -7,7 +7,10 @@ released automatically when the process exits, even when it is killed): a GPU
 has ``jobs_per_gpu`` slots (default 1), so light jobs (the embedded default's
 evaluations and trainings use a few percent of a GPU) can share one GPU, one
 process per slot. Slots are handed out GPU by GPU before any GPU gets a second
-job, and a job that finds every slot held waits for one to free up.
+job, and a job that finds every slot held waits for one to free up. Lock files
+are named by the GPU's UUID, not its index: two jobs that each see one GPU as
+``cuda:0`` (SLURM jobs on one node, ``CUDA_VISIBLE_DEVICES``) only wait for each
+other when it is the same physical GPU.
 
 With ``jobs_per_gpu = k`` and N GPUs, run Snakemake with ``--resources gpu=N*k``
 and export ``EROSEG_JOBS_PER_GPU=k`` (the workflow's ``resources.jobs_per_gpu``)
@@ -19,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -73,6 +77,7 @@ def acquire_gpu_slot(
     wait: float | None = None,
     poll: float = 0.5,
     lock_dir: str | os.PathLike | None = None,
+    gpu_ids: list[str] | None = None,
 ) -> tuple[int, int] | None:
     """Take a free slot ``(gpu, slot)`` among ``num_gpus * jobs_per_gpu`` and hold it for the life of the process.
 
@@ -85,15 +90,19 @@ def acquire_gpu_slot(
         wait: seconds to wait for a slot when all are held (None: as long as it takes, 0: not at all).
         poll: seconds between tries while waiting.
         lock_dir: folder of the lock files (default ``$EROSEG_GPU_LOCK_DIR`` or ``<tmp>/eroseg-gpu-locks``).
+        gpu_ids: a stable name per GPU for its lock files (its UUID); default ``gpu<index>``.
 
     Returns:
         ``(gpu, slot)``, or None when no slot freed up within ``wait`` seconds.
 
     Raises:
-        ValueError: ``num_gpus`` < 1 or ``jobs_per_gpu`` < 1.
+        ValueError: ``num_gpus`` < 1, ``jobs_per_gpu`` < 1, or ``gpu_ids`` not one per GPU.
     """
     if num_gpus < 1 or jobs_per_gpu < 1:
         raise ValueError(f"acquire_gpu_slot: num_gpus={num_gpus}, jobs_per_gpu={jobs_per_gpu}; expected both >= 1")
+    if gpu_ids is not None and len(gpu_ids) != num_gpus:
+        raise ValueError(f"acquire_gpu_slot: {len(gpu_ids)} gpu_ids for num_gpus={num_gpus}")
+    names = [re.sub(r"[^A-Za-z0-9_.-]", "_", str(g)) for g in gpu_ids] if gpu_ids else [f"gpu{i}" for i in range(num_gpus)]
     d = Path(lock_dir) if lock_dir is not None else _lock_dir()
     d.mkdir(parents=True, exist_ok=True)
     deadline = None if wait is None else time.monotonic() + wait
@@ -101,8 +110,7 @@ def acquire_gpu_slot(
     while True:
         for slot in range(jobs_per_gpu):
             for gpu in range(num_gpus):
-                # Slot 0 keeps the name of the one-job-per-GPU lock, so older jobs and newer ones exclude each other.
-                f = _try_slot(d / (f"gpu{gpu}.lock" if slot == 0 else f"gpu{gpu}.slot{slot}.lock"))
+                f = _try_slot(d / f"{names[gpu]}.slot{slot}.lock")
                 if f is not None:
                     _held_locks.append(f)
                     log.info("using cuda:%d, slot %d of %d (lock %s)", gpu, slot + 1, jobs_per_gpu, f.name)
@@ -116,10 +124,17 @@ def acquire_gpu_slot(
         time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
 
 
-def _visible_gpus() -> int:
+def visible_gpu_ids() -> list[str]:
+    """One stable id per visible CUDA GPU: its UUID where torch reports one, else its index (empty without CUDA)."""
     import torch
 
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not torch.cuda.is_available():
+        return []
+    ids = []
+    for i in range(torch.cuda.device_count()):
+        uuid = getattr(torch.cuda.get_device_properties(i), "uuid", None)
+        ids.append(f"gpu-{uuid}" if uuid else f"gpu{i}")
+    return ids
 
 
 def select_device(
@@ -127,7 +142,7 @@ def select_device(
     *,
     jobs_per_gpu: int | None = None,
     wait: float | None = None,
-    gpu_count: Callable[[], int] | None = None,
+    gpu_ids: Callable[[], list[str]] | None = None,
 ):
     """Resolve ``device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
 
@@ -141,7 +156,7 @@ def select_device(
         jobs_per_gpu: jobs that may share one GPU (default: ``$EROSEG_JOBS_PER_GPU`` or 1).
         wait: seconds to wait for a slot (None: as long as it takes); when none frees up,
             the GPU with the most free memory is shared, with a warning.
-        gpu_count: counts the visible GPUs (default: torch.cuda); tests pass their own.
+        gpu_ids: lists the visible GPUs' ids (default :func:`visible_gpu_ids`); tests pass their own.
 
     Returns:
         A ``torch.device``.
@@ -152,13 +167,14 @@ def select_device(
     """
     import torch
 
-    count = gpu_count or _visible_gpus
+    list_gpus = gpu_ids or visible_gpu_ids
     if device not in ("auto", "cuda"):
         dev = torch.device(device)
-        if dev.type == "cuda" and count() == 0:
+        if dev.type == "cuda" and not list_gpus():
             raise ValueError(f"device {device!r} requested but CUDA is not available")
         return dev
-    n = count()
+    ids = list_gpus()
+    n = len(ids)
     if n == 0:
         if device == "cuda":
             raise ValueError("device 'cuda' requested but CUDA is not available")
@@ -166,7 +182,7 @@ def select_device(
     if "LOCAL_RANK" in os.environ:
         return torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}")
     k = jobs_per_gpu_from_env() if jobs_per_gpu is None else jobs_per_gpu
-    got = acquire_gpu_slot(n, k, wait=wait)
+    got = acquire_gpu_slot(n, k, wait=wait, gpu_ids=ids)
     if got is not None:
         return torch.device(f"cuda:{got[0]}")
     free = [torch.cuda.mem_get_info(i)[0] for i in range(n)]

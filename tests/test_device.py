@@ -75,14 +75,23 @@ def test_one_job_per_gpu_by_default_and_wait_can_be_bounded(tmp_path):
 
 def test_select_device_on_simulated_gpus(monkeypatch):
     monkeypatch.setenv("EROSEG_JOBS_PER_GPU", "2")
-    two = lambda: 2  # noqa: E731
-    picks = [dev.select_device("auto", gpu_count=two) for _ in range(4)]
+    two = lambda: ["gpu-aaaa", "gpu-bbbb"]  # noqa: E731
+    picks = [dev.select_device("auto", gpu_ids=two) for _ in range(4)]
     assert picks == [torch.device(f"cuda:{i}") for i in (0, 1, 0, 1)]
-    assert dev.select_device("auto", gpu_count=lambda: 0) == torch.device("cpu")
+    assert dev.select_device("auto", gpu_ids=list) == torch.device("cpu")
     with pytest.raises(ValueError, match="CUDA is not available"):
-        dev.select_device("cuda", gpu_count=lambda: 0)
+        dev.select_device("cuda", gpu_ids=list)
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert dev.select_device("auto", gpu_count=two) == torch.device("cuda:1")
+    assert dev.select_device("auto", gpu_ids=two) == torch.device("cuda:1")
+
+
+def test_locks_follow_the_physical_gpu_not_its_index(tmp_path):
+    # Two SLURM jobs on one node each see their own GPU as cuda:0: neither waits for the other.
+    locks = tmp_path / "locks"
+    assert dev.acquire_gpu_slot(1, wait=0, lock_dir=locks, gpu_ids=["gpu-1111"]) == (0, 0)
+    assert dev.acquire_gpu_slot(1, wait=0, lock_dir=locks, gpu_ids=["gpu-2222"]) == (0, 0)
+    # The same physical GPU seen by a third job is held.
+    assert dev.acquire_gpu_slot(1, wait=0, lock_dir=locks, gpu_ids=["gpu-2222"]) is None
 
 
 def test_jobs_per_gpu_env_must_be_a_positive_integer(monkeypatch):
