@@ -350,8 +350,26 @@ def ablation_table(ev: Evals, spec: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("variant")
 
 
+def tuning_table(paths: list[str]) -> pd.DataFrame:
+    """Every tuning candidate of every family: parameters, val mIoU (%) per model and mean, the chosen one marked."""
+    from eroseg.io import read_json
+
+    rows = []
+    for p in paths:
+        d = read_json(p)
+        for c in d["candidates"]:
+            row = {"family": d["family"], "split": d["split"],
+                   "candidate": ", ".join(f"{k}={v}" for k, v in c["params"].items()),
+                   "mean val mIoU": c["mean"] * 100, "chosen": "yes" if c["params"] == d["chosen"] else ""}
+            row.update({f"mIoU {Path(k).parent.parent.name}/{Path(k).parent.name}": v * 100
+                        for k, v in c["miou"].items()})
+            rows.append(row)
+    return pd.DataFrame(rows).round(2)
+
+
 # ------------------------------------------------------------------------ entry
-def aggregate(eval_paths: list[str], spec: dict, out_dir: str | Path) -> dict[str, pd.DataFrame]:
+def aggregate(eval_paths: list[str], spec: dict, out_dir: str | Path,
+              tuning_paths: list[str] = ()) -> dict[str, pd.DataFrame]:
     """Build every table from ``eval_paths`` as ``spec`` describes; returns the tables.
 
     Args:
@@ -365,12 +383,17 @@ def aggregate(eval_paths: list[str], spec: dict, out_dir: str | Path) -> dict[st
             SEA in the ``sea`` table); optional ``checks``, ``claims``, ``sweep``,
             ``ablation`` (see the table functions).
         out_dir: where tables go.
+        tuning_paths: tuning results (``eroseg tune``) for the ``tuning`` table.
     """
     out_dir = Path(out_dir)
     ev = Evals.load(eval_paths)
+    if tuning_paths:
+        tables_tuning = tuning_table(list(tuning_paths))
+        write_table(tables_tuning, out_dir, "tuning", "Tuning on the validation split: mIoU (%) of every candidate "
+                    "(lowest mean chosen)", index=False)
     head = spec["headline"]
     h = f"eps {eps_label(head['eps'])}, {head['steps']} steps"
-    tables: dict[str, pd.DataFrame] = {}
+    tables: dict[str, pd.DataFrame] = {"tuning": tables_tuning} if tuning_paths else {}
     results = ev.frame().rename(columns={"miou": "miou (0-1)", "pixel_acc": "pixel_acc (0-1)"})
     tables["results"] = results
     write_table(results, out_dir, "results", "Every evaluation (mIoU and pixel accuracy as fractions 0-1)",

@@ -88,7 +88,7 @@ def cmd_train(args) -> None:
     cfg = TrainConfig.from_dict(_json_arg(args.train, "--train"))
     rank, _ = init_distributed()
     model_cfg = _json_arg(args.model, "--model")
-    attack_params = _json_arg(args.attack_params, "--attack-params")
+    attack_params = _tuned(_json_arg(args.attack_params, "--attack-params"), args.attack_params_file)
     info = dataset_info(args.dataset)
     device = select_device(args.device)
     attack = _make_attack(args.attack, attack_params, {"amp": cfg.amp})
@@ -128,13 +128,15 @@ def _settings(args) -> list[dict]:
     for k, item in enumerate(items):
         if not isinstance(item, dict) or not item.get("out"):
             raise ValueError(f"--settings[{k}]: expected an object with at least 'out', got {item!r}")
-        unknown = sorted(set(item) - {"setting", "attack", "params", "restarts", "out"})
+        unknown = sorted(set(item) - {"setting", "attack", "params", "params_file", "restarts", "out"})
         if unknown:
-            raise ValueError(f"--settings[{k}]: unknown key(s) {unknown}; valid: setting, attack, params, restarts, out")
+            raise ValueError(f"--settings[{k}]: unknown key(s) {unknown}; valid: setting, attack, params, "
+                             "params_file, restarts, out")
         attack = item.get("attack") or "none"
         params = item.get("params") or {}
         if not isinstance(params, dict):
             raise ValueError(f"--settings[{k}].params must be a JSON object, got {params!r}")
+        params = _tuned(params, item.get("params_file"))
         restarts = item.get("restarts") or 1
         if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
             raise ValueError(f"--settings[{k}].restarts must be an integer >= 1, got {restarts!r}")
@@ -215,6 +217,52 @@ def cmd_attack(args) -> None:
     log.info("attacked %d images -> %s", len(rows), args.out_dir)
 
 
+def _tuned(params: dict, path: str | None) -> dict:
+    """``params`` with the parameters a tuning file chose laid over them."""
+    if not path:
+        return params
+    from eroseg.io import read_json
+    from eroseg.tune import TUNING_VERSION
+
+    d = read_json(path)
+    if not isinstance(d, dict) or d.get("version") != TUNING_VERSION or not isinstance(d.get("chosen"), dict):
+        raise ValueError(f"{path}: not a tuning result (format {TUNING_VERSION} with a 'chosen' object); rerun the "
+                         "tuning stage")
+    return {**params, **d["chosen"]}
+
+
+def cmd_tune(args) -> None:
+    from eroseg.device import select_device
+    from eroseg.evaluate import evaluate
+    from eroseg.io import write_json
+    from eroseg.models import load_model
+    from eroseg.tune import TUNING_VERSION, grid_candidates, tune
+
+    base = _json_arg(args.attack_params, "--attack-params")
+    grid = _json_arg(args.grid, "--grid")
+    for cand in grid_candidates(grid):  # every candidate is checked before any model is loaded
+        _make_attack(args.attack, {**base, **cand})
+    device = select_device(args.device)
+    dataset = _dataset(args.dataset, args.root, args.split)
+    models, num_classes = {}, None
+    for path in args.checkpoints:
+        model, meta = load_model(path, map_location=device)
+        models[str(path)] = model
+        num_classes = int(meta["num_classes"])
+
+    def run(model, params):
+        res = evaluate(model, dataset, num_classes, attack=_make_attack(args.attack, params, {"amp": args.amp}),
+                       batch_size=args.batch_size, device=device, seed=args.seed, amp=args.amp,
+                       max_images=args.max_images)
+        return res["metrics"]["miou"]
+
+    out = tune(models, run, base, grid)
+    write_json(args.out, {"version": TUNING_VERSION, "family": args.family, "attack": args.attack,
+                          "split": args.split, "max_images": args.max_images, "base": base, "grid": grid, **out})
+    log.info("%s: chose %s (mean val mIoU %.4f over %d models)", args.family, out["chosen"],
+             min(c["mean"] for c in out["candidates"]), len(models))
+
+
 def _eval_files(paths: list[str]) -> list[str]:
     """Evaluation JSON files: files as given, folders (one model's evaluations) expanded to the JSON under them."""
     out = []
@@ -232,7 +280,7 @@ def _eval_files(paths: list[str]) -> list[str]:
 def cmd_aggregate(args) -> None:
     from eroseg.aggregate import aggregate
 
-    aggregate(_eval_files(args.evals), _json_arg(args.spec, "--spec"), args.out_dir)
+    aggregate(_eval_files(args.evals), _json_arg(args.spec, "--spec"), args.out_dir, tuning_paths=args.tuning)
 
 
 def cmd_figures(args) -> None:
@@ -287,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", default=None, help="method name stored in the checkpoint")
     s.add_argument("--attack", default=None, help="training attack name (none: standard training)")
     s.add_argument("--attack-params", default="{}", help="training attack parameters as JSON")
+    s.add_argument("--attack-params-file", default=None,
+                   help="tuning result (eroseg tune) whose chosen parameters are laid over --attack-params")
     s.add_argument("--robust-eps", default=None, help="eps of the per-epoch robust val check, e.g. 8/255")
     s.add_argument("--robust-step-size", default="eps/4")
     s.add_argument("--seed", type=int, default=0)
@@ -322,6 +372,24 @@ def build_parser() -> argparse.ArgumentParser:
     common(s)
     s.set_defaults(func=cmd_evaluate)
 
+    s = sub.add_parser("tune", help="choose an attack family's parameters on a validation split (lowest mean mIoU)")
+    s.add_argument("--checkpoints", nargs="+", required=True, help="models every candidate is run on")
+    s.add_argument("--dataset", required=True, help="dataset name (synthetic, voc, cityscapes, ade20k)")
+    s.add_argument("--root", required=True, help="dataset root")
+    s.add_argument("--split", default="val", help="the split for choices (never the reported one)")
+    s.add_argument("--family", required=True, help="label of the tuned setting, stored in the output")
+    s.add_argument("--attack", required=True, help="registered attack name")
+    s.add_argument("--attack-params", default="{}", help="parameters every candidate shares, as JSON")
+    s.add_argument("--grid", required=True, help="parameter -> list of candidate values, as JSON")
+    s.add_argument("--max-images", type=int, default=None, help="images of the split per candidate")
+    s.add_argument("--batch-size", type=int, default=16, help="images per batch")
+    s.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts")
+    s.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    s.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    s.add_argument("--out", required=True, help="tuning result (JSON)")
+    common(s)
+    s.set_defaults(func=cmd_tune)
+
     s = sub.add_parser("attack", help="attack a checkpoint on a dataset split or a folder of images; save PNGs")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--images", default=None, help="folder of images (the clean prediction is attacked)")
@@ -340,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("aggregate", help="tables (CSV, Markdown) from evaluation JSON files")
     s.add_argument("--evals", nargs="+", required=True)
     s.add_argument("--spec", default="{}", help="which tables to build, as JSON")
+    s.add_argument("--tuning", nargs="*", default=[], help="tuning results (eroseg tune) for the tuning table")
     s.add_argument("--out-dir", required=True)
     common(s, threads=False)
     s.set_defaults(func=cmd_aggregate)

@@ -8,7 +8,8 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from eroseg.attacks import attack_parameters, create_attack
-from eroseg.numbers import eps_tag, parse_number
+from eroseg.numbers import eps_tag, parse_number, resolve_attack_params
+from eroseg.tune import grid_candidates
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -59,6 +60,8 @@ SEA = EVAL.get("sea")
 TEST_SPLIT = DATASET["test_split"]
 VAL_SPLIT = DATASET["val_split"]
 CHECKS = EVAL.get("checks")
+TUNE = config.get("tuning") or {}
+TUNED_FAMILIES = list((TUNE.get("grids") or {}))
 if CHECKS:
     CHECK_EPS = [_parse(e, key="evaluation.checks.eps") for e in CHECKS["eps"]]
 
@@ -84,6 +87,17 @@ def _check_names():
         known("evaluation.checks.setting", CHECKS["setting"])
         if CHECKS.get("restarts"):
             known("evaluation.checks.restarts", CHECKS["restarts"])
+    for fam in TUNED_FAMILIES:
+        known("tuning.grids", fam)
+    for m in TUNE.get("models", []):
+        known("tuning.models", m, METHODS, "method")
+    for a, entry in ATTACKS.items():
+        if entry.get("tuned") and a not in TUNED_FAMILIES:
+            raise ValueError(f"config key evaluation.attacks.{a}.tuned: no grid for {a!r} under tuning.grids")
+    for m, entry in config["methods"].items():
+        if entry.get("tuned") and entry.get("attack") not in TUNED_FAMILIES:
+            raise ValueError(f"config key methods.{m}.tuned: no tuning grid for its attack {entry.get('attack')!r} "
+                             f"under tuning.grids (grids: {TUNED_FAMILIES})")
     claims = EVAL.get("claims") or {}
     for pair in claims.get("attack_pairs", []):
         for a in pair:
@@ -159,15 +173,31 @@ def attack_params(setting, eps_tag_value, steps):
     return params
 
 
+def tuning_path(family):
+    return f"{OUT}/tuning/{family}.json"
+
+
 def evaluation_settings(method, seed):
     """The ``--settings`` list of one model's evaluation job (clean first)."""
     items = [{"setting": "clean", "attack": "none", "out": f"{eval_dir(method, seed)}/clean.json"}]
     for setting, tag, steps in model_settings(method, seed):
-        items.append({"setting": setting, "attack": ATTACKS[setting]["attack"],
-                      "params": attack_params(setting, tag, steps),
-                      "restarts": int(ATTACKS[setting].get("restarts", 1)),
-                      "out": eval_file(method, seed, setting, tag, steps)})
+        item = {"setting": setting, "attack": ATTACKS[setting]["attack"],
+                "params": attack_params(setting, tag, steps),
+                "restarts": int(ATTACKS[setting].get("restarts", 1)),
+                "out": eval_file(method, seed, setting, tag, steps)}
+        if ATTACKS[setting].get("tuned"):
+            item["params_file"] = tuning_path(setting)
+        items.append(item)
     return items
+
+
+def tuning_inputs_of_eval(method, seed):
+    return sorted({i["params_file"] for i in evaluation_settings(method, seed) if "params_file" in i})
+
+
+def tuning_base_params(family):
+    """Parameters every tuning candidate of ``family`` shares: the setting's own at the headline eps, tuning steps."""
+    return attack_params(family, eps_tag(HEAD_EPS), int(TUNE["steps"]))
 
 
 def _check_attack_params():
@@ -181,9 +211,15 @@ def _check_attack_params():
                     continue
                 seen.add(key)
                 try:
-                    create_attack(item["attack"], **item["params"])
+                    create_attack(item["attack"], **resolve_attack_params(item["params"]))
                 except (TypeError, ValueError) as err:
                     raise ValueError(f"config key evaluation.attacks.{item['setting']}: {err}") from None
+    for fam in TUNED_FAMILIES:
+        for cand in grid_candidates(TUNE["grids"][fam]):
+            try:
+                create_attack(ATTACKS[fam]["attack"], **resolve_attack_params({**tuning_base_params(fam), **cand}))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"config key tuning.grids.{fam}: candidate {cand}: {err}") from None
     for m in METHODS:
         name, params = training_attack(m)
         if name:
@@ -191,6 +227,12 @@ def _check_attack_params():
                 create_attack(name, **params)
             except (TypeError, ValueError) as err:
                 raise ValueError(f"config key methods.{m}: {err}") from None
+
+
+def training_tuning_file(method):
+    """The tuning result a method's training attack takes its parameters from (``tuned: true``), or None."""
+    entry = config["methods"][method]
+    return tuning_path(entry["attack"]) if entry.get("tuned") else None
 
 
 def training_attack(method):
@@ -242,7 +284,7 @@ def figure_spec():
 _check_attack_params()
 
 #: Tables aggregate writes (CSV, Markdown, HTML); the optional ones only when configured.
-TABLES = ["main", "results", "steps", "eps", "ablation"] + (["sea"] if SEA else []) + (
+TABLES = ["main", "results", "steps", "eps", "ablation"] + (["tuning"] if TUNED_FAMILIES else []) + (["sea"] if SEA else []) + (
     ["checks"] if CHECKS else []) + (["claims"] if EVAL.get("claims") else [])
 TABLE_CAPTIONS = {"main": "table_main", "claims": "table_claims", "checks": "table_checks", "sea": "table_sea"}
 FIGURES = ["robust_vs_steps", "robust_vs_eps", "per_class_iou", "training_curves", "qualitative", "erosion"]
@@ -259,6 +301,7 @@ FIGURE_CAPTIONS = {
 def all_outputs():
     return (
         [f"{OUT}/data/manifest.csv"]
+        + [tuning_path(f) for f in TUNED_FAMILIES]
         + [model_path(m, s) for m in METHODS for s in SEEDS]
         + all_eval_dirs()
         + [f"{OUT}/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md", "html")]
@@ -272,5 +315,6 @@ def js(obj):
 
 
 wildcard_constraints:
+    family="|".join(TUNED_FAMILIES) if TUNED_FAMILIES else "x^",
     method="|".join(METHODS) if METHODS else "x^",
     seed=r"\d+",

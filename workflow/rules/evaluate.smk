@@ -9,6 +9,7 @@
 rule evaluate:
     input:
         model=model_path("{method}", "{seed}"),
+        tuned=lambda wc: tuning_inputs_of_eval(wc.method, int(wc.seed)),
     output:
         directory(eval_dir("{method}", "{seed}")),
     params:

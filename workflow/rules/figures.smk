@@ -4,6 +4,7 @@
 rule aggregate:
     input:
         evals=all_eval_dirs(),
+        tuning=[tuning_path(f) for f in TUNED_FAMILIES],
     output:
         [
             report(f"{OUT}/tables/{t}.html", caption=f"../report/{TABLE_CAPTIONS.get(t, 'table_other')}.rst",
@@ -18,7 +19,7 @@ rule aggregate:
     log:
         f"{OUT}/logs/aggregate.log",
     shell:
-        "eroseg aggregate --evals {input.evals} --spec {params.spec:q} --out-dir {params.out_dir} > {log} 2>&1"
+        "eroseg aggregate --evals {input.evals} --tuning {input.tuning} --spec {params.spec:q} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule figures:
