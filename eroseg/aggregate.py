@@ -316,7 +316,7 @@ def claims_table(ev: Evals, spec: dict) -> pd.DataFrame:
                          "model": f"{at} vs {other}", "comparison": label, "difference (points)": d,
                          "CI low": lo, "CI high": hi, "seeds": n,
                          "holds": _verdict(lo, hi, n, lower_is_yes=False) if what != "clean" else "–"})
-    return pd.DataFrame(rows).round(2)
+    return pd.DataFrame(rows).set_index(["claim", "model", "comparison"]).round(2)
 
 
 def sweep_tables(ev: Evals, spec: dict) -> dict[str, pd.DataFrame]:
