@@ -44,6 +44,9 @@ WeightFn = Callable[[int, int, torch.Tensor, torch.Tensor, torch.Tensor], Any]
 
 _FLAGS = ("random_start", "targeted", "best_iterate", "amp")
 
+#: Parameters that :func:`check_common` validates, for every attack that has them.
+COMMON_PARAMETERS = ("eps", "step_size", "steps", "norm", *_FLAGS, "ignore_index", "generator", "callback")
+
 
 # ------------------------------------------------------------------ validation
 def _check_positive(name: str, value: Any, hint: str = "") -> None:

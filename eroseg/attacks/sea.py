@@ -43,11 +43,20 @@ def check_sea_losses(*, losses: Sequence[str]) -> None:
         raise ValueError(f"losses must be distinct (each component runs once), got {repeated} more than once")
 
 
-def check_sea_params(*, losses: Sequence[str], momentum: float, initial_step: float, rho: float,
-                     radius_schedule: bool, q0: float, schedule: str, kernel_size: int, gamma: float, front: bool,
-                     selection: bool) -> None:
-    """Validate SEA's own parameters: its losses and the APGD parameters shared by every component."""
+def check_sea_params(*, losses: Sequence[str], component_callback: Callable | None, momentum: float,
+                     initial_step: float, rho: float, radius_schedule: bool, q0: float, schedule: str,
+                     kernel_size: int, gamma: float, front: bool, selection: bool) -> None:
+    """Validate SEA's own parameters: its losses, the component callback and the APGD parameters of every component.
+
+    Raises:
+        TypeError, ValueError: as :func:`check_sea_losses` and
+            :func:`eroseg.attacks.apgd.check_apgd_params`; ``component_callback``
+            not callable.
+    """
     check_sea_losses(losses=losses)
+    if component_callback is not None and not callable(component_callback):
+        raise TypeError(f"component_callback must be callable(name, adv) or None, got "
+                        f"{type(component_callback).__name__}")
     check_apgd_params(loss=losses[0], momentum=momentum, initial_step=initial_step, rho=rho,
                       radius_schedule=radius_schedule, q0=q0, schedule=schedule, kernel_size=kernel_size,
                       gamma=gamma, front=front, selection=selection)
@@ -125,11 +134,8 @@ def sea(
                       best_iterate=best_iterate, amp=amp, ignore_index=ignore_index, generator=generator,
                       callback=callback))
     switches = dict(q0=q0, schedule=schedule, kernel_size=kernel_size, gamma=gamma, front=front, selection=selection)
-    check_sea_params(losses=losses, momentum=momentum, initial_step=initial_step, rho=rho,
-                     radius_schedule=radius_schedule, **switches)
-    if component_callback is not None and not callable(component_callback):
-        raise TypeError(f"component_callback must be callable(name, adv) or None, got "
-                        f"{type(component_callback).__name__}")
+    check_sea_params(losses=losses, component_callback=component_callback, momentum=momentum,
+                     initial_step=initial_step, rho=rho, radius_schedule=radius_schedule, **switches)
     check_inputs(images, labels)
     best_adv = best_score = None
     for name in losses:
