@@ -327,6 +327,29 @@ def radius_parts(steps: int, eps: float, radius_schedule: bool) -> list[tuple[fl
     return [(r, n) for r, n in parts if n > 0]
 
 
+def halving_rule(n_up: torch.Tensor, window: int, rho: float, halved_last: torch.Tensor, best_loss: torch.Tensor,
+                 best_loss_last: torch.Tensor) -> torch.Tensor:
+    """APGD's decision at a checkpoint, per image: halve the step (and restart from the best point) or not.
+
+    Halve when fewer than ``rho * window`` of the ``window`` iterations since
+    the last checkpoint raised the loss, or when the step was not halved at
+    the last checkpoint and the highest loss has not changed since
+    (``best_loss <= best_loss_last``; it can only grow).
+
+    Args:
+        n_up: ``[B]`` loss-raising iterations since the last checkpoint.
+        window: iterations since the last checkpoint, ``w_j - w_{j-1}``.
+        rho: threshold share (0.75).
+        halved_last: ``[B]`` bool, halved at the last checkpoint.
+        best_loss: ``[B]`` highest loss now.
+        best_loss_last: ``[B]`` highest loss at the last checkpoint.
+
+    Returns:
+        ``[B]`` bool.
+    """
+    return (n_up < rho * window) | (~halved_last & (best_loss <= best_loss_last))
+
+
 # ---------------------------------------------------------------- validation
 def _check_unit(name: str, value, what: str) -> None:
     if not isinstance(value, numbers.Real) or isinstance(value, bool):
@@ -431,9 +454,7 @@ def _apgd_part(model, x, y, valid, delta, *, radius, steps, norm, loss, loss_kw,
             d_best = torch.where(improved.view(bshape), delta, d_best)
             grad_best = torch.where(improved.view(bshape), grad, grad_best)
             if k + 1 in checks:
-                few_ups = n_up < rho * (k + 1 - last_check)
-                stuck = ~halved_at_check & (loss_best <= best_at_check)
-                halve = few_ups | stuck
+                halve = halving_rule(n_up, k + 1 - last_check, rho, halved_at_check, loss_best, best_at_check)
                 hv = halve.view(bshape)
                 eta = torch.where(hv, eta / 2, eta)
                 delta = torch.where(hv, d_best, delta)
