@@ -477,16 +477,13 @@ def test_registry_entries_cannot_drift_from_their_signatures():
 
 
 # ----------------------------------------------------------------------- GPU
-gpu = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
-
-
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("name", ["apgd", "sea"])
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 @pytest.mark.parametrize("radius_schedule", [False, True])
 def test_cuda_no_host_sync(name, norm, radius_schedule):
     """On CUDA: outputs on the device, within budget, bf16 autocast, and no host-device synchronisation."""
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
     model, x, y = setup(batch=2)
     model, x, y = model.cuda(), x.cuda(), y.cuda()
     extra = {"losses": ("masked_ce", "balanced_ce", "js", "masked_spherical", "eroseg")} if name == "sea" else \
@@ -502,7 +499,3 @@ def test_cuda_no_host_sync(name, norm, radius_schedule):
         torch.cuda.set_sync_debug_mode("default")
     assert adv.is_cuda and adv.dtype == x.dtype
     assert size_of(adv - x, norm).max() <= EPS[norm] + 1e-6 and adv.min() >= 0 and adv.max() <= 1
-
-
-for _m in gpu:
-    test_cuda_no_host_sync = _m(test_cuda_no_host_sync)
