@@ -118,8 +118,8 @@ def ce_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, **_
     Returns:
         ``[B, H, W]``; 0 at void pixels.
     """
-    y = _safe_labels(labels, valid)
-    return -logits.log_softmax(1).gather(1, y).squeeze(1) * valid
+    # The fused cross_entropy (log_softmax + nll) has a cheaper backward than a gather of log_softmax.
+    return F.cross_entropy(logits, _safe_labels(labels, valid).squeeze(1), reduction="none") * valid
 
 
 def masked_ce_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, *, targeted: bool = False,
@@ -175,8 +175,8 @@ def js_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, **_
     ``JS(p, q) = (KL(p || m) + KL(q || m)) / 2`` with ``m = (p + q) / 2`` and
     ``q = onehot(y)``. With ``q`` one-hot the sum over classes depends on
     ``p_y`` only: ``JS = log 2 + (p_y log p_y - (1 + p_y) log(1 + p_y)) / 2``,
-    which is what is computed (from ``log_softmax``, so it is finite and
-    smooth for every logit). It is 0 when ``p_y = 1`` and at most ``log 2``
+    which is what is computed (``log p_y`` from the fused cross-entropy, so it
+    is finite and smooth for every logit). It is 0 when ``p_y = 1`` and at most ``log 2``
     (``p_y = 0``): unlike CE it saturates, so pixels that are already fooled
     cannot dominate the loss.
 
@@ -188,7 +188,7 @@ def js_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, **_
     Returns:
         ``[B, H, W]``, in ``[0, log 2]``; 0 at void pixels.
     """
-    log_py = logits.log_softmax(1).gather(1, _safe_labels(labels, valid)).squeeze(1)
+    log_py = -F.cross_entropy(logits, _safe_labels(labels, valid).squeeze(1), reduction="none")
     py = log_py.exp()
     js = _LOG2 + 0.5 * (py * log_py - (1 + py) * torch.log1p(py))
     return js * valid
