@@ -306,8 +306,9 @@ def claims_table(ev: Evals, spec: dict) -> pd.DataFrame:
             rows.append({"claim": "(a) EroSeg is the stronger attack", "model": m, "comparison": f"{ero} vs {base}",
                          "difference (points)": d, "CI low": lo, "CI high": hi, "seeds": n,
                          "holds": _verdict(lo, hi, n, lower_is_yes=True)})
-    at = cl.get("eroseg_at")
-    for other in cl.get("at_baselines", []) if at else []:
+    ats = cl.get("eroseg_at") or []
+    pairs = [(at, other) for at in ([ats] if isinstance(ats, str) else ats) for other in cl.get("at_baselines", [])]
+    for at, other in pairs:
         for what, label in ((spec.get("sea"), "under SEA"), (WORST, "under the worst case"), ("clean", "clean (cost)")):
             if not what:
                 continue

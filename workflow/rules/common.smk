@@ -102,7 +102,8 @@ def _check_names():
     for pair in claims.get("attack_pairs", []):
         for a in pair:
             known("evaluation.claims.attack_pairs", a.split(":")[0])
-    for m in [claims.get("eroseg_at")] + list(claims.get("at_baselines", [])):
+    ats = claims.get("eroseg_at") or []
+    for m in ([ats] if isinstance(ats, str) else list(ats)) + list(claims.get("at_baselines", [])):
         if m is not None:
             known("evaluation.claims", m, METHODS, "method")
 
