@@ -7,7 +7,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from eroseg.attacks import attack_parameters, create_attack
+from eroseg.attacks import attack_parameters, attack_uses_steps, create_attack
 from eroseg.numbers import eps_tag, parse_number, resolve_attack_params
 from eroseg.tune import grid_candidates
 
@@ -112,7 +112,10 @@ _check_names()
 
 
 def steps_of(setting, steps):
-    """Steps of a setting in a grid of ``steps``: its own ``steps`` if the config fixes them (FGSM: 1)."""
+    """Steps of a setting in a grid of ``steps``: 1 for single-step attacks (the registry says which, e.g.
+    FGSM), else the setting's own ``steps`` if the config fixes them (e.g. SEA's iterations), else ``steps``."""
+    if not attack_uses_steps(ATTACKS[setting]["attack"]):
+        return 1
     return int(ATTACKS[setting].get("steps") or steps)
 
 
