@@ -1,9 +1,14 @@
 # Config validation, derived settings, wildcard constraints and input functions.
 
+import difflib
 import hashlib
 import json
 import os
+import shlex
+import sys
 from pathlib import Path
+
+import yaml
 
 from snakemake.utils import validate
 
@@ -11,7 +16,38 @@ from eroseg.attacks import attack_parameters, attack_uses_steps, create_attack
 from eroseg.numbers import eps_tag, parse_number, resolve_attack_params
 from eroseg.tune import grid_candidates
 
+SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _unknown_keys(cfg, schema, where=""):
+    """One line for the first config key the schema does not know, with the closest valid key."""
+    props = schema.get("properties")
+    if not isinstance(cfg, dict) or props is None:
+        return
+    for key, value in cfg.items():
+        if key not in props:
+            if schema.get("additionalProperties", True) is False:
+                close = difflib.get_close_matches(str(key), list(props), n=1)
+                hint = f"; did you mean {where}{close[0]}?" if close else f"; valid keys: {sorted(props)}"
+                raise ValueError(f"config key {where}{key}: unknown{hint}")
+            continue
+        _unknown_keys(value, props[key], f"{where}{key}.")
+
+
+_unknown_keys(config, yaml.safe_load(SCHEMA.read_text()))
 validate(config, schema="../schemas/config.schema.yaml")
+
+# Rules run the package with the interpreter Snakemake runs under, so a Snakemake started as
+# .venv/bin/snakemake (venv not activated) finds it too.
+EROSEG = f"{shlex.quote(sys.executable)} -m eroseg"
+# One process per GPU through torchrun when a training job gets several GPUs. Not a rule param: the
+# interpreter's path must not make Snakemake rerun a job.
+TRAIN_LAUNCHER = (
+    f"{shlex.quote(sys.executable)} -m torch.distributed.run --standalone "
+    f"--nproc_per_node={config['resources']['gpus_per_train']} -m eroseg"
+    if config["resources"]["gpus_per_train"] > 1
+    else EROSEG
+)
 
 RUN = config["run"]
 OUT = f"results/{RUN}"
