@@ -324,7 +324,7 @@ def figure_spec():
 _check_attack_params()
 
 #: Tables aggregate writes (CSV, Markdown, HTML); the optional ones only when configured.
-TABLES = ["main", "results", "steps", "eps", "ablation"] + (["tuning"] if TUNED_FAMILIES else []) + (["sea"] if SEA else []) + (
+TABLES = ["main", "results", "steps", "eps", "ablation", "timings"] + (["tuning"] if TUNED_FAMILIES else []) + (["sea"] if SEA else []) + (
     ["checks"] if CHECKS else []) + (["claims"] if EVAL.get("claims") else [])
 TABLE_CAPTIONS = {"main": "table_main", "claims": "table_claims", "checks": "table_checks", "sea": "table_sea"}
 FIGURES = ["robust_vs_steps", "robust_vs_eps", "per_class_iou", "training_curves", "qualitative", "erosion"]
@@ -347,6 +347,13 @@ def all_outputs():
         + [f"{OUT}/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md", "html")]
         + [f"{OUT}/figures/{f}.{ext}" for f in FIGURES for ext in ("png", "svg")]
     )
+
+
+def benchmark_files():
+    """Per-job wall times Snakemake records (``benchmark:``) for the timings table."""
+    return ([f"{OUT}/benchmarks/train/{m}_seed{s}.tsv" for m in METHODS for s in SEEDS]
+            + [f"{OUT}/benchmarks/evaluate/{m}_seed{s}.tsv" for m in METHODS for s in SEEDS]
+            + [f"{OUT}/benchmarks/tune/{f}.tsv" for f in TUNED_FAMILIES])
 
 
 def js(obj):

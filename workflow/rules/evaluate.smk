@@ -23,6 +23,8 @@ rule evaluate:
     threads: config["resources"]["threads"]
     resources:
         gpu=1,
+    benchmark:
+        f"{OUT}/benchmarks/evaluate/{{method}}_seed{{seed}}.tsv"
     log:
         f"{OUT}/logs/eval/{{method}}_seed{{seed}}.log",
     shell:

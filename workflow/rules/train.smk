@@ -25,6 +25,8 @@ rule train:
     threads: config["resources"]["threads"]
     resources:
         gpu=config["resources"]["gpus_per_train"],
+    benchmark:
+        f"{OUT}/benchmarks/train/{{method}}_seed{{seed}}.tsv"
     log:
         f"{OUT}/logs/train/{{method}}_seed{{seed}}.log",
     shell:

@@ -22,6 +22,8 @@ rule tune:
     threads: config["resources"]["threads"]
     resources:
         gpu=1,
+    benchmark:
+        f"{OUT}/benchmarks/tune/{{family}}.tsv"
     log:
         f"{OUT}/logs/tune/{{family}}.log",
     shell:
