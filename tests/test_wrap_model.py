@@ -241,3 +241,58 @@ def test_cli_needs_exactly_one_model_source(factory_env, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(base + ["--checkpoint", "m.pt", "--model-factory", "a:b"])
     assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ docs/own_model.md
+def doc_blocks(path) -> list[tuple[str, str]]:
+    """``(language, code)`` of every fenced block of a Markdown file, in order."""
+    blocks, lang, lines = [], None, []
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            if lang is None:
+                lang, lines = line[3:].strip(), []
+            else:
+                blocks.append((lang, "\n".join(lines)))
+                lang = None
+        elif lang is not None:
+            lines.append(line)
+    return blocks
+
+
+def test_own_model_doc_runs_as_written(tmp_path, monkeypatch):
+    """Every python block of docs/own_model.md runs in order, the factory file is used by the eroseg commands."""
+    import shlex
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parents[1] / "docs" / "own_model.md"
+    blocks = doc_blocks(doc)
+    assert [lang for lang, _ in blocks].count("python") >= 4 and any(lang == "bash" for lang, _ in blocks)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # load_model_factory may append the cwd
+    ran = []
+    try:
+        for lang, code in blocks:
+            if lang == "python" and code.startswith("# mymodels.py"):
+                (tmp_path / "mymodels.py").write_text(code)
+            elif lang == "python":
+                if "from transformers" in code and not _has("transformers"):  # optional extra hf
+                    continue
+                exec(compile(code, f"{doc}:{lang}", "exec"), {"__name__": "__doc_example__"})
+            elif lang == "bash":
+                for command in code.replace("\\\n", " ").splitlines():
+                    argv = shlex.split(command)
+                    assert argv[0] == "eroseg", command
+                    assert main(argv[1:] + ["--device", "cpu"]) == 0, command
+                    ran.append(argv[1])
+    finally:
+        sys.modules.pop("mymodels", None)
+    assert ran == ["evaluate", "attack"]
+    rec = json.loads((tmp_path / "lraspp_pgd.json").read_text())
+    assert rec["method"] == "lraspp" and rec["num_images"] == 4 and rec["attack_params"]["steps"] == 5
+    assert len(list((tmp_path / "lraspp_adv" / "adv").glob("*.png"))) == 4
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
