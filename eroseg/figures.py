@@ -163,7 +163,7 @@ def plot_per_class(evals: list[dict], classes: list[str], out_dir: Path, title: 
                     markeredgecolor="black", markeredgewidth=0.5, clip_on=False, zorder=4)
         for px in pos[np.isnan(iou)]:
             any_absent = True
-            ax.text(px, 1.5, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="#777777")
+            ax.text(px, 1.5, "n/a", rotation=90, ha="center", va="bottom", fontsize=8, color="#555555")
     ax.set_xticks(x, classes, rotation=30, ha="right")
     ax.set_xlabel("class")
     ax.set_ylabel("IoU (%)")
