@@ -201,7 +201,9 @@ def plot_training(logs: dict[str, pd.DataFrame], out_dir: Path, dpi: int) -> lis
         ax.set_ylabel(yl)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    _legend_outside(axes[2], title="method/seed", title_fontsize=8)
+    # The loss panel has every run; its legend goes right of the last panel, off the data.
+    handles, labels = axes[0].get_legend_handles_labels()
+    _legend_outside(axes[2], handles=handles, labels=labels, title="method/seed", title_fontsize=8)
     fig.tight_layout()
     return _save(fig, out_dir, "training_curves", dpi)
 
