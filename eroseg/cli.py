@@ -423,12 +423,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split of the per-epoch validation; empty string: none (default: %(default)s)")
     s.add_argument("--model", default="{}", metavar="JSON",
                    help="model config as JSON (arch, encoder, encoder_weights, kwargs)")
-    s.add_argument("--train", default="{}", metavar="JSON", help="training config as JSON (see eroseg.train.TrainConfig)")
+    s.add_argument("--train", default="{}", metavar="JSON",
+                   help="training config as JSON (see eroseg.train.TrainConfig)")
     s.add_argument("--method", default=None, help="method name stored in the checkpoint")
     s.add_argument("--attack", default=None, choices=attacks_or_none, metavar="NAME",
                    help="attack that makes the training examples: %(choices)s (none: standard training)")
     s.add_argument("--attack-params", default="{}", metavar="JSON",
-                   help=f"training attack parameters as JSON, e.g. {{\"eps\": \"8/255\", \"steps\": 3}}; {_NUMBER_HELP}")
+                   help=f"training attack parameters as JSON, e.g. {{\"eps\": \"8/255\", \"steps\": 3}}; "
+                        f"{_NUMBER_HELP}")
     s.add_argument("--robust-eps", default=None, metavar="EPS",
                    help="eps of the per-epoch robust val check, e.g. 8/255 (default: no check)")
     s.add_argument("--robust-step-size", default="eps/4", metavar="STEP",
