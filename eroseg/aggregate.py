@@ -191,7 +191,7 @@ def sea_table(ev: Evals, spec: dict) -> pd.DataFrame:
     """SEA per method: how often each loss was the per-image worst, each loss alone, and SEA + others."""
     rows = []
     others = [a for a in spec.get("worst_case") or spec["attacks"] if a != spec["sea"]]
-    eroseg = spec.get("eroseg_attacks") or []
+    eroseg = spec.get("sea_plus") or []
     for m in spec["methods"]:
         for seed in ev.seeds(m):
             (sea,) = headline_records(ev, spec, m, seed, [spec["sea"]])
@@ -391,7 +391,7 @@ def aggregate(eval_paths: list[str], spec: dict, out_dir: str | Path,
             ``steps_of`` (setting -> its steps at the headline, where not the
             headline steps: FGSM 1, SEA its own count); ``sea`` (the SEA setting's
             label, or None); ``worst_case`` (settings the worst case ranges over,
-            SEA added); ``worst_case_rule``; ``eroseg_attacks`` (settings added to
+            SEA added); ``worst_case_rule``; ``sea_plus`` (settings added to
             SEA in the ``sea`` table); optional ``checks``, ``claims``, ``sweep``,
             ``ablation`` (see the table functions).
         out_dir: where tables go.

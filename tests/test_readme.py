@@ -53,9 +53,6 @@ NOT_RUN = {
     "VOC_ROOT": "needs the PASCAL VOC dataset",
 }
 
-#: Files README links to that other branches add; until they are merged a missing one is a skip, not a failure.
-PENDING_FILES = {"docs/own_model.md", "CITATION.cff", "LICENSE"}
-
 SHELL_OPERATORS = ("&&", "||", "|", ";", ">", "<", "$(", "`")
 
 
@@ -324,10 +321,7 @@ def test_readme_links_exist():
     local = [x for x in links if not re.match(r"[a-z]+://", x)]
     assert local, "no relative links found"
     missing = [x for x in local if not (ROOT / x).exists()]
-    pending = [x for x in missing if x in PENDING_FILES]
-    assert sorted(set(missing) - set(pending)) == [], f"README links to missing files: {missing}"
-    if pending:
-        pytest.skip(f"linked files from other branches not here yet: {pending}")
+    assert missing == [], f"README links to missing files: {missing}"
 
 
 def _schema_keys(node: dict, prefix: str = "") -> list[str]:
