@@ -191,7 +191,7 @@ def sea_table(ev: Evals, spec: dict) -> pd.DataFrame:
     """SEA per method: how often each loss was the per-image worst, each loss alone, and SEA + others."""
     rows = []
     others = [a for a in spec.get("worst_case") or spec["attacks"] if a != spec["sea"]]
-    eroseg = spec.get("eroseg_attacks") or []
+    eroseg = spec.get("sea_plus") or []
     for m in spec["methods"]:
         for seed in ev.seeds(m):
             (sea,) = headline_records(ev, spec, m, seed, [spec["sea"]])
@@ -306,8 +306,9 @@ def claims_table(ev: Evals, spec: dict) -> pd.DataFrame:
             rows.append({"claim": "(a) EroSeg is the stronger attack", "model": m, "comparison": f"{ero} vs {base}",
                          "difference (points)": d, "CI low": lo, "CI high": hi, "seeds": n,
                          "holds": _verdict(lo, hi, n, lower_is_yes=True)})
-    at = cl.get("eroseg_at")
-    for other in cl.get("at_baselines", []) if at else []:
+    ats = cl.get("eroseg_at") or []
+    pairs = [(at, other) for at in ([ats] if isinstance(ats, str) else ats) for other in cl.get("at_baselines", [])]
+    for at, other in pairs:
         for what, label in ((spec.get("sea"), "under SEA"), (WORST, "under the worst case"), ("clean", "clean (cost)")):
             if not what:
                 continue
@@ -316,7 +317,7 @@ def claims_table(ev: Evals, spec: dict) -> pd.DataFrame:
                          "model": f"{at} vs {other}", "comparison": label, "difference (points)": d,
                          "CI low": lo, "CI high": hi, "seeds": n,
                          "holds": _verdict(lo, hi, n, lower_is_yes=False) if what != "clean" else "–"})
-    return pd.DataFrame(rows).round(2)
+    return pd.DataFrame(rows).set_index(["claim", "model", "comparison"]).round(2)
 
 
 def sweep_tables(ev: Evals, spec: dict) -> dict[str, pd.DataFrame]:
@@ -350,8 +351,37 @@ def ablation_table(ev: Evals, spec: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("variant")
 
 
+def tuning_table(paths: list[str]) -> pd.DataFrame:
+    """Every tuning candidate of every family: parameters, val mIoU (%) per model and mean, the chosen one marked."""
+    from eroseg.io import read_json
+
+    rows = []
+    for p in paths:
+        d = read_json(p)
+        for c in d["candidates"]:
+            row = {"family": d["family"], "split": d["split"],
+                   "candidate": ", ".join(f"{k}={v}" for k, v in c["params"].items()),
+                   "mean val mIoU": c["mean"] * 100, "chosen": "yes" if c["params"] == d["chosen"] else ""}
+            row.update({f"mIoU {Path(k).parent.parent.name}/{Path(k).parent.name}": v * 100
+                        for k, v in c["miou"].items()})
+            rows.append(row)
+    return pd.DataFrame(rows).round(2)
+
+
+def timings_table(paths: list[str]) -> pd.DataFrame:
+    """Wall time per rule from Snakemake's benchmark files (``.../benchmarks/<rule>/<job>.tsv``)."""
+    rows = []
+    for p in paths:
+        bench = pd.read_csv(p, sep="\t")
+        rows.append({"rule": Path(p).parent.name, "job": Path(p).stem, "seconds": float(bench["s"].iloc[0])})
+    df = pd.DataFrame(rows, columns=["rule", "job", "seconds"])
+    out = df.groupby("rule", sort=False)["seconds"].agg(jobs="count", total="sum", mean="mean", max="max")
+    return out.round(1)
+
+
 # ------------------------------------------------------------------------ entry
-def aggregate(eval_paths: list[str], spec: dict, out_dir: str | Path) -> dict[str, pd.DataFrame]:
+def aggregate(eval_paths: list[str], spec: dict, out_dir: str | Path,
+              tuning_paths: list[str] = (), benchmark_paths: list[str] = ()) -> dict[str, pd.DataFrame]:
     """Build every table from ``eval_paths`` as ``spec`` describes; returns the tables.
 
     Args:
@@ -361,20 +391,29 @@ def aggregate(eval_paths: list[str], spec: dict, out_dir: str | Path) -> dict[st
             ``steps_of`` (setting -> its steps at the headline, where not the
             headline steps: FGSM 1, SEA its own count); ``sea`` (the SEA setting's
             label, or None); ``worst_case`` (settings the worst case ranges over,
-            SEA added); ``worst_case_rule``; ``eroseg_attacks`` (settings added to
+            SEA added); ``worst_case_rule``; ``sea_plus`` (settings added to
             SEA in the ``sea`` table); optional ``checks``, ``claims``, ``sweep``,
             ``ablation`` (see the table functions).
         out_dir: where tables go.
+        tuning_paths: tuning results (``eroseg tune``) for the ``tuning`` table.
+        benchmark_paths: Snakemake benchmark files for the ``timings`` table (wall seconds per rule).
     """
     out_dir = Path(out_dir)
     ev = Evals.load(eval_paths)
+    if tuning_paths:
+        tables_tuning = tuning_table(list(tuning_paths))
+        write_table(tables_tuning, out_dir, "tuning", "Tuning on the validation split: mIoU (%) of every candidate "
+                    "(lowest mean chosen)", index=False)
     head = spec["headline"]
     h = f"eps {eps_label(head['eps'])}, {head['steps']} steps"
-    tables: dict[str, pd.DataFrame] = {}
+    tables: dict[str, pd.DataFrame] = {"tuning": tables_tuning} if tuning_paths else {}
     results = ev.frame().rename(columns={"miou": "miou (0-1)", "pixel_acc": "pixel_acc (0-1)"})
     tables["results"] = results
     write_table(results, out_dir, "results", "Every evaluation (mIoU and pixel accuracy as fractions 0-1)",
                 index=False)
+    if benchmark_paths:
+        tables["timings"] = timings_table(list(benchmark_paths))
+        write_table(tables["timings"], out_dir, "timings", "Wall time (s) per rule: jobs, total, mean and longest job")
     main, values = main_table(ev, spec)
     tables["main"], tables["main_values"] = main, values
     n_seeds = "/".join(str(n) for n in sorted({len(ev.seeds(m)) for m in spec["methods"]}))

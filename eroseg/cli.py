@@ -61,6 +61,93 @@ def _dataset(name: str, root: str, split: str, **kwargs):
     return get_dataset(name, os.path.expandvars(os.path.expanduser(root)), split, **kwargs)
 
 
+def load_model_factory(spec: str, *, dataset: str | None = None, device="cpu"):
+    """Build a model from a Python entry point ``module:function`` (``--model-factory``).
+
+    The function is called without arguments and returns an ``nn.Module`` or
+    ``(module, meta)``. ``meta`` may hold ``num_classes``, ``classes``,
+    ``dataset``, ``method``, ``seed`` (recorded like a checkpoint's metadata)
+    and the :func:`eroseg.models.wrap_model` options ``mean``, ``std``,
+    ``output_key``, ``pad_multiple``. The module is wrapped with ``wrap_model``
+    unless it already is a wrapped model. ``module`` may also be a path to a
+    ``.py`` file; the current directory is searched after ``sys.path``.
+
+    Args:
+        spec: ``"package.module:function"`` or ``"path/to/file.py:function"``.
+        dataset: dataset name; gives ``num_classes`` and ``classes`` when ``meta`` lacks them.
+        device: where the model is moved.
+
+    Returns:
+        ``(wrapped model in eval mode, meta)``.
+
+    Raises:
+        ValueError: malformed spec, module or function not found, or a factory
+            that returns something else than a module (the message names the spec).
+    """
+    import importlib
+    import importlib.util
+
+    import torch.nn as nn
+
+    from eroseg.models import SegmentationModel, wrap_model
+
+    where = f"--model-factory {spec!r}"
+    module_name, sep, func_name = str(spec).rpartition(":")
+    if not sep or not module_name or not func_name:
+        raise ValueError(f"{where}: expected MODULE:FUNCTION, e.g. mymodels:build or path/to/mymodels.py:build")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(os.path.expanduser(module_name))
+            if not path.is_file():
+                raise FileNotFoundError(f"{where}: file {path} not found")
+            mod_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(mod_spec)
+            mod_spec.loader.exec_module(module)
+        else:
+            if os.getcwd() not in sys.path:
+                sys.path.append(os.getcwd())  # as `python -m` would; installed packages still come first
+            module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"{where}: cannot import {module_name!r} ({err}); is it on PYTHONPATH?") from err
+    factory = module
+    for part in func_name.split("."):
+        if not hasattr(factory, part):
+            raise ValueError(f"{where}: {module_name!r} has no attribute {func_name!r}")
+        factory = getattr(factory, part)
+    if not callable(factory):
+        raise ValueError(f"{where}: {func_name!r} is not callable")
+    built = factory()
+    meta: dict = {}
+    if isinstance(built, tuple) and len(built) == 2 and isinstance(built[1], dict):
+        built, meta = built[0], dict(built[1])
+    if not isinstance(built, nn.Module):
+        raise ValueError(f"{where}: the factory returned {type(built).__name__}; expected an nn.Module or "
+                         "(nn.Module, meta dict)")
+    wrap_opts = {k: meta.pop(k) for k in ("mean", "std", "output_key", "pad_multiple") if k in meta}
+    if dataset and "num_classes" not in meta:
+        from eroseg.data import dataset_info
+
+        info = dataset_info(dataset)
+        meta["num_classes"] = info.num_classes
+        meta.setdefault("classes", list(info.classes))
+    meta.setdefault("method", func_name)
+    meta.setdefault("seed", 0)
+    if isinstance(built, SegmentationModel):
+        model = built
+    else:
+        model = wrap_model(built, num_classes=meta.get("num_classes"), **wrap_opts)
+    return model.to(device).eval(), meta
+
+
+def _model_arg(args, device):
+    """The model of ``--checkpoint`` or ``--model-factory`` as ``(model, meta)``."""
+    if args.model_factory:
+        return load_model_factory(args.model_factory, dataset=args.dataset, device=device)
+    from eroseg.models import load_model
+
+    return load_model(args.checkpoint, map_location=device)
+
+
 # --------------------------------------------------------------------- commands
 def cmd_synthesize(args) -> None:
     from eroseg.data import generate_synthetic
@@ -88,7 +175,7 @@ def cmd_train(args) -> None:
     cfg = TrainConfig.from_dict(_json_arg(args.train, "--train"))
     rank, _ = init_distributed()
     model_cfg = _json_arg(args.model, "--model")
-    attack_params = _json_arg(args.attack_params, "--attack-params")
+    attack_params = _tuned(_json_arg(args.attack_params, "--attack-params"), args.attack_params_file)
     info = dataset_info(args.dataset)
     device = select_device(args.device)
     attack = _make_attack(args.attack, attack_params, {"amp": cfg.amp})
@@ -128,13 +215,15 @@ def _settings(args) -> list[dict]:
     for k, item in enumerate(items):
         if not isinstance(item, dict) or not item.get("out"):
             raise ValueError(f"--settings[{k}]: expected an object with at least 'out', got {item!r}")
-        unknown = sorted(set(item) - {"setting", "attack", "params", "restarts", "out"})
+        unknown = sorted(set(item) - {"setting", "attack", "params", "params_file", "restarts", "out"})
         if unknown:
-            raise ValueError(f"--settings[{k}]: unknown key(s) {unknown}; valid: setting, attack, params, restarts, out")
+            raise ValueError(f"--settings[{k}]: unknown key(s) {unknown}; valid: setting, attack, params, "
+                             "params_file, restarts, out")
         attack = item.get("attack") or "none"
         params = item.get("params") or {}
         if not isinstance(params, dict):
             raise ValueError(f"--settings[{k}].params must be a JSON object, got {params!r}")
+        params = _tuned(params, item.get("params_file"))
         restarts = item.get("restarts") or 1
         if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
             raise ValueError(f"--settings[{k}].restarts must be an integer >= 1, got {restarts!r}")
@@ -149,13 +238,12 @@ def cmd_evaluate(args) -> None:
     from eroseg.device import select_device
     from eroseg.evaluate import EvalRecord, evaluate
     from eroseg.io import atomic_path
-    from eroseg.models import load_model
 
     settings = _settings(args)
     # Attack parameters are checked before the model and data are loaded.
     attacks = [_make_attack(s["attack"], s["params"], {"amp": args.amp}) for s in settings]
     device = select_device(args.device)
-    model, meta = load_model(args.checkpoint, map_location=device)
+    model, meta = _model_arg(args, device)
     dataset = _dataset(args.dataset, args.root, args.split)
     for s, attack in zip(settings, attacks):
         res = evaluate(
@@ -167,7 +255,7 @@ def cmd_evaluate(args) -> None:
         record = EvalRecord(
             method=meta.get("method"), seed=meta.get("seed"), setting=s["setting"], attack=s["attack"],
             attack_params=resolve_attack_params(s["params"]) if attack is not None else {}, split=args.split,
-            checkpoint=str(args.checkpoint), classes=meta.get("classes"), per_image=res["per_image"],
+            checkpoint=str(args.checkpoint) if args.checkpoint else f"factory:{args.model_factory}", classes=meta.get("classes"), per_image=res["per_image"],
             components=res["components"], restarts=s["restarts"], seconds=res["seconds"], **res["metrics"],
         )
         if args.samples:
@@ -187,12 +275,11 @@ def cmd_attack(args) -> None:
     from eroseg.device import select_device
     from eroseg.export import attack_and_save, folder_images, load_image
     from eroseg.io import atomic_write_text
-    from eroseg.models import load_model
 
     if bool(args.images) == bool(args.dataset):
         raise ValueError("give either --images FOLDER or --dataset NAME --root ROOT (with --split)")
     device = select_device(args.device)
-    model, meta = load_model(args.checkpoint, map_location=device)
+    model, meta = _model_arg(args, device)
     attack = _make_attack(args.attack, _json_arg(args.attack_params, "--attack-params"))
     if args.dataset:
         if not args.root:
@@ -215,6 +302,52 @@ def cmd_attack(args) -> None:
     log.info("attacked %d images -> %s", len(rows), args.out_dir)
 
 
+def _tuned(params: dict, path: str | None) -> dict:
+    """``params`` with the parameters a tuning file chose laid over them."""
+    if not path:
+        return params
+    from eroseg.io import read_json
+    from eroseg.tune import TUNING_VERSION
+
+    d = read_json(path)
+    if not isinstance(d, dict) or d.get("version") != TUNING_VERSION or not isinstance(d.get("chosen"), dict):
+        raise ValueError(f"{path}: not a tuning result (format {TUNING_VERSION} with a 'chosen' object); rerun the "
+                         "tuning stage")
+    return {**params, **d["chosen"]}
+
+
+def cmd_tune(args) -> None:
+    from eroseg.device import select_device
+    from eroseg.evaluate import evaluate
+    from eroseg.io import write_json
+    from eroseg.models import load_model
+    from eroseg.tune import TUNING_VERSION, grid_candidates, tune
+
+    base = _json_arg(args.attack_params, "--attack-params")
+    grid = _json_arg(args.grid, "--grid")
+    for cand in grid_candidates(grid):  # every candidate is checked before any model is loaded
+        _make_attack(args.attack, {**base, **cand})
+    device = select_device(args.device)
+    dataset = _dataset(args.dataset, args.root, args.split)
+    models, num_classes = {}, None
+    for path in args.checkpoints:
+        model, meta = load_model(path, map_location=device)
+        models[str(path)] = model
+        num_classes = int(meta["num_classes"])
+
+    def run(model, params):
+        res = evaluate(model, dataset, num_classes, attack=_make_attack(args.attack, params, {"amp": args.amp}),
+                       batch_size=args.batch_size, device=device, seed=args.seed, amp=args.amp,
+                       max_images=args.max_images)
+        return res["metrics"]["miou"]
+
+    out = tune(models, run, base, grid)
+    write_json(args.out, {"version": TUNING_VERSION, "family": args.family, "attack": args.attack,
+                          "split": args.split, "max_images": args.max_images, "base": base, "grid": grid, **out})
+    log.info("%s: chose %s (mean val mIoU %.4f over %d models)", args.family, out["chosen"],
+             min(c["mean"] for c in out["candidates"]), len(models))
+
+
 def _eval_files(paths: list[str]) -> list[str]:
     """Evaluation JSON files: files as given, folders (one model's evaluations) expanded to the JSON under them."""
     out = []
@@ -232,7 +365,8 @@ def _eval_files(paths: list[str]) -> list[str]:
 def cmd_aggregate(args) -> None:
     from eroseg.aggregate import aggregate
 
-    aggregate(_eval_files(args.evals), _json_arg(args.spec, "--spec"), args.out_dir)
+    aggregate(_eval_files(args.evals), _json_arg(args.spec, "--spec"), args.out_dir, tuning_paths=args.tuning,
+              benchmark_paths=args.benchmarks)
 
 
 def cmd_figures(args) -> None:
@@ -245,112 +379,216 @@ def cmd_figures(args) -> None:
 
 
 # ----------------------------------------------------------------------- parser
+class _LazyChoices:
+    """Choices read from a registry on first use, so that building the parser imports no torch.
+
+    argparse only iterates ``choices`` to check a value or to print a
+    subcommand's help; ``eroseg --help`` and the other subcommands stay fast.
+    """
+
+    def __init__(self, load, extra: tuple[str, ...] = ()):
+        self._load, self._extra, self._names = load, extra, None
+
+    def _get(self) -> list[str]:
+        if self._names is None:
+            self._names = [*self._extra, *self._load()]
+        return self._names
+
+    def __contains__(self, item) -> bool:
+        return item in self._get()
+
+    def __iter__(self):
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+
+def _attack_names() -> list[str]:
+    from eroseg.attacks import ATTACKS
+
+    return list(ATTACKS)
+
+
+def _dataset_names() -> list[str]:
+    from eroseg.data import DATASETS
+
+    return sorted(DATASETS)
+
+
+_NUMBER_HELP = "numbers as 0.03, '8/255' or (step_size only) 'eps/4'"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from eroseg import __version__
 
     p = argparse.ArgumentParser(prog="eroseg", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"eroseg {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    datasets = _LazyChoices(_dataset_names)
+    attacks = _LazyChoices(_attack_names)
+    attacks_or_none = _LazyChoices(_attack_names, extra=("none",))
 
     def common(sp, threads=True):
-        sp.add_argument("--quiet", action="store_true", help="only warnings")
+        sp.add_argument("--quiet", action="store_true", help="log warnings only (no progress, no info lines)")
         if threads:
-            sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+            sp.add_argument("--threads", type=int, default=None, metavar="N",
+                            help="torch CPU threads (default: torch's choice)")
+
+    def dataset_args(sp, required=True):
+        sp.add_argument("--dataset", required=required, default=None, choices=datasets, metavar="NAME",
+                        help="dataset name: %(choices)s")
+        sp.add_argument("--root", required=required, default=None, metavar="DIR",
+                        help="dataset root folder, in the dataset's own layout (~ and $VARS expanded)")
+
+    def model_args(sp):
+        g = sp.add_mutually_exclusive_group(required=True)
+        g.add_argument("--checkpoint", default=None, metavar="FILE", help="eroseg checkpoint (.pt) written by train")
+        g.add_argument("--model-factory", default=None, metavar="MODULE:FUNCTION",
+                       help="your own model instead of a checkpoint: a function returning an nn.Module or "
+                            "(module, meta dict), e.g. mymodels:build or path/to/mymodels.py:build; the model "
+                            "is wrapped with eroseg.models.wrap_model (see docs/own_model.md)")
+
+    def device_arg(sp):
+        sp.add_argument("--device", default="auto",
+                        help="auto (a free GPU if any, else CPU), cpu, cuda or cuda:N (default: %(default)s)")
 
     s = sub.add_parser("synthesize", help="generate the embedded synthetic dataset (PASCAL VOC layout)")
-    s.add_argument("--root", required=True)
-    s.add_argument("--n-train", type=int, required=True)
-    s.add_argument("--n-val", type=int, required=True, help="validation images (the split for choices)")
-    s.add_argument("--n-test", type=int, default=0, help="test images (the split whose numbers are reported)")
-    s.add_argument("--height", type=int, required=True)
-    s.add_argument("--width", type=int, required=True)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--root", required=True, metavar="DIR", help="output folder of the dataset")
+    s.add_argument("--n-train", type=int, required=True, metavar="N", help="number of training images")
+    s.add_argument("--n-val", type=int, required=True, metavar="N", help="validation images (the split for choices)")
+    s.add_argument("--n-test", type=int, default=0, metavar="N",
+                   help="test images (the split whose numbers are reported; default: %(default)s, none)")
+    s.add_argument("--height", type=int, required=True, metavar="PX", help="image height in pixels")
+    s.add_argument("--width", type=int, required=True, metavar="PX", help="image width in pixels")
+    s.add_argument("--seed", type=int, default=0, help="generator seed; same seed, same files (default: %(default)s)")
     common(s, threads=False)
     s.set_defaults(func=cmd_synthesize)
 
     s = sub.add_parser("prepare", help="validate a dataset; write its manifest and class frequencies")
-    s.add_argument("--dataset", required=True)
-    s.add_argument("--root", required=True)
-    s.add_argument("--splits", nargs="+", default=["train", "val"])
-    s.add_argument("--manifest", required=True)
-    s.add_argument("--frequencies", required=True)
+    dataset_args(s)
+    s.add_argument("--splits", nargs="+", default=["train", "val"], metavar="SPLIT",
+                   help="splits to validate (default: %(default)s)")
+    s.add_argument("--manifest", required=True, metavar="CSV", help="output: one row per sample")
+    s.add_argument("--frequencies", required=True, metavar="CSV", help="output: pixel count and fraction per class")
     common(s, threads=False)
     s.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("train", help="train one model (standard or adversarial); resumes if interrupted")
-    s.add_argument("--dataset", required=True)
-    s.add_argument("--root", required=True)
-    s.add_argument("--train-split", default="train")
-    s.add_argument("--val-split", default="val")
-    s.add_argument("--model", default="{}", help="model config as JSON (arch, encoder, encoder_weights, kwargs)")
-    s.add_argument("--train", default="{}", help="training config as JSON (see eroseg.train.TrainConfig)")
+    dataset_args(s)
+    s.add_argument("--train-split", default="train", metavar="SPLIT", help="training split (default: %(default)s)")
+    s.add_argument("--val-split", default="val", metavar="SPLIT",
+                   help="split of the per-epoch validation; empty string: none (default: %(default)s)")
+    s.add_argument("--model", default="{}", metavar="JSON",
+                   help="model config as JSON (arch, encoder, encoder_weights, kwargs)")
+    s.add_argument("--train", default="{}", metavar="JSON",
+                   help="training config as JSON (see eroseg.train.TrainConfig)")
     s.add_argument("--method", default=None, help="method name stored in the checkpoint")
-    s.add_argument("--attack", default=None, help="training attack name (none: standard training)")
-    s.add_argument("--attack-params", default="{}", help="training attack parameters as JSON")
-    s.add_argument("--robust-eps", default=None, help="eps of the per-epoch robust val check, e.g. 8/255")
-    s.add_argument("--robust-step-size", default="eps/4")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--out", required=True)
-    s.add_argument("--log", required=True)
+    s.add_argument("--attack", default=None, choices=attacks_or_none, metavar="NAME",
+                   help="attack that makes the training examples: %(choices)s (none: standard training)")
+    s.add_argument("--attack-params", default="{}", metavar="JSON",
+                   help=f"training attack parameters as JSON, e.g. {{\"eps\": \"8/255\", \"steps\": 3}}; "
+                        f"{_NUMBER_HELP}")
+    s.add_argument("--attack-params-file", default=None, metavar="JSON",
+                   help="tuning result (eroseg tune) whose chosen parameters are laid over --attack-params")
+    s.add_argument("--robust-eps", default=None, metavar="EPS",
+                   help="eps of the per-epoch robust val check, e.g. 8/255 (default: no check)")
+    s.add_argument("--robust-step-size", default="eps/4", metavar="STEP",
+                   help="PGD step size of that check (default: %(default)s)")
+    s.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order (default: %(default)s)")
+    device_arg(s)
+    s.add_argument("--out", required=True, metavar="FILE", help="output checkpoint (.pt)")
+    s.add_argument("--log", required=True, metavar="CSV", help="output: one row of metrics per epoch")
     common(s)
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("evaluate", help="evaluate a checkpoint, clean or under one attack")
-    s.add_argument("--checkpoint", required=True)
-    s.add_argument("--dataset", required=True)
-    s.add_argument("--root", required=True)
-    s.add_argument("--split", default="val")
-    s.add_argument("--attack", default=None, help="registered attack name, or none for clean")
-    s.add_argument("--attack-params", default="{}", help="the attack's parameters as JSON")
+    s = sub.add_parser("evaluate", help="evaluate a checkpoint or your own model, clean or under one attack")
+    model_args(s)
+    dataset_args(s)
+    s.add_argument("--split", default="val", metavar="SPLIT", help="split to evaluate (default: %(default)s)")
+    s.add_argument("--attack", default=None, choices=attacks_or_none, metavar="NAME",
+                   help="attack: %(choices)s (default: none, i.e. clean)")
+    s.add_argument("--attack-params", default="{}", metavar="JSON",
+                   help=f"attack parameters as JSON, e.g. {{\"eps\": \"8/255\", \"steps\": 20}}; {_NUMBER_HELP}")
     s.add_argument("--setting", "--name", dest="setting", default=None,
                    help="label of this attack setting in tables (default: the attack name, or clean)")
-    s.add_argument("--restarts", type=int, default=1,
+    s.add_argument("--restarts", type=int, default=1, metavar="N",
                    help="independent runs of the attack; per image the run with the lowest pixel accuracy is kept")
-    s.add_argument("--settings", default=None,
-                   help="several settings in one process, as a JSON list of {setting, attack, params, restarts, out}"
-                        " (replaces --attack/--attack-params/--setting/--restarts/--out)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--batch-size", type=int, default=16)
-    s.add_argument("--max-images", type=int, default=None)
+    s.add_argument("--settings", default=None, metavar="JSON",
+                   help="several settings in one process, as a JSON list of {setting, attack, params, params_file, "
+                        "restarts, out} (replaces --attack/--attack-params/--setting/--restarts/--out)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the attack's random start (default: %(default)s)")
+    s.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per batch (default: %(default)s)")
+    s.add_argument("--max-images", type=int, default=None, metavar="N",
+                   help="evaluate the first N images only (default: all)")
     s.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
-    s.add_argument("--samples", default=None, help="write qualitative examples (.npz) here")
-    s.add_argument("--samples-n", type=int, default=4)
+    s.add_argument("--samples", default=None, metavar="NPZ", help="write qualitative examples (.npz) here")
+    s.add_argument("--samples-n", type=int, default=4, metavar="N",
+                   help="number of examples in --samples (default: %(default)s)")
     s.add_argument("--record-steps", action="store_true", help="record per-step attack masks into --samples")
-    s.add_argument("--device", default="auto")
-    s.add_argument("--out", default=None, help="evaluation JSON of the single setting")
+    device_arg(s)
+    s.add_argument("--out", default=None, metavar="JSON", help="output of the single setting: metrics and per-image counts")
     common(s)
     s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("attack", help="attack a checkpoint on a dataset split or a folder of images; save PNGs")
-    s.add_argument("--checkpoint", required=True)
-    s.add_argument("--images", default=None, help="folder of images (the clean prediction is attacked)")
-    s.add_argument("--dataset", default=None)
-    s.add_argument("--root", default=None)
-    s.add_argument("--split", default="val")
-    s.add_argument("--attack", required=True)
-    s.add_argument("--attack-params", default="{}")
-    s.add_argument("--max-images", type=int, default=None)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="auto")
-    s.add_argument("--out-dir", required=True)
+    s = sub.add_parser("tune", help="choose an attack family's parameters on a validation split (lowest mean mIoU)")
+    s.add_argument("--checkpoints", nargs="+", required=True, metavar="PT", help="models every candidate is run on")
+    dataset_args(s)
+    s.add_argument("--split", default="val", metavar="SPLIT", help="the split for choices, never the reported one "
+                                                                   "(default: %(default)s)")
+    s.add_argument("--family", required=True, help="label of the tuned setting, stored in the output")
+    s.add_argument("--attack", required=True, choices=attacks, metavar="NAME", help="attack: %(choices)s")
+    s.add_argument("--attack-params", default="{}", metavar="JSON", help="parameters every candidate shares, as JSON")
+    s.add_argument("--grid", required=True, metavar="JSON", help="parameter -> list of candidate values, as JSON")
+    s.add_argument("--max-images", type=int, default=None, metavar="N", help="images of the split per candidate")
+    s.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per batch (default: %(default)s)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default: %(default)s)")
+    s.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    device_arg(s)
+    s.add_argument("--out", required=True, metavar="JSON", help="output: every candidate's scores and the choice")
+    common(s)
+    s.set_defaults(func=cmd_tune)
+
+    s = sub.add_parser("attack", help="attack a checkpoint or your own model on a split or a folder of images; "
+                                      "save PNGs")
+    model_args(s)
+    s.add_argument("--images", default=None, metavar="DIR",
+                   help="folder of images (the clean prediction is attacked); or give --dataset and --root")
+    dataset_args(s, required=False)
+    s.add_argument("--split", default="val", metavar="SPLIT", help="split, with --dataset (default: %(default)s)")
+    s.add_argument("--attack", required=True, choices=attacks, metavar="NAME", help="attack: %(choices)s")
+    s.add_argument("--attack-params", default="{}", metavar="JSON",
+                   help=f"attack parameters as JSON, e.g. {{\"eps\": \"8/255\", \"steps\": 20}}; {_NUMBER_HELP}")
+    s.add_argument("--max-images", type=int, default=None, metavar="N", help="attack the first N images only")
+    s.add_argument("--seed", type=int, default=0, help="seed of the attack's random start (default: %(default)s)")
+    device_arg(s)
+    s.add_argument("--out-dir", required=True, metavar="DIR",
+                   help="output folder: adv/, pred_clean/, pred_adv/, side_by_side/ PNGs and summary.csv")
     common(s)
     s.set_defaults(func=cmd_attack)
 
     s = sub.add_parser("aggregate", help="tables (CSV, Markdown) from evaluation JSON files")
-    s.add_argument("--evals", nargs="+", required=True)
-    s.add_argument("--spec", default="{}", help="which tables to build, as JSON")
-    s.add_argument("--out-dir", required=True)
+    s.add_argument("--evals", nargs="+", required=True, metavar="JSON",
+                   help="evaluation files written by evaluate, or folders holding them")
+    s.add_argument("--spec", default="{}", metavar="JSON", help="which tables to build, as JSON")
+    s.add_argument("--tuning", nargs="*", default=[], metavar="JSON",
+                   help="tuning results (eroseg tune) for the tuning table")
+    s.add_argument("--benchmarks", nargs="*", default=[], metavar="TSV",
+                   help="Snakemake benchmark files (<rule>/<job>.tsv) for the table of per-rule wall times")
+    s.add_argument("--out-dir", required=True, metavar="DIR", help="output folder of the tables")
     common(s, threads=False)
     s.set_defaults(func=cmd_aggregate)
 
     s = sub.add_parser("figures", help="figures (PNG, SVG) from evaluation JSON, logs and samples")
-    s.add_argument("--evals", nargs="*", default=[])
-    s.add_argument("--logs", nargs="*", default=[])
-    s.add_argument("--samples", nargs="*", default=[])
-    s.add_argument("--steps", default=None, help="npz with an EroSeg run's per-step masks")
-    s.add_argument("--spec", default="{}")
-    s.add_argument("--out-dir", required=True)
+    s.add_argument("--evals", nargs="*", default=[], metavar="JSON", help="evaluation files written by evaluate")
+    s.add_argument("--logs", nargs="*", default=[], metavar="CSV",
+                   help="training logs, each at .../<method>/seed<k>/log.csv")
+    s.add_argument("--samples", nargs="*", default=[], metavar="NPZ",
+                   help="sample files of evaluate --samples; the first is drawn")
+    s.add_argument("--steps", default=None, metavar="NPZ", help="npz with an EroSeg run's per-step masks")
+    s.add_argument("--spec", default="{}", metavar="JSON",
+                   help="what to draw, as JSON (see eroseg.figures.make_figures)")
+    s.add_argument("--out-dir", required=True, metavar="DIR", help="output folder of the figures")
     common(s, threads=False)
     s.set_defaults(func=cmd_figures)
     return p

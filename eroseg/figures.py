@@ -80,41 +80,110 @@ def _full_palette(palette) -> np.ndarray:
     return pal
 
 
-def plot_sweep(df: pd.DataFrame, x: str, out_dir: Path, name: str, title: str, xlabel: str, dpi: int) -> list[Path]:
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+def _eps_label(value: float, _pos=None) -> str:
+    """Tick label of an eps given in 1/255 units: ``0``, ``4/255``, ``0.5/255``."""
+    return "0" if value == 0 else f"{value:g}/255"
+
+
+def _value_ticks(ax, values, integer: bool, max_ticks: int = 10) -> None:
+    """Ticks at the evaluated x values (few of them), else integer ticks chosen by matplotlib."""
+    values = sorted(set(float(v) for v in values))
+    if len(values) <= max_ticks:
+        ax.set_xticks(values)
+    else:
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=integer))
+
+
+def _legend_outside(ax, **kwargs):
+    """Legend to the right of the axes: it never covers a data point."""
+    return ax.legend(frameon=False, fontsize=9, loc="center left", bbox_to_anchor=(1.01, 0.5), **kwargs)
+
+
+def plot_sweep(df: pd.DataFrame, x: str, out_dir: Path, name: str, title: str, xlabel: str, dpi: int,
+               clean: float | None = None) -> list[Path]:
+    """mIoU (%) against ``x`` (``steps`` or ``eps_255``), one line per attack.
+
+    Args:
+        df: rows with ``setting``, ``x`` and ``miou`` (0-1; seeds are averaged).
+        clean: the clean mIoU (0-1) of the same model, drawn as the eps = 0 point
+            of every line (eps sweep) or as a dashed reference line (steps sweep).
+    """
+    fig, ax = plt.subplots(figsize=(6.2, 3.8))
+    is_eps = x == "eps_255"
+    xs = set(df[x])
+    if clean is not None and is_eps:
+        xs.add(0.0)
     for attack, g in df.groupby("setting", sort=False, observed=True):
         g = g.groupby(x, as_index=False)["miou"].mean().sort_values(x)
-        ax.plot(g[x], g["miou"] * 100, marker="o", label=attack, color=color_for(attack, ATTACK_COLORS))
+        gx, gy = list(g[x]), list(g["miou"] * 100)
+        if clean is not None and is_eps:  # eps = 0 is the clean model: every curve starts there
+            gx, gy = [0.0, *gx], [clean * 100, *gy]
+        ax.plot(gx, gy, marker="o", label=attack, color=color_for(attack, ATTACK_COLORS), clip_on=False, zorder=3)
+    if clean is not None:
+        if is_eps:
+            ax.plot([0], [clean * 100], ls="none", marker="s", ms=8, color=ATTACK_COLORS["clean"],
+                    label="clean (eps = 0)", clip_on=False, zorder=4)
+        else:
+            ax.axhline(clean * 100, ls="--", lw=1.2, color=ATTACK_COLORS["clean"], label="clean (no attack)")
+    _value_ticks(ax, xs, integer=True)
+    if is_eps:
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_eps_label))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("mIoU (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.set_ylim(bottom=0)
-    ax.legend(frameon=False, fontsize=9)
+    top = max([*(df["miou"] * 100), (clean or 0) * 100])
+    ax.set_ylim(0, min(100.0, top * 1.1 + 1))
+    _legend_outside(ax)
     return _save(fig, out_dir, name, dpi)
 
 
 def plot_per_class(evals: list[dict], classes: list[str], out_dir: Path, title: str, dpi: int) -> list[Path]:
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(classes) + 2), 3.8))
+    """Per-class IoU (%) bars, one group per class and one bar per attack.
+
+    An IoU of exactly 0 (the class is present but never predicted right)
+    would be an invisible bar, so it gets a marker on the axis; a class absent
+    from both labels and predictions has no IoU and is written ``n/a``.
+    """
+    from matplotlib.lines import Line2D
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(classes) + 2.5), 3.8))
     width = 0.8 / max(len(evals), 1)
     x = np.arange(len(classes))
+    any_zero = any_absent = False
     for i, d in enumerate(evals):
         iou = np.array([np.nan if v is None else v for v in d["per_class_iou"]], dtype=float) * 100
-        ax.bar(x + (i - (len(evals) - 1) / 2) * width, iou, width, label=d["setting"],
-               color=color_for(d["setting"], ATTACK_COLORS))
+        pos = x + (i - (len(evals) - 1) / 2) * width
+        color = color_for(d["setting"], ATTACK_COLORS)
+        ax.bar(pos, np.nan_to_num(iou), width, label=d["setting"], color=color)
+        zero = iou == 0
+        if zero.any():
+            any_zero = True
+            ax.plot(pos[zero], np.zeros(zero.sum()), ls="none", marker="X", ms=7, color=color,
+                    markeredgecolor="black", markeredgewidth=0.5, clip_on=False, zorder=4)
+        for px in pos[np.isnan(iou)]:
+            any_absent = True
+            ax.text(px, 1.5, "n/a", rotation=90, ha="center", va="bottom", fontsize=8, color="#555555")
     ax.set_xticks(x, classes, rotation=30, ha="right")
+    ax.set_xlabel("class")
     ax.set_ylabel("IoU (%)")
     ax.set_ylim(0, 100)
     ax.set_title(title)
-    # Legend above the axes: inside, it would cover the tallest (clean) bars.
+    handles, _ = ax.get_legend_handles_labels()
+    if any_zero:
+        handles.append(Line2D([], [], ls="none", marker="X", ms=7, color="white", markeredgecolor="black",
+                              label="IoU = 0"))
+    if any_absent:
+        handles.append(Line2D([], [], ls="none", marker="$n/a$", ms=14, color="#777777",
+                              label="class absent (no IoU)"))
     # Outside on the right: clear of the title and of the bars whatever the number of classes.
-    ax.legend(frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.legend(handles=handles, frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, out_dir, "per_class_iou", dpi)
 
 
 def plot_training(logs: dict[str, pd.DataFrame], out_dir: Path, dpi: int) -> list[Path]:
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
     for label, df in logs.items():
         method = label.split("/")[0]
         c = color_for(method, METHOD_COLORS)
@@ -124,12 +193,18 @@ def plot_training(logs: dict[str, pd.DataFrame], out_dir: Path, dpi: int) -> lis
             axes[1].plot(df["epoch"], df["val_miou"] * 100, color=c, ls=ls, label=label)
         if "robust_val_miou" in df and df["robust_val_miou"].notna().any():
             axes[2].plot(df["epoch"], df["robust_val_miou"] * 100, color=c, ls=ls, label=label)
-    for ax, t in zip(axes, ("training loss", "clean val mIoU (%)", "robust val mIoU (%), PGD few steps")):
+    titles = ("training loss", "clean val mIoU", "robust val mIoU (PGD, few steps)")
+    ylabels = ("cross-entropy (nats per pixel)", "mIoU (%)", "mIoU (%)")
+    for ax, t, yl in zip(axes, titles, ylabels):
         ax.set_title(t)
         ax.set_xlabel("epoch")
+        ax.set_ylabel(yl)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0].legend(frameon=False, fontsize=8)
+    # The loss panel has every run; its legend goes right of the last panel, off the data.
+    handles, labels = axes[0].get_legend_handles_labels()
+    _legend_outside(axes[2], handles=handles, labels=labels, title="method/seed", title_fontsize=8)
+    fig.tight_layout()
     return _save(fig, out_dir, "training_curves", dpi)
 
 
@@ -137,8 +212,8 @@ def plot_qualitative(samples: dict, classes: list[str], palette, out_dir: Path, 
                      amplify: float = 10.0) -> list[Path]:
     pal = _full_palette(palette)
     n = samples["image"].shape[0]
-    cols = ["image", "adversarial", f"perturbation x{amplify:g}", "ground truth", "clean prediction",
-            "adversarial prediction"]
+    cols = ["image", "adversarial", f"perturbation ×{amplify:g}\n(grey = none)", "ground truth",
+            "clean prediction", "adversarial prediction"]
     fig, axes = plt.subplots(n, len(cols), figsize=(2.0 * len(cols), 2.0 * n + 0.8), squeeze=False)
     for i in range(n):
         img = samples["image"][i].transpose(1, 2, 0)
@@ -166,22 +241,33 @@ def plot_erosion(steps: dict, out_dir: Path, title: str, dpi: int, max_panels: i
     attacked = steps.get("step_attacked")
     t = fooled.shape[0]
     idx = np.unique(np.linspace(0, t - 1, min(max_panels, t)).round().astype(int))
-    rows = [("fooled region", fooled)] + ([("attacked mask", attacked)] if attacked is not None else [])
-    fig, axes = plt.subplots(len(rows), len(idx), figsize=(1.7 * len(idx), 1.9 * len(rows) + 0.4), squeeze=False)
-    for r, (name, arr) in enumerate(rows):
+    rows = [("fooled region", fooled, "Reds", "fooled")]
+    if attacked is not None:
+        rows.append(("attacked mask", attacked, "Blues", "attacked"))
+    fig, axes = plt.subplots(len(rows), len(idx), figsize=(1.7 * len(idx) + 1.5, 2.1 * len(rows) + 1.0),
+                             squeeze=False, layout="constrained")
+    for r, (name, arr, cmap, what) in enumerate(rows):
         for j, k in enumerate(idx):
             ax = axes[r, j]
-            ax.imshow(arr[k], cmap="Reds" if r == 0 else "Blues", vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow(arr[k], cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(f"step {k + 1}\n{100 * arr[k].mean():.0f}% fooled", fontsize=8)
-            else:
-                ax.set_title(f"{100 * arr[k].mean():.0f}% attacked", fontsize=8)
+                ax.set_title(f"step {k + 1}", fontsize=9)
+            # Share of all pixels of the image, under the panel it describes.
+            ax.set_xlabel(f"{100 * arr[k].mean():.0f}% {what}", fontsize=8)
             if j == 0:
                 ax.set_ylabel(name, fontsize=9)
+    # Colour key: what the two colours of each row mean.
+    labels = {"fooled": ("fooled (wrong class)", "not fooled (correct or void)"),
+              "attacked": ("attacked (loss weight > 0)", "not attacked")}
+    handles = []
+    for _, _, cmap, what in rows:
+        cm = plt.get_cmap(cmap)
+        handles += [Patch(facecolor=cm(1.0), edgecolor="grey", label=labels[what][0]),
+                    Patch(facecolor=cm(0.0), edgecolor="grey", label=labels[what][1])]
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(rows), frameon=False, fontsize=8)
     return _save(fig, out_dir, "erosion", dpi)
 
 
@@ -219,16 +305,20 @@ def make_figures(*, evals: list[str], logs: list[str], samples: list[str], steps
     base = df[(df.method == sm) & (df.setting.isin(sa))]
     base = base.assign(setting=pd.Categorical(base.setting, [a for a in sa if a in set(base.setting)], ordered=True))
     base = base.sort_values("setting")
+    clean_rows = df[(df.method == sm) & (df.setting == "clean")]
+    clean = float(clean_rows["miou"].mean()) if len(clean_rows) else None
     by_steps = base[base.eps_255 == e_fixed]
     if by_steps["steps"].nunique() >= 2:
         written += plot_sweep(by_steps, "steps", out_dir, "robust_vs_steps",
-                              f"{sm}: mIoU vs attack steps (eps {e_fixed:g}/255)", "attack steps", dpi)
+                              f"{sm}: mIoU vs attack steps (eps {e_fixed:g}/255)", "attack steps (iterations)", dpi,
+                              clean=clean)
     else:
         written += _placeholder(out_dir, "robust_vs_steps", "fewer than two step counts evaluated", dpi)
     by_eps = base[base.steps == s_fixed].assign(eps_255=lambda d: d.eps_255)
     if by_eps["eps_255"].nunique() >= 2:
         written += plot_sweep(by_eps, "eps_255", out_dir, "robust_vs_eps",
-                              f"{sm}: mIoU vs eps ({s_fixed} steps)", "eps (x/255)", dpi)
+                              f"{sm}: mIoU vs eps ({s_fixed} steps)", "perturbation budget eps (pixel scale)", dpi,
+                              clean=clean)
     else:
         written += _placeholder(out_dir, "robust_vs_eps", "fewer than two eps values evaluated", dpi)
 

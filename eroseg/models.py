@@ -6,6 +6,11 @@ offers) and are wrapped by :class:`SegmentationModel`, which takes images in
 in pixel units (8/255). The wrapper also pads inputs to the multiple of 32
 that the encoders need and crops the logits back, so any image size works.
 
+:func:`wrap_model` puts the same wrapper around a model of the user's own:
+a torchvision segmentation model (dict output), a Hugging Face
+``transformers`` semantic-segmentation model (output object whose logits are
+at a fraction of the input resolution) or any module returning logits.
+
 Checkpoints are plain dicts of tensors and JSON-like metadata, saved
 atomically and loaded with ``torch.load(..., weights_only=True)``.
 """
@@ -15,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -35,23 +40,46 @@ class SegmentationModel(nn.Module):
     """Wraps a segmentation network so that it takes images in [0, 1].
 
     Args:
-        net: module mapping normalised images ``[B, 3, H, W]`` to logits ``[B, C, H, W]``.
-        mean: per-channel mean used for normalisation.
-        std: per-channel standard deviation used for normalisation.
+        net: module mapping normalised images ``[B, 3, H, W]`` to logits
+            ``[B, C, h, w]``, or to a dict / output object / tuple holding them
+            (see ``output_key``).
+        mean: per-channel mean used for normalisation, on the [0, 1] scale.
+        std: per-channel standard deviation used for normalisation, on the [0, 1] scale.
         pad_multiple: inputs are padded (replicate) to a multiple of this size
             and the logits are cropped back; 1 disables padding.
+        output_key: where the logits are in ``net``'s output: a dict key or an
+            attribute name. ``None`` (default) takes a tensor as is, the ``"out"``
+            or ``"logits"`` entry of a dict (torchvision, ``transformers``), the
+            ``logits`` attribute of an output object, or the first element of a
+            tuple.
+        num_classes: if given, the logits must have this many channels (checked
+            at every call, with a message that names both numbers).
+
+    Logits whose size differs from the (padded) input, such as the 1/4
+    resolution logits of SegFormer, are upsampled bilinearly to it.
 
     Shape:
         - Input: ``[B, 3, H, W]`` float in [0, 1].
         - Output: ``[B, C, H, W]`` logits.
     """
 
-    def __init__(self, net: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD, pad_multiple: int = 32):
+    def __init__(
+        self,
+        net: nn.Module,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        pad_multiple: int = 32,
+        *,
+        output_key: str | None = None,
+        num_classes: int | None = None,
+    ):
         super().__init__()
         self.net = net
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.pad_multiple = int(pad_multiple)
+        self.output_key = output_key
+        self.num_classes = None if num_classes is None else int(num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:
@@ -64,8 +92,119 @@ class SegmentationModel(nn.Module):
         ph, pw = (-h) % m, (-w) % m
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-        out = self.net(x)
+        out = _logits(self.net(x), self.output_key)
+        if out.dim() != 4:
+            raise ValueError(f"the wrapped model returned logits of shape {tuple(out.shape)}; expected [B, C, h, w]")
+        if self.num_classes is not None and out.shape[1] != self.num_classes:
+            raise ValueError(
+                f"the wrapped model returned {out.shape[1]} channels but num_classes is {self.num_classes}; "
+                "give the model's own number of classes (its output channels)"
+            )
+        if out.shape[-2:] != x.shape[-2:]:
+            out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return out[..., :h, :w] if (ph or pw) else out
+
+
+def _logits(out: Any, key: str | None) -> torch.Tensor:
+    """Pick the logits tensor out of a model's output (see ``SegmentationModel``'s ``output_key``)."""
+    if key is not None:
+        if isinstance(out, Mapping) and key in out:
+            found = out[key]
+        elif not isinstance(out, Mapping) and hasattr(out, key):
+            found = getattr(out, key)
+        else:
+            have = list(out.keys()) if isinstance(out, Mapping) else [type(out).__name__]
+            raise ValueError(f"output_key {key!r} not in the model's output (it has: {have})")
+    elif isinstance(out, torch.Tensor):
+        found = out
+    elif isinstance(out, Mapping):  # torchvision: OrderedDict(out=..., aux=...); transformers ModelOutput
+        for name in ("out", "logits"):
+            if name in out:
+                found = out[name]
+                break
+        else:
+            raise ValueError(
+                f"the model returned a dict with keys {list(out.keys())}; pass output_key= naming the logits"
+            )
+    elif hasattr(out, "logits"):
+        found = out.logits
+    elif isinstance(out, (tuple, list)) and out:
+        found = out[0]
+    else:
+        raise TypeError(
+            f"cannot find logits in the model's output of type {type(out).__name__}; "
+            "expected a tensor, a dict with 'out' or 'logits', an object with .logits, or a tuple (logits first)"
+        )
+    if not isinstance(found, torch.Tensor):
+        raise TypeError(f"the model's logits are a {type(found).__name__}, expected a tensor [B, C, h, w]")
+    return found
+
+
+def _check_stats(name: str, values: Sequence[float] | None) -> tuple[float, ...] | None:
+    if values is None:
+        return None
+    values = tuple(float(v) for v in values)
+    if len(values) != 3:
+        raise ValueError(f"{name} must have 3 values (one per RGB channel), got {values}")
+    if any(v > 1 for v in values):
+        raise ValueError(
+            f"{name}={values} is on the 0-255 scale; give it on the [0, 1] scale of the images "
+            f"(e.g. {tuple(round(v / 255, 4) for v in values)})"
+        )
+    return values
+
+
+def wrap_model(
+    model: nn.Module,
+    *,
+    mean: Sequence[float] | None = IMAGENET_MEAN,
+    std: Sequence[float] | None = IMAGENET_STD,
+    output_key: str | None = None,
+    num_classes: int | None = None,
+    pad_multiple: int = 1,
+) -> SegmentationModel:
+    """Wrap a segmentation model of your own so that attacks, evaluation and training can use it.
+
+    The result takes images in [0, 1] ``[B, 3, H, W]``, normalises them with
+    ``mean``/``std``, calls ``model`` and returns logits ``[B, C, H, W]`` at the
+    input size. Works with torchvision segmentation models (dict output,
+    ``"out"`` key), Hugging Face ``transformers`` semantic-segmentation models
+    (``.logits`` at 1/4 resolution, upsampled bilinearly) and any module that
+    returns logits. See ``docs/own_model.md``.
+
+    Args:
+        model: the network; it receives normalised images.
+        mean: per-channel mean on the [0, 1] scale (default ImageNet's);
+            ``None`` together with ``std=None`` passes the [0, 1] images unchanged.
+        std: per-channel standard deviation on the [0, 1] scale.
+        output_key: dict key or attribute holding the logits; ``None`` guesses
+            (tensor, ``"out"``, ``"logits"``, ``.logits``, first tuple element).
+        num_classes: if given, checked against the logits' channels.
+        pad_multiple: pad inputs to a multiple of this size (e.g. 32 for
+            encoders that need it) and crop the logits back; 1 (default) does not pad.
+
+    Returns:
+        A :class:`SegmentationModel`; ``model`` itself if it already is one.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: ``mean``/``std`` malformed or on the 0-255 scale, only one
+            of them ``None``, or ``pad_multiple < 1``.
+    """
+    if isinstance(model, SegmentationModel):
+        return model
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"wrap_model expects a torch.nn.Module, got {type(model).__name__}")
+    mean, std = _check_stats("mean", mean), _check_stats("std", std)
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std, or neither (None, None: no normalisation)")
+    if mean is None:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    if std is not None and any(v <= 0 for v in std):
+        raise ValueError(f"std must be > 0 for every channel, got {std}")
+    if int(pad_multiple) < 1:
+        raise ValueError(f"pad_multiple must be >= 1, got {pad_multiple!r}")
+    return SegmentationModel(model, mean, std, pad_multiple, output_key=output_key, num_classes=num_classes)
 
 
 def _resolve_encoder_weights(encoder_weights: str | None) -> tuple[str | None, Path | None]:

@@ -1,16 +1,53 @@
 # Config validation, derived settings, wildcard constraints and input functions.
 
+import difflib
 import hashlib
 import json
 import os
+import shlex
+import sys
 from pathlib import Path
+
+import yaml
 
 from snakemake.utils import validate
 
-from eroseg.attacks import attack_parameters, create_attack
-from eroseg.numbers import eps_tag, parse_number
+from eroseg.attacks import attack_parameters, attack_uses_steps, create_attack
+from eroseg.numbers import eps_tag, parse_number, resolve_attack_params
+from eroseg.tune import grid_candidates
 
+SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _unknown_keys(cfg, schema, where=""):
+    """One line for the first config key the schema does not know, with the closest valid key."""
+    props = schema.get("properties")
+    if not isinstance(cfg, dict) or props is None:
+        return
+    for key, value in cfg.items():
+        if key not in props:
+            if schema.get("additionalProperties", True) is False:
+                close = difflib.get_close_matches(str(key), list(props), n=1)
+                hint = f"; did you mean {where}{close[0]}?" if close else f"; valid keys: {sorted(props)}"
+                raise ValueError(f"config key {where}{key}: unknown{hint}")
+            continue
+        _unknown_keys(value, props[key], f"{where}{key}.")
+
+
+_unknown_keys(config, yaml.safe_load(SCHEMA.read_text()))
 validate(config, schema="../schemas/config.schema.yaml")
+
+# Rules run the package with the interpreter Snakemake runs under, so a Snakemake started as
+# .venv/bin/snakemake (venv not activated) finds it too.
+EROSEG = f"{shlex.quote(sys.executable)} -m eroseg"
+# One process per GPU through torchrun when a training job gets several GPUs. Not a rule param: the
+# interpreter's path must not make Snakemake rerun a job.
+TRAIN_LAUNCHER = (
+    f"{shlex.quote(sys.executable)} -m torch.distributed.run --standalone "
+    f"--nproc_per_node={config['resources']['gpus_per_train']} -m eroseg"
+    if config["resources"]["gpus_per_train"] > 1
+    else EROSEG
+)
 
 RUN = config["run"]
 OUT = f"results/{RUN}"
@@ -59,6 +96,8 @@ SEA = EVAL.get("sea")
 TEST_SPLIT = DATASET["test_split"]
 VAL_SPLIT = DATASET["val_split"]
 CHECKS = EVAL.get("checks")
+TUNE = config.get("tuning") or {}
+TUNED_FAMILIES = list((TUNE.get("grids") or {}))
 if CHECKS:
     CHECK_EPS = [_parse(e, key="evaluation.checks.eps") for e in CHECKS["eps"]]
 
@@ -84,11 +123,23 @@ def _check_names():
         known("evaluation.checks.setting", CHECKS["setting"])
         if CHECKS.get("restarts"):
             known("evaluation.checks.restarts", CHECKS["restarts"])
+    for fam in TUNED_FAMILIES:
+        known("tuning.grids", fam)
+    for m in TUNE.get("models", []):
+        known("tuning.models", m, METHODS, "method")
+    for a, entry in ATTACKS.items():
+        if entry.get("tuned") and a not in TUNED_FAMILIES:
+            raise ValueError(f"config key evaluation.attacks.{a}.tuned: no grid for {a!r} under tuning.grids")
+    for m, entry in config["methods"].items():
+        if entry.get("tuned") and entry.get("attack") not in TUNED_FAMILIES:
+            raise ValueError(f"config key methods.{m}.tuned: no tuning grid for its attack {entry.get('attack')!r} "
+                             f"under tuning.grids (grids: {TUNED_FAMILIES})")
     claims = EVAL.get("claims") or {}
     for pair in claims.get("attack_pairs", []):
         for a in pair:
             known("evaluation.claims.attack_pairs", a.split(":")[0])
-    for m in [claims.get("eroseg_at")] + list(claims.get("at_baselines", [])):
+    ats = claims.get("eroseg_at") or []
+    for m in ([ats] if isinstance(ats, str) else list(ats)) + list(claims.get("at_baselines", [])):
         if m is not None:
             known("evaluation.claims", m, METHODS, "method")
 
@@ -97,7 +148,10 @@ _check_names()
 
 
 def steps_of(setting, steps):
-    """Steps of a setting in a grid of ``steps``: its own ``steps`` if the config fixes them (FGSM: 1)."""
+    """Steps of a setting in a grid of ``steps``: 1 for single-step attacks (the registry says which, e.g.
+    FGSM), else the setting's own ``steps`` if the config fixes them (e.g. SEA's iterations), else ``steps``."""
+    if not attack_uses_steps(ATTACKS[setting]["attack"]):
+        return 1
     return int(ATTACKS[setting].get("steps") or steps)
 
 
@@ -159,15 +213,31 @@ def attack_params(setting, eps_tag_value, steps):
     return params
 
 
+def tuning_path(family):
+    return f"{OUT}/tuning/{family}.json"
+
+
 def evaluation_settings(method, seed):
     """The ``--settings`` list of one model's evaluation job (clean first)."""
     items = [{"setting": "clean", "attack": "none", "out": f"{eval_dir(method, seed)}/clean.json"}]
     for setting, tag, steps in model_settings(method, seed):
-        items.append({"setting": setting, "attack": ATTACKS[setting]["attack"],
-                      "params": attack_params(setting, tag, steps),
-                      "restarts": int(ATTACKS[setting].get("restarts", 1)),
-                      "out": eval_file(method, seed, setting, tag, steps)})
+        item = {"setting": setting, "attack": ATTACKS[setting]["attack"],
+                "params": attack_params(setting, tag, steps),
+                "restarts": int(ATTACKS[setting].get("restarts", 1)),
+                "out": eval_file(method, seed, setting, tag, steps)}
+        if ATTACKS[setting].get("tuned"):
+            item["params_file"] = tuning_path(setting)
+        items.append(item)
     return items
+
+
+def tuning_inputs_of_eval(method, seed):
+    return sorted({i["params_file"] for i in evaluation_settings(method, seed) if "params_file" in i})
+
+
+def tuning_base_params(family):
+    """Parameters every tuning candidate of ``family`` shares: the setting's own at the headline eps, tuning steps."""
+    return attack_params(family, eps_tag(HEAD_EPS), int(TUNE["steps"]))
 
 
 def _check_attack_params():
@@ -181,9 +251,15 @@ def _check_attack_params():
                     continue
                 seen.add(key)
                 try:
-                    create_attack(item["attack"], **item["params"])
+                    create_attack(item["attack"], **resolve_attack_params(item["params"]))
                 except (TypeError, ValueError) as err:
                     raise ValueError(f"config key evaluation.attacks.{item['setting']}: {err}") from None
+    for fam in TUNED_FAMILIES:
+        for cand in grid_candidates(TUNE["grids"][fam]):
+            try:
+                create_attack(ATTACKS[fam]["attack"], **resolve_attack_params({**tuning_base_params(fam), **cand}))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"config key tuning.grids.{fam}: candidate {cand}: {err}") from None
     for m in METHODS:
         name, params = training_attack(m)
         if name:
@@ -191,6 +267,12 @@ def _check_attack_params():
                 create_attack(name, **params)
             except (TypeError, ValueError) as err:
                 raise ValueError(f"config key methods.{m}: {err}") from None
+
+
+def training_tuning_file(method):
+    """The tuning result a method's training attack takes its parameters from (``tuned: true``), or None."""
+    entry = config["methods"][method]
+    return tuning_path(entry["attack"]) if entry.get("tuned") else None
 
 
 def training_attack(method):
@@ -242,7 +324,7 @@ def figure_spec():
 _check_attack_params()
 
 #: Tables aggregate writes (CSV, Markdown, HTML); the optional ones only when configured.
-TABLES = ["main", "results", "steps", "eps", "ablation"] + (["sea"] if SEA else []) + (
+TABLES = ["main", "results", "steps", "eps", "ablation", "timings"] + (["tuning"] if TUNED_FAMILIES else []) + (["sea"] if SEA else []) + (
     ["checks"] if CHECKS else []) + (["claims"] if EVAL.get("claims") else [])
 TABLE_CAPTIONS = {"main": "table_main", "claims": "table_claims", "checks": "table_checks", "sea": "table_sea"}
 FIGURES = ["robust_vs_steps", "robust_vs_eps", "per_class_iou", "training_curves", "qualitative", "erosion"]
@@ -259,11 +341,19 @@ FIGURE_CAPTIONS = {
 def all_outputs():
     return (
         [f"{OUT}/data/manifest.csv"]
+        + [tuning_path(f) for f in TUNED_FAMILIES]
         + [model_path(m, s) for m in METHODS for s in SEEDS]
         + all_eval_dirs()
         + [f"{OUT}/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md", "html")]
         + [f"{OUT}/figures/{f}.{ext}" for f in FIGURES for ext in ("png", "svg")]
     )
+
+
+def benchmark_files():
+    """Per-job wall times Snakemake records (``benchmark:``) for the timings table."""
+    return ([f"{OUT}/benchmarks/train/{m}_seed{s}.tsv" for m in METHODS for s in SEEDS]
+            + [f"{OUT}/benchmarks/evaluate/{m}_seed{s}.tsv" for m in METHODS for s in SEEDS]
+            + [f"{OUT}/benchmarks/tune/{f}.tsv" for f in TUNED_FAMILIES])
 
 
 def js(obj):
@@ -272,5 +362,6 @@ def js(obj):
 
 
 wildcard_constraints:
+    family="|".join(TUNED_FAMILIES) if TUNED_FAMILIES else "x^",
     method="|".join(METHODS) if METHODS else "x^",
     seed=r"\d+",

@@ -1,0 +1,168 @@
+"""Figures fit for a paper: ticks, clean reference, legends off the data, zero vs absent classes, keys, units."""
+
+from __future__ import annotations
+
+
+import matplotlib.ticker
+import numpy as np
+import pytest
+
+import eroseg.figures as figures
+from eroseg.evaluate import EvalRecord
+from eroseg.figures import FIGURES, make_figures
+from eroseg.metrics import PerImageStats
+
+CLASSES = 8  # the synthetic dataset's
+CLEAN = 0.60
+# (attack, eps in 1/255, steps) -> mIoU (0-1): a sweep over steps at 8/255 and over eps at 10 steps.
+SWEEP = {
+    ("pgd", 8, 2): 0.40, ("pgd", 8, 5): 0.30, ("pgd", 8, 10): 0.25, ("pgd", 4, 10): 0.45, ("pgd", 16, 10): 0.05,
+    ("eroseg", 8, 2): 0.35, ("eroseg", 8, 5): 0.20, ("eroseg", 8, 10): 0.10, ("eroseg", 4, 10): 0.40,
+    ("eroseg", 16, 10): 0.02,
+}
+# per-class IoU of the headline evaluations: class 3 never predicted right (0), class 7 absent (None);
+# under eroseg class 5 also drops to 0.
+PER_CLASS = {
+    "clean": [0.9, 0.8, 0.5, 0.0, 0.4, 0.3, 0.6, None],
+    "pgd": [0.7, 0.5, 0.2, 0.0, 0.1, 0.1, 0.2, None],
+    "eroseg": [0.6, 0.3, 0.1, 0.0, 0.05, 0.0, 0.1, None],
+}
+
+
+def write_eval(path, attack, eps_255, steps, miou, per_class=None):
+    n = 2
+    per_image = PerImageStats(*(np.ones((n, CLASSES), dtype=np.int64) for _ in range(3)))
+    params = {} if attack == "clean" else {"eps": eps_255 / 255, "step_size": 2 / 255, "steps": steps}
+    EvalRecord(method="standard", seed=0, setting=attack, attack="none" if attack == "clean" else attack,
+               attack_params=params, split="test", checkpoint="model.pt", classes=None, miou=miou, pixel_acc=miou,
+               per_class_iou=per_class or [miou] * CLASSES, per_image=per_image).write(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """Every figure of hand-made inputs; the matplotlib figures are kept for inspection."""
+    d = tmp_path_factory.mktemp("figs")
+    evals = [write_eval(d / "clean.json", "clean", 0, 0, CLEAN, PER_CLASS["clean"])]
+    for (attack, eps, steps), miou in SWEEP.items():
+        per_class = PER_CLASS[attack] if (eps, steps) == (8, 10) else None
+        evals.append(write_eval(d / f"{attack}_{eps}_{steps}.json", attack, eps, steps, miou, per_class))
+    logs = []
+    for method in ("standard", "pgd_at"):
+        log = d / method / "seed0" / "log.csv"
+        log.parent.mkdir(parents=True)
+        log.write_text("epoch,loss,val_miou,robust_val_miou\n1,1.2,0.2,0.1\n2,0.8,0.4,0.2\n3,0.6,0.5,0.3\n")
+        logs.append(str(log))
+    rng = np.random.default_rng(0)
+    img = rng.random((2, 3, 16, 16), dtype=np.float32)
+    lab = rng.integers(0, CLASSES, (2, 16, 16))
+    np.savez(d / "samples.npz", image=img, adv=np.clip(img + 0.03, 0, 1), label=lab, pred_clean=lab, pred_adv=lab,
+             step_fooled=rng.random((4, 16, 16)) > 0.5, step_attacked=rng.random((4, 16, 16)) > 0.5)
+    spec = {"dataset": "synthetic", "dpi": 50, "headline": {"eps": 8 / 255, "steps": 10},
+            "sweep": {"method": "standard", "attacks": ["pgd", "eroseg"], "eps_fixed": 8 / 255, "steps_fixed": 10},
+            "per_class": {"method": "standard", "attacks": ["pgd", "eroseg"]}, "some_future_key": 1}
+    kept = {}
+    save = figures._save
+
+    def keep(fig, out_dir, name, dpi):
+        kept[name] = fig
+        return save(fig, out_dir, name, dpi)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(figures, "_save", keep)
+    try:
+        written = make_figures(evals=evals, logs=logs, samples=[str(d / "samples.npz")],
+                               steps=str(d / "samples.npz"), spec=spec, out_dir=d / "out")
+    finally:
+        mp.undo()
+    for fig in kept.values():
+        fig.canvas.draw()
+    return d / "out", written, kept
+
+
+def tick_labels(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_xticklabels()]
+
+
+def test_every_figure_written_as_png_and_svg(rendered):
+    out, written, kept = rendered
+    assert set(kept) == set(FIGURES)
+    for name in FIGURES:
+        assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "<svg" in (out / f"{name}.svg").read_text()
+    assert len(written) == 2 * len(FIGURES)
+
+
+def test_steps_axis_has_integer_ticks_and_a_dashed_clean_line(rendered):
+    ax = rendered[2]["robust_vs_steps"].axes[0]
+    assert list(ax.get_xticks()) == [2, 5, 10]
+    assert tick_labels(ax) == ["2", "5", "10"]
+    clean = [ln for ln in ax.get_lines() if ln.get_label().startswith("clean")]
+    assert len(clean) == 1 and clean[0].get_linestyle() == "--"
+    assert np.allclose(clean[0].get_ydata(), CLEAN * 100)
+    assert "(" in ax.get_xlabel() and ax.get_ylabel() == "mIoU (%)"
+
+
+def test_eps_axis_in_255ths_starting_at_the_clean_point(rendered):
+    ax = rendered[2]["robust_vs_eps"].axes[0]
+    assert tick_labels(ax) == ["0", "4/255", "8/255", "16/255"]
+    for attack in ("pgd", "eroseg"):
+        (line,) = [ln for ln in ax.get_lines() if ln.get_label() == attack]
+        x, y = line.get_data()
+        assert list(x) == [0, 4, 8, 16]
+        assert y[0] == pytest.approx(CLEAN * 100)
+        assert list(y[1:]) == pytest.approx([SWEEP[(attack, e, 10)] * 100 for e in (4, 8, 16)])
+    assert any(ln.get_label() == "clean (eps = 0)" for ln in ax.get_lines())
+    assert "eps" in ax.get_xlabel() and ax.get_ylabel() == "mIoU (%)"
+
+
+@pytest.mark.parametrize("name", ["robust_vs_steps", "robust_vs_eps", "per_class_iou", "training_curves"])
+def test_legend_covers_no_data(rendered, name):
+    fig = rendered[2][name]
+    legends = [leg for ax in fig.axes for leg in ([ax.get_legend()] if ax.get_legend() else [])] + fig.legends
+    assert legends, "no legend"
+    boxes = [leg.get_window_extent() for leg in legends]
+    # Outside the plotting area, so no data of any run can be hidden (matplotlib's "best" only avoids this run's).
+    for ax in fig.axes:
+        assert not any(b.overlaps(ax.get_window_extent()) for b in boxes), name
+    for ax in fig.axes:
+        points = [ln.get_transform().transform(np.c_[ln.get_xdata(), ln.get_ydata()]) for ln in ax.get_lines()]
+        points += [ax.transData.transform([[p.get_x() + p.get_width() / 2, p.get_height()]]) for p in ax.patches]
+        for pts in points:
+            for px, py in pts:
+                assert not any(b.contains(px, py) for b in boxes), (name, px, py)
+
+
+def test_zero_iou_is_marked_and_absent_classes_say_na(rendered):
+    ax = rendered[2]["per_class_iou"].axes[0]
+    zero_markers = [ln for ln in ax.get_lines() if ln.get_marker() == "X"]
+    # class 3 for clean, pgd and eroseg, class 5 for eroseg: 4 markers, all on the axis
+    assert sum(len(ln.get_xdata()) for ln in zero_markers) == 4
+    assert all(np.all(ln.get_ydata() == 0) for ln in zero_markers)
+    na = [t for t in ax.texts if t.get_text() == "n/a"]
+    assert len(na) == 3  # class 7, one per evaluation
+    assert all(abs(t.get_position()[0] - 7) < 0.5 for t in na)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["clean", "pgd", "eroseg", "IoU = 0", "class absent (no IoU)"]
+    assert ax.get_ylabel() == "IoU (%)"
+
+
+def test_erosion_figure_has_a_colour_key(rendered):
+    fig = rendered[2]["erosion"]
+    (legend,) = fig.legends
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert any(lbl.startswith("fooled") for lbl in labels) and any(lbl.startswith("attacked") for lbl in labels)
+    assert len(labels) == 4
+    assert [ax.get_xlabel() for ax in fig.axes[:4]] == [f"{100 * m:.0f}% fooled" for m in
+                                                         np.load(rendered[0].parent / "samples.npz")[
+                                                             "step_fooled"].mean(axis=(1, 2))]
+
+
+def test_every_plot_axis_has_units(rendered):
+    for name in ("robust_vs_steps", "robust_vs_eps", "per_class_iou", "training_curves"):
+        for ax in rendered[2][name].axes:
+            assert ax.get_xlabel(), name
+            assert "(" in ax.get_ylabel(), (name, ax.get_ylabel())
+    for ax in rendered[2]["training_curves"].axes:
+        assert isinstance(ax.xaxis.get_major_locator(), matplotlib.ticker.MaxNLocator)
+        assert all(float(t).is_integer() for t in ax.get_xticks())
