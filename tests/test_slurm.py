@@ -22,7 +22,7 @@ CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 # Snakemake with the plugin's status checks at most 1 s apart (the plugin backs off by 10 s per check).
 FAST_POLL = ROOT / "tests" / "slurm" / "snakemake_fast_poll.py"
 pytestmark = pytest.mark.slurm
-GPU_RULES = ("train", "evaluate", "samples")
+GPU_RULES = ("train", "tune", "evaluate", "samples")
 
 
 @pytest.fixture(scope="module")
@@ -72,56 +72,69 @@ def test_dry_run_requests_gpus_and_groups_evaluations(tmp_path, cluster):
     (tmp_path / "config" / "two.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     res = _snakemake(tmp_path, cluster, "-n", "--configfile", "config/two.yaml")
     out = res.stdout + res.stderr
-    assert re.search(r"train\s+4\b", out) and re.search(r"evaluate\s+4\b", out), out[-3000:]
-    assert "torchrun --standalone --nproc_per_node=2" in out
+    models = len(cfg["methods"]) * len(cfg["seeds"])
+    assert re.search(rf"train\s+{models}\b", out) and re.search(rf"evaluate\s+{models}\b", out), out[-3000:]
+    assert "-m torch.distributed.run --standalone --nproc_per_node=2 -m eroseg train" in out  # torchrun
 
 
-def test_pipeline_through_slurm_matches_local(tmp_path, cluster):
+def test_pipeline_through_slurm_matches_local(tmp_path, cluster, request):
     slurm_dir = tmp_path / "slurm"
     local_dir = tmp_path / "local"
-    # The tests config with one seed: two models (a standard and an adversarially trained one) prove the point.
+    # The tests config with one seed: one model per method proves the point.
     cfg = yaml.safe_load((ROOT / "config" / "tests.yaml").read_text())
     cfg["seeds"] = [0]
+    models, families = len(cfg["methods"]), len(cfg["tuning"]["grids"])
     for d in (slurm_dir, local_dir):
         shutil.copytree(ROOT / "config", d / "config")
         (d / "config" / "one_seed.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    # The local reference runs beside the SLURM run: the SLURM run mostly waits (submission, status checks,
+    # Snakemake starting inside each job), so the two overlap well on a small machine.
+    env = dict(os.environ, MPLBACKEND="Agg")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    local = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", "--directory", str(local_dir),
+                              "--snakefile", str(ROOT / "Snakefile"), "--configfile", "config/one_seed.yaml"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=local_dir)
+    request.addfinalizer(lambda: local.poll() is None and (local.kill(), local.wait()))
     t0 = time.time()
-    # Evaluations grouped two models' worth per SLURM job: the two evaluations and the samples job (3
-    # components) make two SLURM jobs, which run side by side on the node's two GPUs; the data steps make one.
-    res = _snakemake(slurm_dir, cluster, "--configfile", "config/one_seed.yaml", "--group-components", "evaluation=2")
+    # Groups: the data steps make one SLURM job, the tuning of every family one, and the evaluations (one
+    # per model, plus the samples job) two per SLURM job, which run side by side on the node's two GPUs.
+    res = _snakemake(slurm_dir, cluster, "--configfile", "config/one_seed.yaml", "--group-components",
+                     "evaluation=2", f"tuning={families}")
     wall = time.time() - t0
     out = res.stdout + res.stderr
     submitted = re.findall(r"Job \S+ has been submitted with SLURM jobid (\d+)", out)
     logs = {p.stem: p.relative_to(slurm_dir / "slurm-logs") for p in (slurm_dir / "slurm-logs").rglob("*.log")}
     print(f"SLURM run: {wall:.0f} s, {len(submitted)} jobs submitted: {sorted(map(str, logs.values()))}")
     # One SLURM job id per submitted job, each with its own log; the groups are one job each.
-    assert len(submitted) == len(set(submitted)) == len(logs) == 5, (submitted, logs)
+    eval_jobs = -(-(models + 1) // 2)
+    assert len(submitted) == len(set(submitted)) == len(logs) == 1 + 1 + eval_jobs + models, (submitted, logs)
     assert set(submitted) == set(logs)
     # Log folders: group_<group>_<its rules>, rule_<rule>.
     tops = sorted(str(p.parts[0]) for p in logs.values())
-    assert tops[0] == "group_data_prepare_synthesize" and tops[3:] == ["rule_train"] * 2, tops
-    assert all(t.startswith("group_evaluation_") for t in tops[1:3]), tops
+    assert tops.count("group_data_prepare_synthesize") == 1 and tops.count("group_tuning_tune") == 1, tops
+    assert tops.count("rule_train") == models, tops
+    assert sum(t.startswith("group_evaluation_") for t in tops) == eval_jobs, tops
     # SLURM ran exactly these jobs, to completion.
     done = re.findall(r"JobId=(\d+) .*?JobState=(\S+)", (Path(cluster["EROSEG_SLURM_DIR"]) / "log" / "jobcomp.txt")
                       .read_text())
     assert {j for j, state in done if j in logs and state == "COMPLETED"} == set(logs)
-    # Each group's one SLURM job ran its evaluations (its log is the job's Snakemake output): 2 + 1 in all.
-    ran = [re.findall(r"^rule (evaluate|samples):", (slurm_dir / "slurm-logs" / p).read_text(), re.M)
-           for p in logs.values() if p.parts[0].startswith("group_evaluation")]
-    assert sorted(len(r) for r in ran) == [1, 2] and sorted(sum(ran, [])) == ["evaluate", "evaluate", "samples"], ran
+    # Each group's one SLURM job ran its members (its log is the job's Snakemake output).
+    def ran(group):
+        return [re.findall(r"^rule (\w+):", (slurm_dir / "slurm-logs" / p).read_text(), re.M)
+                for p in logs.values() if p.parts[0].startswith(group)]
+    assert sorted(sum(ran("group_evaluation"), [])) == ["evaluate"] * models + ["samples"], ran("group_evaluation")
+    assert all(len(r) <= 2 for r in ran("group_evaluation"))
+    assert ran("group_tuning") == [["tune"] * families] and sorted(ran("group_data")[0]) == ["prepare", "synthesize"]
     # Local rules never went to SLURM.
     assert not any("aggregate" in str(p) or "figures" in str(p) for p in logs.values())
-    env = dict(os.environ, MPLBACKEND="Agg")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--directory", str(local_dir),
-                    "--snakefile", str(ROOT / "Snakefile"), "--configfile", "config/one_seed.yaml"],
-                   check=True, capture_output=True, env=env, cwd=local_dir)
+    local_out = local.communicate(timeout=900)[0]
+    assert local.returncode == 0, local_out[-4000:]
     a = pd.read_csv(slurm_dir / "results/tests/tables/main_values.csv", index_col=0)
     b = pd.read_csv(local_dir / "results/tests/tables/main_values.csv", index_col=0)
     pd.testing.assert_frame_equal(a, b, atol=1e-6, rtol=0)
     # Every evaluation, image by image.
     evals = sorted(p.relative_to(slurm_dir) for p in (slurm_dir / "results/tests/eval").rglob("*.json"))
-    assert len(evals) > 2 * 5 and evals == sorted(p.relative_to(local_dir)
+    assert len(evals) > models * 5 and evals == sorted(p.relative_to(local_dir)
                                                  for p in (local_dir / "results/tests/eval").rglob("*.json"))
     for rel in evals:
         ea, eb = (json.loads((d / rel).read_text()) for d in (slurm_dir, local_dir))
