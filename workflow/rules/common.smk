@@ -159,7 +159,7 @@ def model_settings(method, seed):
     """Every (setting, eps tag, steps) evaluated on one model, without duplicates."""
     head = eps_tag(HEAD_EPS)
     out = {(a, head, steps_of(a, HEAD_STEPS)) for a in EVAL["main_attacks"] + ([SEA] if SEA else [])}
-    if CHECKS:
+    if CHECKS and (CHECKS["seeds"] == "all" or seed == SEEDS[0]):
         out |= {(CHECKS["setting"], eps_tag(e), int(CHECKS["steps"])) for e in CHECK_EPS}
         if CHECKS.get("restarts"):
             out.add((CHECKS["restarts"], head, steps_of(CHECKS["restarts"], HEAD_STEPS)))
@@ -298,7 +298,7 @@ def aggregate_spec():
         "sea_plus": EVAL.get("sea_plus") or [],
         "worst_case": EVAL.get("worst_case") or EVAL["main_attacks"],
         "worst_case_rule": EVAL["worst_case_rule"],
-        "checks": {**CHECKS, "eps": CHECK_EPS} if CHECKS else None,
+        "checks": {**CHECKS, "eps": CHECK_EPS, "seeds": SEEDS if CHECKS["seeds"] == "all" else SEEDS[:1]} if CHECKS else None,
         "claims": claims,
         "sweep": {"method": EVAL["sweep"]["method"], "attacks": EVAL["sweep"]["attacks"]},
         "ablation": {"method": EVAL["ablation"]["method"], "attacks": [[k, v] for k, v in EVAL["ablation"]["variants"].items()]},
