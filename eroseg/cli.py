@@ -81,14 +81,21 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_train(args) -> None:
+    import torch
+
     from eroseg.data import dataset_info
     from eroseg.device import select_device
+    from eroseg.io import check_writable_dir
+    from eroseg.models import model_from_config
+    from eroseg.seeds import stream_seed
     from eroseg.train import TrainConfig, init_distributed, train
 
     cfg = TrainConfig.from_dict(_json_arg(args.train, "--train"))
-    rank, _ = init_distributed()
     model_cfg = _json_arg(args.model, "--model")
     attack_params = _json_arg(args.attack_params, "--attack-params")
+    check_writable_dir(args.out, "checkpoint (--out)")
+    check_writable_dir(args.log, "training log (--log)")
+    rank, _ = init_distributed()
     info = dataset_info(args.dataset)
     device = select_device(args.device)
     attack = _make_attack(args.attack, attack_params, {"amp": cfg.amp})
@@ -98,8 +105,10 @@ def cmd_train(args) -> None:
                                       "steps": cfg.val_robust_steps, "amp": cfg.amp})
     train_set = _dataset(args.dataset, args.root, args.train_split)
     val_set = _dataset(args.dataset, args.root, args.val_split) if args.val_split else None
+    torch.manual_seed(stream_seed(args.seed, "init"))  # the same initial weights in every process
+    model = model_from_config(model_cfg, info.num_classes)
     train(
-        train_set=train_set, val_set=val_set, num_classes=info.num_classes, model_cfg=model_cfg, cfg=cfg,
+        model, train_set=train_set, val_set=val_set, num_classes=info.num_classes, model_cfg=model_cfg, cfg=cfg,
         attack=attack, out=args.out, log_path=args.log, seed=args.seed, device=device,
         meta={"method": args.method, "attack": args.attack, "attack_params": attack_params,
               "dataset": args.dataset, "classes": list(info.classes)},
