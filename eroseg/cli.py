@@ -9,6 +9,7 @@ what the command receives.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -163,34 +164,43 @@ def cmd_attack(args) -> None:
 
     from eroseg.data import dataset_info
     from eroseg.device import select_device
-    from eroseg.export import attack_and_save, folder_images, load_image
-    from eroseg.io import atomic_write_text
-    from eroseg.models import load_model
+    from eroseg.export import DEFAULT_MAX_PIXELS, SUMMARY_COLUMNS, attack_and_save, folder_images, load_image
+    from eroseg.io import atomic_write_text, check_writable_dir
+    from eroseg.models import check_checkpoint_matches, load_model
 
     if bool(args.images) == bool(args.dataset):
         raise ValueError("give either --images FOLDER or --dataset NAME --root ROOT (with --split)")
+    if args.dataset and not args.root:
+        raise ValueError("--dataset needs --root")
+    summary = Path(args.out_dir) / "summary.csv"
+    check_writable_dir(summary, "attack outputs (--out-dir)")
     device = select_device(args.device)
     model, meta = load_model(args.checkpoint, map_location=device)
     attack = _make_attack(args.attack, _json_arg(args.attack_params, "--attack-params"))
     if args.dataset:
-        if not args.root:
-            raise ValueError("--dataset needs --root")
+        info = dataset_info(args.dataset)
+        check_checkpoint_matches(meta, args.dataset, info.num_classes, args.checkpoint)
         ds = _dataset(args.dataset, args.root, args.split)
         n = len(ds) if args.max_images is None else min(args.max_images, len(ds))
         ids = getattr(ds, "ids", [f"{i:05d}" for i in range(len(ds))])
-        items = ((str(ids[i]), *ds[i]) for i in range(n))
-        palette = dataset_info(args.dataset).palette
+        items = [(str(ids[i]), lambda i=i: ds[i]) for i in range(n)]
     else:
-        files = folder_images(args.images)[: args.max_images]
-        items = ((f.stem, load_image(f), None) for f in files)
-        palette = dataset_info(meta.get("dataset") or "synthetic").palette
-    rows = attack_and_save(model, items, attack, args.out_dir, palette, device=device, seed=args.seed)
+        info = dataset_info(meta.get("dataset") or "synthetic")
+        items = [(f.stem, lambda f=f: (load_image(f), None)) for f in folder_images(args.images)[: args.max_images]]
+    max_pixels = DEFAULT_MAX_PIXELS.get(device.type, DEFAULT_MAX_PIXELS["cuda"]) if args.max_pixels is None \
+        else args.max_pixels
+    rows = attack_and_save(model, items, attack, args.out_dir, info.palette, device=device, seed=args.seed,
+                           max_pixels=max_pixels, progress=not args.quiet)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["id", "linf", "pixel_acc"])
+    w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS)
     w.writeheader()
     w.writerows(rows)
-    atomic_write_text(Path(args.out_dir) / "summary.csv", buf.getvalue())
-    log.info("attacked %d images -> %s", len(rows), args.out_dir)
+    atomic_write_text(summary, buf.getvalue())
+    skipped = [r["id"] for r in rows if r["skipped"]]
+    if len(skipped) == len(rows):
+        raise ValueError(f"{args.out_dir}: no image attacked; all {len(rows)} skipped (reasons in {summary})")
+    log.info("attacked %d images -> %s%s", len(rows) - len(skipped), args.out_dir,
+             f"; skipped {len(skipped)} (listed in {summary}): {', '.join(skipped[:5])}" if skipped else "")
 
 
 def cmd_aggregate(args) -> None:
@@ -289,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--attack", required=True)
     s.add_argument("--attack-params", default="{}")
     s.add_argument("--max-images", type=int, default=None)
+    s.add_argument("--max-pixels", type=int, default=None,
+                   help="skip images with more pixels (H x W) than this, with a warning (default: 4e6 on a CPU, "
+                        "16e6 on a GPU; 0: no budget)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.add_argument("--out-dir", required=True)
@@ -314,15 +327,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup(args)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        # Errors a user can act on: one line, no traceback.
+    except (ValueError, OSError, RuntimeError) as err:
+        # Errors a user can act on (bad input, a file or folder, a full disk, a
+        # locked output, a diverged training run): one line, no traceback.
         if os.environ.get("EROSEG_TRACEBACK"):
             raise
-        log.error("%s", err)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            log.error("no space left on device while writing %s: %s", err.filename or "an output", _one_line(err))
+        else:
+            log.error("%s", _one_line(err))
         return 1
     return 0

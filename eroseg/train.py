@@ -49,6 +49,10 @@ from eroseg.seeds import generator, stream_seed
 log = logging.getLogger(__name__)
 
 
+class ConfigTypeError(TypeError, ValueError):
+    """A training parameter of the wrong type (a ``ValueError`` too: bad input, reported in one line)."""
+
+
 class TrainingDivergedError(RuntimeError):
     """Training stopped: a non-finite or exploding loss, or non-finite weights."""
 
@@ -162,13 +166,13 @@ class TrainConfig:
             value = getattr(self, f.name)
             types, expected = _FIELD_TYPES[str(f.type)]
             if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
-                raise TypeError(
+                raise ConfigTypeError(
                     f"training parameter {f.name!r}: expected {expected}, got {value!r} ({type(value).__name__})"
                 )
         for name, kind, expected in (("crop_size", int, "integers"), ("scale_range", (int, float), "numbers")):
             value = getattr(self, name)
             if value is not None and any(isinstance(v, bool) or not isinstance(v, kind) for v in value):
-                raise TypeError(f"training parameter {name!r}: expected a list of {expected}, got {value!r}")
+                raise ConfigTypeError(f"training parameter {name!r}: expected a list of {expected}, got {value!r}")
 
     def validate(self) -> None:
         """Check types and ranges; errors name the parameter and what was expected."""
