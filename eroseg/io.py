@@ -138,6 +138,12 @@ def check_writable_dir(path: str | os.PathLike, what: str = "output") -> None:
         PermissionError: naming ``what``, the folder and the reason.
     """
     folder = Path(path).parent
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise PermissionError(
+            f"{folder}: cannot write the {what} {Path(path).name} there ({blocker} is a file, not a folder); "
+            "choose a writable folder"
+        )
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".eroseg-write-probe.", dir=folder)

@@ -539,11 +539,12 @@ def _describe_change(key: str, old, new) -> str:
 
 
 def identity_difference(old_meta: dict, meta: dict) -> str | None:
-    """The first field of :data:`RUN_IDENTITY` in which two checkpoints' metadata differ, described; else None."""
-    for key in RUN_IDENTITY:
-        if old_meta.get(key) != meta.get(key):
-            return _describe_change(key, old_meta.get(key), meta.get(key))
-    return None
+    """The fields of :data:`RUN_IDENTITY` in which two checkpoints' metadata differ (the first described); else None."""
+    differ = [key for key in RUN_IDENTITY if old_meta.get(key) != meta.get(key)]
+    if not differ:
+        return None
+    also = f" (and {', '.join(differ[1:])})" if len(differ) > 1 else ""
+    return _describe_change(differ[0], old_meta.get(differ[0]), meta.get(differ[0])) + also
 
 
 def _set_aside(partial: Path, reason: str) -> None:

@@ -5,10 +5,10 @@ import csv
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +25,8 @@ from eroseg.train import (RUN_IDENTITY, LossExplosionError, NonFiniteWeightsErro
                           adversarial_counts, train)
 
 UNET = {"arch": "Unet", "encoder": "resnet18", "kwargs": {"encoder_depth": 3, "decoder_channels": [8, 8, 8]}}
-TINY = {"arch": "tiny"}  # metadata only: these tests pass the model itself
+TINY = {"arch": "tiny"}
+REPO = Path(__file__).resolve().parents[1]  # metadata only: these tests pass the model itself
 
 
 class Halves(torch.utils.data.Dataset):
@@ -185,8 +186,9 @@ HOLD = ("import sys, time; from eroseg.io import exclusive_lock\n"
 
 
 def _holder(out):
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     proc = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": os.getcwd() + os.pathsep + os.environ.get("PYTHONPATH", "")})
+                            env={**os.environ, "PYTHONPATH": path})
     assert proc.stdout.readline().strip() == "held"
     return proc
 
