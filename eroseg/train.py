@@ -417,7 +417,6 @@ def init_distributed() -> tuple[int, int]:
     return _dist_info()
 
 
-
 @dataclass
 class TrainState:
     """Where a run stands; stored in the partial checkpoint, so that a resumed run continues exactly.
