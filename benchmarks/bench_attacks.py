@@ -5,7 +5,9 @@ the input per step (the "floor"). This script measures, in one run and side
 by side, the floor and one step of each attack on the same model and batch,
 and prints the ratios:
 
-* ``step / floor`` for every attack, goal <= 1.10;
+* ``step / floor`` for every attack, goal <= 1.10: FGSM, PGD, SegPGD, CosPGD,
+  EroSeg, APGD with each of its losses (``apgd:<loss>``) and SEA (one step
+  of one component);
 * ``EroSeg step / PGD step``, goal <= 1.05 on CUDA (stated at 512x512, batch
   8) and <= 1.10 on CPU (stated at the default 64x64, batch 8).
 
@@ -14,7 +16,11 @@ attack with 1 step) / k``, so the once-per-call costs (checks, random start,
 final clamp) are not counted per step; the floor is ``k`` forward+backward
 passes (``torch.autograd.grad`` of the mean cross-entropy with respect to a
 perturbation, like an attack step), timed the same way: ``(k + 1 passes - 1
-pass) / k``. FGSM, a whole one-step call, is compared with one
+pass) / k``. APGD's short run has 1 iteration (2 forward passes, 1
+backward), so the difference is again ``k`` forward+backward passes. SEA's
+runs have ``3`` and ``k + 3`` iterations per component (so that both have
+all three radius parts, each with its own start evaluation) and its step is
+``(time(k + 3) - time(3)) / (k * components)``. FGSM, a whole one-step call, is compared with one
 forward+backward pass timed alone. Each round times the
 floor and every attack once, in a rotated order so that no attack always runs
 right after another; the per-round values are paired (ratios within a round)
@@ -26,6 +32,7 @@ Examples::
     python benchmarks/bench_attacks.py --device cpu --height 64 --width 64 --batch 8
     python benchmarks/bench_attacks.py --device cuda --height 512 --width 512 --batch 8
     python benchmarks/bench_attacks.py --arch tiny   # without segmentation_models_pytorch
+    python benchmarks/bench_attacks.py --attacks pgd,apgd:ce,sea --threads 1   # a subset
     python benchmarks/bench_attacks.py --device cuda --arch DeepLabV3 --encoder resnet50 --classes 21 \\
         --height 384 --width 512 --batch 1 --amp   # one whole VOC-sized image, as evaluation runs
 """
@@ -42,9 +49,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from eroseg.attacks import create_attack
+from eroseg.attacks import LOSSES, SEA_LOSSES, create_attack
 
-NAMES = ["fgsm", "pgd", "segpgd", "cospgd", "eroseg"]
+NAMES = ["fgsm", "pgd", "segpgd", "cospgd", "eroseg", *(f"apgd:{loss}" for loss in LOSSES), "sea"]
 
 
 class Normalised(nn.Module):
@@ -143,12 +150,18 @@ def main(argv=None) -> dict:
     p.add_argument("--amp", action="store_true", help="bf16 autocast of the forward passes (CUDA only)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--breakdown", action="store_true", help="also time each weight computation alone")
+    p.add_argument("--attacks", default=",".join(NAMES),
+                   help="comma-separated subset of: " + ", ".join(NAMES) + " (default: all)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     if args.arch == "unet" and (args.height % 32 or args.width % 32):
         p.error(f"--arch unet needs --height and --width divisible by 32, got {args.height}x{args.width}")
     if args.steps < 1 or args.repeats < 1:
         p.error("--steps and --repeats must be >= 1")
+    names = [n for n in args.attacks.split(",") if n]
+    bad = [n for n in names if n not in NAMES]
+    if bad or not names:
+        p.error(f"--attacks: unknown {bad}; valid: {', '.join(NAMES)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -172,10 +185,21 @@ def main(argv=None) -> dict:
 
     k = args.steps
     common = dict(eps=8 / 255, amp=amp)
-    runs = {"fgsm": (create_attack("fgsm", **common), None)}
-    for n in NAMES[1:]:
-        runs[n] = (create_attack(n, step_size=2 / 255, steps=1, **common),
-                   create_attack(n, step_size=2 / 255, steps=k + 1, **common))
+    runs, per_call = {}, {}  # name -> (short run, long run); steps of the long run minus the short one
+    for n in names:
+        per_call[n] = k
+        if n == "fgsm":
+            runs[n] = (create_attack("fgsm", **common), None)
+        elif n.startswith("apgd:"):
+            loss = n.split(":", 1)[1]
+            runs[n] = (create_attack("apgd", loss=loss, steps=1, **common),
+                       create_attack("apgd", loss=loss, steps=k + 1, **common))
+        elif n == "sea":
+            runs[n] = (create_attack("sea", steps=3, **common), create_attack("sea", steps=k + 3, **common))
+            per_call[n] = k * len(SEA_LOSSES)
+        else:
+            runs[n] = (create_attack(n, step_size=2 / 255, steps=1, **common),
+                       create_attack(n, step_size=2 / 255, steps=k + 1, **common))
     gens = lambda: torch.Generator(device=device).manual_seed(0)  # noqa: E731
 
     jobs = {"floor:1": lambda: floor_passes(model, x, y, 1, amp),
@@ -193,7 +217,9 @@ def main(argv=None) -> dict:
         rounds.append({name: timed(jobs[name], device) for name in rot})
 
     def per_round(n: str, rt: dict) -> float:
-        return rt["fgsm:1"] if n == "fgsm" else (rt[f"{n}:k"] - rt[f"{n}:1"]) / k
+        if n == "floor":
+            return (rt["floor:k"] - rt["floor:1"]) / k
+        return rt["fgsm:1"] if n == "fgsm" else (rt[f"{n}:k"] - rt[f"{n}:1"]) / per_call[n]
 
     def floor_of(n: str, rt: dict) -> float:
         # FGSM is a whole call: compare it with one forward+backward timed alone, which pays the same
@@ -202,9 +228,10 @@ def main(argv=None) -> dict:
 
     floor = statistics.median(per_round("floor", rt) for rt in rounds)
     floor1 = statistics.median(rt["floor:1"] for rt in rounds)
-    step = {n: statistics.median(per_round(n, rt) for rt in rounds) for n in NAMES}
-    ratio = {n: statistics.median(per_round(n, rt) / floor_of(n, rt) for rt in rounds) for n in NAMES}
-    ero_pgd = statistics.median(per_round("eroseg", rt) / per_round("pgd", rt) for rt in rounds)
+    step = {n: statistics.median(per_round(n, rt) for rt in rounds) for n in names}
+    ratio = {n: statistics.median(per_round(n, rt) / floor_of(n, rt) for rt in rounds) for n in names}
+    ero_pgd = (statistics.median(per_round("eroseg", rt) / per_round("pgd", rt) for rt in rounds)
+               if {"eroseg", "pgd"} <= set(names) else None)
     goal_ero = 1.05 if device.type == "cuda" else 1.10
 
     model_name = "tiny CNN" if args.arch == "tiny" else f"{args.arch}/{args.encoder}"
@@ -213,16 +240,17 @@ def main(argv=None) -> dict:
           f"channels_last={args.channels_last}, threads={torch.get_num_threads()}, k={k}, rounds={args.repeats}")
     print(f"floor (one forward + backward to the input): {floor * 1e3:.2f} ms within a run, "
           f"{floor1 * 1e3:.2f} ms alone (the floor of the whole FGSM call)")
-    print(f"{'attack':<13} {'step ms':>9} {'step/floor':>11}  goal <= 1.10")
+    print(f"{'attack':<22} {'step ms':>9} {'step/floor':>11}  goal <= 1.10")
     ok = True
-    for n in NAMES:
+    for n in names:
         flag = "ok" if ratio[n] <= 1.10 else "OVER"
         ok &= ratio[n] <= 1.10
-        label = "fgsm (whole)" if n == "fgsm" else n
-        print(f"{label:<13} {step[n] * 1e3:9.2f} {ratio[n]:11.3f}  {flag}")
-    flag = "ok" if ero_pgd <= goal_ero else "OVER"
-    ok &= ero_pgd <= goal_ero
-    print(f"EroSeg step / PGD step = {ero_pgd:.3f} (goal <= {goal_ero:.2f}) {flag}")
+        label = {"fgsm": "fgsm (whole)", "sea": "sea (1 comp.)"}.get(n, n)
+        print(f"{label:<22} {step[n] * 1e3:9.2f} {ratio[n]:11.3f}  {flag}")
+    if ero_pgd is not None:
+        flag = "ok" if ero_pgd <= goal_ero else "OVER"
+        ok &= ero_pgd <= goal_ero
+        print(f"EroSeg step / PGD step = {ero_pgd:.3f} (goal <= {goal_ero:.2f}) {flag}")
     parts = breakdown(model, x, y, device, args.repeats) if args.breakdown else {}
     for name, t in parts.items():
         print(f"{name:<16} {t * 1e3:8.3f} ms  ({t / floor * 100:.1f}% of the floor)")

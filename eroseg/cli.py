@@ -93,7 +93,7 @@ def cmd_train(args) -> None:
 
     cfg = TrainConfig.from_dict(_json_arg(args.train, "--train"))
     model_cfg = _json_arg(args.model, "--model")
-    attack_params = _json_arg(args.attack_params, "--attack-params")
+    attack_params = _tuned(_json_arg(args.attack_params, "--attack-params"), args.attack_params_file)
     check_writable_dir(args.out, "checkpoint (--out)")
     check_writable_dir(args.log, "training log (--log)")
     rank, _ = init_distributed()
@@ -117,45 +117,78 @@ def cmd_train(args) -> None:
     )
 
 
+def _settings(args) -> list[dict]:
+    """The attack settings of one ``eroseg evaluate`` call: ``--settings`` JSON, or the single-setting flags."""
+    if args.settings:
+        if args.out or args.attack or args.samples:
+            raise ValueError("--settings replaces --out/--attack/--attack-params/--setting; --samples needs a "
+                             "single setting")
+        try:
+            items = json.loads(args.settings)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--settings is not valid JSON: {err}") from None
+        if not isinstance(items, list) or not items:
+            raise ValueError("--settings must be a non-empty JSON list of {setting, attack, params, restarts, out}")
+    else:
+        if not args.out:
+            raise ValueError("give --out (one setting) or --settings (several)")
+        items = [{"setting": args.setting, "attack": args.attack, "params": _json_arg(args.attack_params,
+                  "--attack-params"), "restarts": args.restarts, "out": args.out}]
+    out = []
+    for k, item in enumerate(items):
+        if not isinstance(item, dict) or not item.get("out"):
+            raise ValueError(f"--settings[{k}]: expected an object with at least 'out', got {item!r}")
+        unknown = sorted(set(item) - {"setting", "attack", "params", "params_file", "restarts", "out"})
+        if unknown:
+            raise ValueError(f"--settings[{k}]: unknown key(s) {unknown}; valid: setting, attack, params, "
+                             "params_file, restarts, out")
+        attack = item.get("attack") or "none"
+        params = item.get("params") or {}
+        if not isinstance(params, dict):
+            raise ValueError(f"--settings[{k}].params must be a JSON object, got {params!r}")
+        params = _tuned(params, item.get("params_file"))
+        restarts = item.get("restarts") or 1
+        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+            raise ValueError(f"--settings[{k}].restarts must be an integer >= 1, got {restarts!r}")
+        out.append({"setting": item.get("setting") or ("clean" if attack == "none" else attack), "attack": attack,
+                    "params": params, "restarts": restarts, "out": item["out"]})
+    return out
+
+
 def cmd_evaluate(args) -> None:
     import numpy as np
 
     from eroseg.device import select_device
-    from eroseg.evaluate import evaluate
-    from eroseg.io import atomic_path, write_json
+    from eroseg.evaluate import EvalRecord, evaluate
+    from eroseg.io import atomic_path
     from eroseg.models import load_model
 
+    settings = _settings(args)
+    # Attack parameters are checked before the model and data are loaded.
+    attacks = [_make_attack(s["attack"], s["params"], {"amp": args.amp}) for s in settings]
     device = select_device(args.device)
     model, meta = load_model(args.checkpoint, map_location=device)
-    params = _json_arg(args.attack_params, "--attack-params")
-    attack = _make_attack(args.attack, params, {"amp": args.amp})
     dataset = _dataset(args.dataset, args.root, args.split)
-    res = evaluate(
-        model, dataset, int(meta["num_classes"]), attack=attack, batch_size=args.batch_size, device=device,
-        seed=args.seed, amp=args.amp, num_samples=args.samples_n if args.samples else 0,
-        record_steps=args.record_steps, max_images=args.max_images,
-    )
-    record = {
-        "checkpoint": str(args.checkpoint),
-        "method": meta.get("method"),
-        "seed": meta.get("seed"),
-        "attack": args.attack if args.attack else "none",
-        "attack_name": args.name or (args.attack or "clean"),
-        "attack_params": resolve_attack_params(params) if attack is not None else {},
-        "split": args.split,
-        "num_images": int(res["per_image"].tp.shape[0]),
-        "classes": meta.get("classes"),
-        **res["metrics"],
-        "per_image": {**res["per_image"].to_dict(), "pixel_acc": [float(v) for v in res["per_image"].pixel_acc]},
-        "seconds": res["seconds"],
-    }
-    if args.samples:
-        with atomic_path(args.samples) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, **res["samples"], **{f"step_{k}": v for k, v in res["steps"].items()})
-    write_json(args.out, record)
-    log.info("%s: mIoU %.4f pixel acc %.4f (%d images, %.1f s)", record["attack_name"], record["miou"],
-             record["pixel_acc"], record["num_images"], res["seconds"])
+    for s, attack in zip(settings, attacks):
+        res = evaluate(
+            model, dataset, int(meta["num_classes"]), attack=attack, batch_size=args.batch_size, device=device,
+            seed=args.seed, amp=args.amp, num_samples=args.samples_n if args.samples else 0,
+            record_steps=args.record_steps, max_images=args.max_images, restarts=s["restarts"],
+            components=attack is not None and s["attack"] == "sea",
+        )
+        record = EvalRecord(
+            method=meta.get("method"), seed=meta.get("seed"), setting=s["setting"], attack=s["attack"],
+            attack_params=resolve_attack_params(s["params"]) if attack is not None else {}, split=args.split,
+            checkpoint=str(args.checkpoint), classes=meta.get("classes"), per_image=res["per_image"],
+            components=res["components"], restarts=s["restarts"], seconds=res["seconds"], **res["metrics"],
+        )
+        if args.samples:
+            with atomic_path(args.samples) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez_compressed(fh, **res["samples"], **{f"step_{k}": v for k, v in res["steps"].items()})
+        record.write(s["out"])
+        log.info("%s: mIoU %.4f pixel acc %.4f (%d images, %.1f s)", record.setting, record.miou,
+                 record.pixel_acc, record.num_images, record.seconds)
 
 
 def cmd_attack(args) -> None:
@@ -203,17 +236,77 @@ def cmd_attack(args) -> None:
              f"; skipped {len(skipped)} (listed in {summary}): {', '.join(skipped[:5])}" if skipped else "")
 
 
+def _tuned(params: dict, path: str | None) -> dict:
+    """``params`` with the parameters a tuning file chose laid over them."""
+    if not path:
+        return params
+    from eroseg.io import read_json
+    from eroseg.tune import TUNING_VERSION
+
+    d = read_json(path)
+    if not isinstance(d, dict) or d.get("version") != TUNING_VERSION or not isinstance(d.get("chosen"), dict):
+        raise ValueError(f"{path}: not a tuning result (format {TUNING_VERSION} with a 'chosen' object); rerun the "
+                         "tuning stage")
+    return {**params, **d["chosen"]}
+
+
+def cmd_tune(args) -> None:
+    from eroseg.device import select_device
+    from eroseg.evaluate import evaluate
+    from eroseg.io import write_json
+    from eroseg.models import load_model
+    from eroseg.tune import TUNING_VERSION, grid_candidates, tune
+
+    base = _json_arg(args.attack_params, "--attack-params")
+    grid = _json_arg(args.grid, "--grid")
+    for cand in grid_candidates(grid):  # every candidate is checked before any model is loaded
+        _make_attack(args.attack, {**base, **cand})
+    device = select_device(args.device)
+    dataset = _dataset(args.dataset, args.root, args.split)
+    models, num_classes = {}, None
+    for path in args.checkpoints:
+        model, meta = load_model(path, map_location=device)
+        models[str(path)] = model
+        num_classes = int(meta["num_classes"])
+
+    def run(model, params):
+        res = evaluate(model, dataset, num_classes, attack=_make_attack(args.attack, params, {"amp": args.amp}),
+                       batch_size=args.batch_size, device=device, seed=args.seed, amp=args.amp,
+                       max_images=args.max_images)
+        return res["metrics"]["miou"]
+
+    out = tune(models, run, base, grid)
+    write_json(args.out, {"version": TUNING_VERSION, "family": args.family, "attack": args.attack,
+                          "split": args.split, "max_images": args.max_images, "base": base, "grid": grid, **out})
+    log.info("%s: chose %s (mean val mIoU %.4f over %d models)", args.family, out["chosen"],
+             min(c["mean"] for c in out["candidates"]), len(models))
+
+
+def _eval_files(paths: list[str]) -> list[str]:
+    """Evaluation JSON files: files as given, folders (one model's evaluations) expanded to the JSON under them."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(p.rglob("*.json"))
+            if not found:
+                raise FileNotFoundError(f"{p}: folder holds no evaluation JSON")
+            out.extend(str(f) for f in found)
+        else:
+            out.append(str(p))
+    return out
+
+
 def cmd_aggregate(args) -> None:
     from eroseg.aggregate import aggregate
 
-    aggregate(args.evals, _json_arg(args.spec, "--spec"), args.out_dir)
+    aggregate(_eval_files(args.evals), _json_arg(args.spec, "--spec"), args.out_dir, tuning_paths=args.tuning)
 
 
 def cmd_figures(args) -> None:
     from eroseg.figures import make_figures
 
     make_figures(
-        evals=args.evals, logs=args.logs, samples=args.samples, steps=args.steps,
+        evals=_eval_files(args.evals), logs=args.logs, samples=args.samples, steps=args.steps,
         spec=_json_arg(args.spec, "--spec"), out_dir=args.out_dir,
     )
 
@@ -261,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", default=None, help="method name stored in the checkpoint")
     s.add_argument("--attack", default=None, help="training attack name (none: standard training)")
     s.add_argument("--attack-params", default="{}", help="training attack parameters as JSON")
+    s.add_argument("--attack-params-file", default=None,
+                   help="tuning result (eroseg tune) whose chosen parameters are laid over --attack-params")
     s.add_argument("--robust-eps", default=None, help="eps of the per-epoch robust val check, e.g. 8/255")
     s.add_argument("--robust-step-size", default="eps/4")
     s.add_argument("--seed", type=int, default=0)
@@ -275,9 +370,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", required=True)
     s.add_argument("--root", required=True)
     s.add_argument("--split", default="val")
-    s.add_argument("--attack", default=None, help="attack name, or none for clean")
-    s.add_argument("--attack-params", default="{}")
-    s.add_argument("--name", default=None, help="label of this attack setting in tables")
+    s.add_argument("--attack", default=None, help="registered attack name, or none for clean")
+    s.add_argument("--attack-params", default="{}", help="the attack's parameters as JSON")
+    s.add_argument("--setting", "--name", dest="setting", default=None,
+                   help="label of this attack setting in tables (default: the attack name, or clean)")
+    s.add_argument("--restarts", type=int, default=1,
+                   help="independent runs of the attack; per image the run with the lowest pixel accuracy is kept")
+    s.add_argument("--settings", default=None,
+                   help="several settings in one process, as a JSON list of {setting, attack, params, restarts, out}"
+                        " (replaces --attack/--attack-params/--setting/--restarts/--out)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--max-images", type=int, default=None)
@@ -286,9 +387,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--samples-n", type=int, default=4)
     s.add_argument("--record-steps", action="store_true", help="record per-step attack masks into --samples")
     s.add_argument("--device", default="auto")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", default=None, help="evaluation JSON of the single setting")
     common(s)
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("tune", help="choose an attack family's parameters on a validation split (lowest mean mIoU)")
+    s.add_argument("--checkpoints", nargs="+", required=True, help="models every candidate is run on")
+    s.add_argument("--dataset", required=True, help="dataset name (synthetic, voc, cityscapes, ade20k)")
+    s.add_argument("--root", required=True, help="dataset root")
+    s.add_argument("--split", default="val", help="the split for choices (never the reported one)")
+    s.add_argument("--family", required=True, help="label of the tuned setting, stored in the output")
+    s.add_argument("--attack", required=True, help="registered attack name")
+    s.add_argument("--attack-params", default="{}", help="parameters every candidate shares, as JSON")
+    s.add_argument("--grid", required=True, help="parameter -> list of candidate values, as JSON")
+    s.add_argument("--max-images", type=int, default=None, help="images of the split per candidate")
+    s.add_argument("--batch-size", type=int, default=16, help="images per batch")
+    s.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts")
+    s.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    s.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    s.add_argument("--out", required=True, help="tuning result (JSON)")
+    common(s)
+    s.set_defaults(func=cmd_tune)
 
     s = sub.add_parser("attack", help="attack a checkpoint on a dataset split or a folder of images; save PNGs")
     s.add_argument("--checkpoint", required=True)
@@ -311,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("aggregate", help="tables (CSV, Markdown) from evaluation JSON files")
     s.add_argument("--evals", nargs="+", required=True)
     s.add_argument("--spec", default="{}", help="which tables to build, as JSON")
+    s.add_argument("--tuning", nargs="*", default=[], help="tuning results (eroseg tune) for the tuning table")
     s.add_argument("--out-dir", required=True)
     common(s, threads=False)
     s.set_defaults(func=cmd_aggregate)

@@ -10,24 +10,116 @@ are returned as arrays so that figures never need to load a model.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from eroseg.io import read_json, write_json
 from eroseg.metrics import IGNORE_INDEX, ConfusionMatrix, PerImageStats, per_image_stats
+from eroseg.train import batches_by_size
 
 log = logging.getLogger(__name__)
 
+#: Format of the evaluation JSON; bumped when a field changes meaning.
+RECORD_VERSION = 2
 
-from eroseg.train import batches_by_size  # noqa: E402  (whole images of mixed sizes batch by size)
+
+@dataclasses.dataclass
+class EvalRecord:
+    """One evaluation: a model (method, seed) on a split, clean or under one attack setting.
+
+    Written by ``eroseg evaluate`` as JSON and read back by the tables and
+    figures; this class is the only place that knows the file's fields.
+
+    Attributes:
+        method: training method of the model (from its checkpoint).
+        seed: training seed of the model.
+        setting: label of the attack setting in the config and the tables
+            (``"clean"`` without attack, e.g. ``"eroseg_selection_only"``).
+        attack: registered attack name (``"none"`` without attack, e.g. ``"eroseg"``).
+        attack_params: the attack's parameters as run (numbers resolved).
+        split: dataset split evaluated.
+        checkpoint: path of the model file.
+        classes: class names.
+        miou, pixel_acc, per_class_iou: dataset scores (0-1; IoU None for classes absent
+            from both prediction and label).
+        per_image: per-image counts (for worst cases over attacks).
+        components: per-image counts of each part of a composite result: each
+            loss of SEA, each restart of a restarted attack (name -> stats).
+        restarts: runs of the attack per image (the per-image worst is kept).
+        seconds: wall time of the evaluation.
+    """
+
+    method: str | None
+    seed: int | None
+    setting: str
+    attack: str
+    attack_params: dict
+    split: str
+    checkpoint: str
+    classes: list | None
+    miou: float
+    pixel_acc: float
+    per_class_iou: list
+    per_image: PerImageStats
+    components: dict[str, PerImageStats] = dataclasses.field(default_factory=dict)
+    restarts: int = 1
+    seconds: float = 0.0
+
+    @property
+    def num_images(self) -> int:
+        return int(self.per_image.tp.shape[0])
+
+    @property
+    def eps(self) -> float:
+        return float(self.attack_params.get("eps", 0.0))
+
+    @property
+    def steps(self) -> int:
+        return int(self.attack_params.get("steps", 0)) if self.attack != "none" else 0
+
+    def to_json(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["per_image"] = {**self.per_image.to_dict(), "pixel_acc": [float(v) for v in self.per_image.pixel_acc]}
+        out["components"] = {k: v.to_dict() for k, v in self.components.items()}
+        out["num_images"] = self.num_images
+        out["version"] = RECORD_VERSION
+        return out
+
+    def write(self, path: str | Path) -> None:
+        """Write atomically as JSON."""
+        write_json(path, self.to_json())
+
+    @classmethod
+    def read(cls, path: str | Path) -> "EvalRecord":
+        """Read an evaluation JSON written by :meth:`write`.
+
+        Raises:
+            ValueError: the file lacks a field or has another format version (names the file and the field).
+        """
+        d = read_json(path)
+        if not isinstance(d, dict) or d.get("version") != RECORD_VERSION:
+            raise ValueError(f"{path}: not an evaluation record of format {RECORD_VERSION} (found "
+                             f"{d.get('version') if isinstance(d, dict) else type(d).__name__}); rerun the evaluation")
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(n for n in names if n not in d and n not in ("components", "restarts", "seconds"))
+        if missing:
+            raise ValueError(f"{path}: evaluation record lacks {missing}")
+        kw: dict[str, Any] = {n: d[n] for n in names if n in d}
+        kw["per_image"] = PerImageStats.from_dict(d["per_image"])
+        kw["components"] = {k: PerImageStats.from_dict(v) for k, v in (d.get("components") or {}).items()}
+        return cls(**kw)
 
 
-def _generator(seed: int, batch_index: int, device: torch.device) -> torch.Generator:
+def _generator(seed: int, batch_index: int, device: torch.device, restart: int = 0) -> torch.Generator:
     g = torch.Generator(device=device)
-    g.manual_seed(seed * 1_000_003 + batch_index)
+    # SeedSequence keeps the streams of (seed, batch, restart) apart; restart 0 is the single-run stream.
+    g.manual_seed(int(np.random.SeedSequence([seed, batch_index, restart]).generate_state(1, np.uint64)[0] >> 1))
     return g
 
 
@@ -47,6 +139,42 @@ def _stack_padded(arrays: list, fill) -> np.ndarray:
     return out
 
 
+class _Components:
+    """Per-image counts of each named part of a composite attack result (SEA's losses, restarts)."""
+
+    def __init__(self, model, labels, num_classes: int, ignore_index: int, amp: bool):
+        self.model, self.labels, self.c, self.ii, self.amp = model, labels, num_classes, ignore_index, amp
+        self.parts: dict[str, PerImageStats] = {}
+
+    def __call__(self, name: str, adv: torch.Tensor) -> PerImageStats:
+        st = per_image_stats(predict(self.model, adv, self.amp), self.labels, self.c, self.ii)
+        self.parts[name] = st
+        return st
+
+
+def _run_attack(model, images, labels, attack, *, seed, bi, restarts, components, callback, parts) -> torch.Tensor:
+    """One batch under ``attack``; with restarts, per image the run with the lowest pixel accuracy (ties: first)."""
+    best = best_acc = None
+    for r in range(restarts):
+        kwargs: dict[str, Any] = {"generator": _generator(seed, bi, images.device, r)}
+        if callback is not None and r == 0:
+            kwargs["callback"] = callback
+        if components:
+            kwargs["component_callback"] = parts
+        adv = attack(model, images, labels, **kwargs)
+        if restarts == 1:
+            return adv
+        acc = parts(f"restart_{r}", adv).pixel_acc
+        acc = torch.as_tensor(np.nan_to_num(acc, nan=np.inf), device=images.device)
+        if best is None:
+            best, best_acc = adv, acc
+        else:
+            better = acc < best_acc
+            best = torch.where(better.view(-1, 1, 1, 1), adv, best)
+            best_acc = torch.where(better, acc, best_acc)
+    return best
+
+
 def evaluate(
     model: torch.nn.Module,
     dataset: torch.utils.data.Dataset,
@@ -61,6 +189,8 @@ def evaluate(
     record_steps: bool = False,
     ignore_index: int = IGNORE_INDEX,
     max_images: int | None = None,
+    restarts: int = 1,
+    components: bool = False,
 ) -> dict:
     """Evaluate ``model`` on ``dataset``, clean (``attack=None``) or under ``attack``.
 
@@ -78,12 +208,20 @@ def evaluate(
             image (EroSeg's ``attacked``/``fooled`` masks, else the fooled region only).
         ignore_index: void label.
         max_images: evaluate only the first ``max_images`` images.
+        restarts: run the attack this many times per batch (independent random
+            starts) and keep, per image, the run with the lowest pixel accuracy;
+            each run's counts are kept as component ``restart_<r>``.
+        components: pass ``component_callback(name, adv)`` to the attack (SEA
+            calls it once per loss) and keep each component's per-image counts.
 
     Returns:
         dict with ``metrics`` (miou, pixel_acc, per_class_iou), ``per_image``
-        (:class:`PerImageStats`), ``samples`` (dict of arrays, possibly empty),
-        ``steps`` (dict of arrays, possibly empty) and ``seconds``.
+        (:class:`PerImageStats`), ``components`` (name -> :class:`PerImageStats`,
+        possibly empty), ``samples`` (dict of arrays, possibly empty), ``steps``
+        (dict of arrays, possibly empty) and ``seconds``.
     """
+    if not isinstance(restarts, int) or restarts < 1:
+        raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}")
     device = torch.device(device)
     model = model.to(device).eval()
     if max_images is not None:
@@ -92,6 +230,7 @@ def evaluate(
     parts: list[PerImageStats] = []
     samples: dict[str, list] = {k: [] for k in ("image", "adv", "label", "pred_clean", "pred_adv")}
     steps: dict[str, list] = {}
+    comp_parts: dict[str, list[PerImageStats]] = {}
     t0 = time.perf_counter()
     for bi, (images, labels) in enumerate(batches_by_size(dataset, batch_size)):
         images, labels = images.to(device), labels.to(device)
@@ -103,10 +242,11 @@ def evaluate(
                     for key in ("attacked", "fooled", "sensitive", "front"):
                         if info.get(key) is not None:
                             steps.setdefault(key, []).append(info[key][0].detach().cpu().numpy().astype(bool))
-            kwargs = {"generator": _generator(seed, bi, device)}
-            if callback is not None:
-                kwargs["callback"] = callback
-            adv = attack(model, images, labels, **kwargs)
+            comps = _Components(model, labels, num_classes, ignore_index, amp)
+            adv = _run_attack(model, images, labels, attack, seed=seed, bi=bi, restarts=restarts,
+                              components=components, callback=callback, parts=comps)
+            for name, st in comps.parts.items():
+                comp_parts.setdefault(name, []).append(st)
         pred = predict(model, adv, amp)
         cm.update(pred, labels)
         parts.append(per_image_stats(pred, labels, num_classes, ignore_index))
@@ -124,6 +264,7 @@ def evaluate(
     return {
         "metrics": cm.compute(),
         "per_image": per_image,
+        "components": {k: PerImageStats.concat(v) for k, v in comp_parts.items()},
         "samples": {k: _stack_padded(v, 0.0 if k in ("image", "adv") else ignore_index)
                     for k, v in samples.items() if v},
         "steps": {k: np.stack(v) for k, v in steps.items()},

@@ -82,7 +82,7 @@ def _full_palette(palette) -> np.ndarray:
 
 def plot_sweep(df: pd.DataFrame, x: str, out_dir: Path, name: str, title: str, xlabel: str, dpi: int) -> list[Path]:
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for attack, g in df.groupby("attack", sort=False):
+    for attack, g in df.groupby("setting", sort=False, observed=True):
         g = g.groupby(x, as_index=False)["miou"].mean().sort_values(x)
         ax.plot(g[x], g["miou"] * 100, marker="o", label=attack, color=color_for(attack, ATTACK_COLORS))
     ax.set_xlabel(xlabel)
@@ -100,8 +100,8 @@ def plot_per_class(evals: list[dict], classes: list[str], out_dir: Path, title: 
     x = np.arange(len(classes))
     for i, d in enumerate(evals):
         iou = np.array([np.nan if v is None else v for v in d["per_class_iou"]], dtype=float) * 100
-        ax.bar(x + (i - (len(evals) - 1) / 2) * width, iou, width, label=d["attack_name"],
-               color=color_for(d["attack_name"], ATTACK_COLORS))
+        ax.bar(x + (i - (len(evals) - 1) / 2) * width, iou, width, label=d["setting"],
+               color=color_for(d["setting"], ATTACK_COLORS))
     ax.set_xticks(x, classes, rotation=30, ha="right")
     ax.set_ylabel("IoU (%)")
     ax.set_ylim(0, 100)
@@ -199,26 +199,26 @@ def make_figures(*, evals: list[str], logs: list[str], samples: list[str], steps
             ``{method, attacks}``, ``dpi``.
         out_dir: output folder.
     """
-    from eroseg.aggregate import load_evals
+    from eroseg.aggregate import Evals
     from eroseg.data import dataset_info
 
     out_dir = Path(out_dir)
     dpi = int(spec.get("dpi", 120))
     info = dataset_info(spec.get("dataset", "synthetic"))
     written: list[Path] = []
-    df, _ = load_evals(evals) if evals else (pd.DataFrame(columns=["method", "attack", "eps_255", "steps", "miou"]), {})
+    df = Evals.load(evals).frame() if evals else pd.DataFrame(columns=["method", "setting", "eps_255", "steps", "miou"])
     head = spec.get("headline", {})
     h_eps = round(float(head.get("eps", 8 / 255)) * 255, 3)
     h_steps = int(head.get("steps", 20))
 
     sweep = spec.get("sweep") or {}
     sm = sweep.get("method", "standard")
-    sa = sweep.get("attacks") or sorted(set(df["attack"]) - {"clean"})
+    sa = sweep.get("attacks") or sorted(set(df["setting"]) - {"clean"})
     e_fixed = round(float(sweep.get("eps_fixed", h_eps / 255)) * 255, 3)
     s_fixed = int(sweep.get("steps_fixed", h_steps))
-    base = df[(df.method == sm) & (df.attack.isin(sa))]
-    base = base.assign(attack=pd.Categorical(base.attack, [a for a in sa if a in set(base.attack)], ordered=True))
-    base = base.sort_values("attack")
+    base = df[(df.method == sm) & (df.setting.isin(sa))]
+    base = base.assign(setting=pd.Categorical(base.setting, [a for a in sa if a in set(base.setting)], ordered=True))
+    base = base.sort_values("setting")
     by_steps = base[base.eps_255 == e_fixed]
     if by_steps["steps"].nunique() >= 2:
         written += plot_sweep(by_steps, "steps", out_dir, "robust_vs_steps",
@@ -240,16 +240,16 @@ def make_figures(*, evals: list[str], logs: list[str], samples: list[str], steps
         params = d.get("attack_params") or {}
         if d.get("method") != pm or d.get("seed") != pc.get("seed", d.get("seed")):
             continue
-        single = d["attack_name"] in set(spec.get("single_step", ()))
-        if d["attack_name"] == "clean" or (
-            d["attack_name"] in (pc.get("attacks") or sa)
+        own_steps = spec.get("steps_of", {}).get(d["setting"], h_steps)
+        if d["setting"] == "clean" or (
+            d["setting"] in (pc.get("attacks") or sa)
             and round(params.get("eps", 0) * 255, 3) == h_eps
-            and int(params.get("steps", 0)) == (1 if single else h_steps)
+            and int(params.get("steps", 0)) == own_steps
         ):
-            if all(c["attack_name"] != d["attack_name"] for c in chosen):
+            if all(c["setting"] != d["setting"] for c in chosen):
                 chosen.append(d)
     order = ["clean", *(pc.get("attacks") or sa)]
-    chosen.sort(key=lambda d: order.index(d["attack_name"]) if d["attack_name"] in order else len(order))
+    chosen.sort(key=lambda d: order.index(d["setting"]) if d["setting"] in order else len(order))
     if chosen:
         written += plot_per_class(chosen, list(info.classes), out_dir,
                                   f"{pm}: per-class IoU, eps {h_eps:g}/255, {h_steps} steps", dpi)

@@ -28,7 +28,7 @@ def _fraction(text: str, name: str) -> Fraction:
 
 
 def parse_number(value: Any, *, eps: float | None = None, name: str = "value", max_value: float | None = None) -> float:
-    """Parse ``0.03``, ``"0.03"``, ``"8/255"`` or, with ``eps`` known, ``"eps/4"`` / ``"eps*0.25"``.
+    """Parse ``0.03``, ``"0.03"``, ``"8/255"`` or, with ``eps`` known, ``"eps"``, ``"eps/4"`` / ``"eps*0.25"``.
 
     Args:
         value: the number or its text.
@@ -49,7 +49,7 @@ def parse_number(value: Any, *, eps: float | None = None, name: str = "value", m
         out = float(value)
     else:
         s = value.strip()
-        m = _REL_EPS.match(s)
+        m = _REL_EPS.match(s) or _REL_EPS.match(f"{s}*1" if s == "eps" else "")
         if m:
             if eps is None:
                 raise ValueError(f"{name}: {value!r} is relative to eps, but no eps is given here")

@@ -417,7 +417,7 @@ def test_bad_inputs_are_named():
 
 # -------------------------------------------------------------------- registry
 def test_registry():
-    assert list(ATTACKS) == NAMES
+    assert list(ATTACKS) == NAMES + ["apgd", "sea"]
     with pytest.raises(ValueError, match="unknown attack 'pgdd'; valid: fgsm, pgd, segpgd, cospgd, eroseg"):
         create_attack("pgdd")
     with pytest.raises(ValueError, match="unknown attack 'x'; valid: fgsm, pgd"):

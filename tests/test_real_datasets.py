@@ -376,7 +376,7 @@ def test_workflow_dry_run(dry_runs, trees, name):
     rc, out, wd = dry_runs[name]
     assert rc == 0, f"dry run of {CONFIGS[name][0]} failed:\n{out[-6000:]}"
     assert f"--dataset {name} --root {trees[name]}" in out  # the data is read in place at dataset.root
-    for rule in ("prepare", "train", "evaluate_clean", "evaluate_attack", "aggregate", "figures"):
+    for rule in ("prepare", "train", "evaluate", "aggregate", "figures"):
         assert rule in out, rule
     assert "synthesize" not in out
     assert not (wd / "results").exists()  # a dry run writes nothing

@@ -54,63 +54,93 @@ def workdir(tmp_path_factory) -> Path:
 
 def test_end_to_end_table_values(workdir):
     out = workdir / "results" / "tests"
-    main = pd.read_csv(out / "tables" / "main_values.csv", index_col=0)
+    values = pd.read_csv(out / "tables" / "main_values.csv")
     cfg = yaml.safe_load((workdir / "config" / "tests.yaml").read_text())
-    assert list(main.index) == list(cfg["methods"])
-    assert list(main.columns) == ["clean", *cfg["evaluation"]["main_attacks"], "worst_case"]
+    ev = cfg["evaluation"]
+    assert sorted(values.method.unique()) == sorted(cfg["methods"])
+    assert sorted(values.seed.unique()) == sorted(cfg["seeds"])
+    attacks = ev["main_attacks"]
+    assert list(values.columns) == ["method", "seed", "clean", *attacks, "worst_case"]
     n_classes = len(json.loads((out / "eval/standard/seed0/clean.json").read_text())["per_class_iou"])
-    clean = main.loc["standard", "clean"]
-    assert clean > 1.5 / n_classes, f"clean mIoU {clean:.3f} not above chance"
-    assert main.loc["standard", "pgd"] < clean
-    # The worst case is never better than any single attack it ranges over.
-    for m in main.index:
-        assert main.loc[m, "worst_case"] <= main.loc[m, cfg["evaluation"]["worst_case"]].min() + 1e-9
-    # The table agrees with the per-job JSON.
+    std = values[values.method == "standard"]
+    assert (std.clean > 1.5 / n_classes).all(), "clean mIoU not above chance"
+    assert (std.pgd < std.clean).all()
+    # The worst case is never better than any attack it ranges over, model by model.
+    assert (values.worst_case <= values[attacks].min(axis=1) + 1e-9).all()
+    # The table agrees with the per-model evaluation JSON, and the reported split is the test split.
     pgd = json.loads((out / "eval/standard/seed0/pgd/eps8_steps3.json").read_text())
-    assert main.loc["standard", "pgd"] == pytest.approx(pgd["miou"])
+    assert pgd["split"] == "test" and pgd["attack_params"]["best_iterate"] is True
+    row = values[(values.method == "standard") & (values.seed == 0)].iloc[0]
+    assert row.pgd == pytest.approx(pgd["miou"])
+    # The tuned step size reached the evaluation.
+    tuning = json.loads((out / "tuning/pgd.json").read_text())
+    assert tuning["split"] == "val"
+    assert pgd["attack_params"]["step_size"] == pytest.approx(
+        pgd["attack_params"]["eps"] / {"eps/4": 4, "eps/2": 2}[tuning["chosen"]["step_size"]])
+    main_md = (out / "tables" / "main.md").read_text()
+    assert main_md.startswith("## ") and " ± " in main_md and "[" in main_md
+    for t in ("main", "claims", "checks", "tuning", "ablation"):
+        html = (out / "tables" / f"{t}.html").read_text()
+        assert "<table" in html, t
     for f in ("robust_vs_steps", "robust_vs_eps", "per_class_iou", "training_curves", "qualitative", "erosion"):
         png = out / "figures" / f"{f}.png"
         assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f
         assert (out / "figures" / f"{f}.svg").read_text().lstrip().startswith("<?xml")
-    assert (out / "tables" / "main.md").read_text().startswith("## ")
 
 
 def test_second_dry_run_has_nothing_to_do(workdir):
     assert planned_jobs(workdir, "--configfile", "config/tests.yaml") == {}
 
 
-def test_changing_one_attack_reruns_only_its_evaluations(workdir):
-    cfg_path = workdir / "config" / "tests.yaml"
-    cfg = yaml.safe_load(cfg_path.read_text())
-    cfg["evaluation"]["attacks"]["eroseg"]["params"] = {"q0": 0.5}
-    changed = workdir / "config" / "changed.yaml"
-    changed.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    jobs = planned_jobs(workdir, "--configfile", str(changed))
-    # eroseg: 2 models at the headline + ablation reuse (same file) ; samples uses eroseg too.
-    assert set(jobs) <= {"evaluate_attack", "samples", "aggregate", "figures", "all"}, jobs
-    assert "train" not in jobs and "evaluate_clean" not in jobs
-    assert jobs.get("evaluate_attack") == 2  # standard and pgd_at at the headline setting
+def test_choices_use_val_and_reported_numbers_use_test(workdir):
+    """The tuning stage and the per-epoch log read the val split only; every evaluation reads the test split."""
+    res = snakemake(workdir, "-n", "-p", "--forceall", "--configfile", "config/tests.yaml")
+    cmds = [line.strip() for line in res.stdout.splitlines() if line.strip().startswith("eroseg ")]
+    kinds = {c.split()[1] for c in cmds}
+    assert {"tune", "evaluate", "train"} <= kinds, kinds
+    for c in cmds:
+        split = re.search(r"--split (\S+)", c)
+        if c.startswith("eroseg tune"):
+            assert split.group(1) == "val", c
+        elif c.startswith("eroseg evaluate"):
+            assert split.group(1) == "test", c
+        elif c.startswith("eroseg train"):
+            assert re.search(r"--val-split (\S+)", c).group(1) == "val", c
+            assert "test" not in re.search(r"--train-split (\S+)", c).group(1), c
+
+
+def _changed(workdir: Path, name: str, edit) -> dict[str, int]:
+    cfg = yaml.safe_load((workdir / "config" / "tests.yaml").read_text())
+    edit(cfg)
+    path = workdir / "config" / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return planned_jobs(workdir, "--configfile", str(path))
+
+
+def test_changing_one_attack_setting_reruns_only_the_models_it_applies_to(workdir):
+    # The ablation variant runs on `standard` only (both seeds): its two evaluation jobs rerun, nothing else.
+    jobs = _changed(workdir, "ablation", lambda c: c["evaluation"]["attacks"]["eroseg_selection_only"]["params"]
+                    .update(q0=0.5))
+    assert jobs == {"evaluate": 2, "aggregate": 1, "figures": 1, "all": 1}, jobs
+
+
+def test_changing_one_tuning_grid_reruns_that_tuning_and_what_reads_it(workdir):
+    # pgd's grid: pgd is tuned and then evaluated on every model; no model is retrained and
+    # eroseg's tuning does not run again.
+    jobs = _changed(workdir, "grid", lambda c: c["tuning"]["grids"]["pgd"].update(step_size=["eps/4", "eps"]))
+    n_models = 3 * 2
+    assert jobs == {"tune": 1, "evaluate": n_models, "aggregate": 1, "figures": 1, "all": 1}, jobs
 
 
 def test_changing_one_method_retrains_only_that_method(workdir):
-    cfg = yaml.safe_load((workdir / "config" / "tests.yaml").read_text())
-    cfg["methods"]["pgd_at"]["params"] = {"random_start": False}
-    changed = workdir / "config" / "method.yaml"
-    changed.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    jobs = planned_jobs(workdir, "--configfile", str(changed))
-    evals = [p for p in (workdir / "results/tests/eval/pgd_at/seed0").rglob("*.json") if p.name != "clean.json"]
-    # pgd_at is retrained and each of its evaluations redone; nothing of `standard` (which also
-    # owns the samples, sweeps and ablation) runs again.
-    assert jobs == {"train": 1, "evaluate_clean": 1, "evaluate_attack": len(evals), "aggregate": 1, "figures": 1,
-                    "all": 1}, jobs
+    jobs = _changed(workdir, "method", lambda c: c["methods"]["pgd_at"].update(params={"random_start": False}))
+    # pgd_at is retrained (both seeds) and its evaluations redone; nothing of `standard` (which also
+    # owns the samples, sweeps, ablation and the tuning) runs again.
+    assert jobs == {"train": 2, "evaluate": 2, "aggregate": 1, "figures": 1, "all": 1}, jobs
 
 
 def test_changing_figure_style_reruns_no_evaluation(workdir):
-    cfg = yaml.safe_load((workdir / "config" / "tests.yaml").read_text())
-    cfg["figures"]["dpi"] = 61
-    changed = workdir / "config" / "style.yaml"
-    changed.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    assert planned_jobs(workdir, "--configfile", str(changed)) == {"figures": 1, "all": 1}
+    assert _changed(workdir, "style", lambda c: c["figures"].update(dpi=61)) == {"figures": 1, "all": 1}
 
 
 def test_bad_config_names_the_key(tmp_path):
@@ -137,7 +167,7 @@ def test_slurm_profile_dry_run_requests_gpus(tmp_path):
     blocks: dict[str, list[str]] = {}
     for m in re.finditer(r"^(?:local)?rule (\w+):\n((?:    .*\n)+)", out, flags=re.M):
         blocks.setdefault(m.group(1), []).append(m.group(2))
-    for rule in ("train", "evaluate_attack", "evaluate_clean", "samples"):
+    for rule in ("train", "tune", "evaluate", "samples"):
         assert blocks.get(rule), (rule, out[-2000:])
         for b in blocks[rule]:
             assert "gpu=1" in b and "slurm_partition=gpu" in b, b

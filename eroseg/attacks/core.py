@@ -44,6 +44,9 @@ WeightFn = Callable[[int, int, torch.Tensor, torch.Tensor, torch.Tensor], Any]
 
 _FLAGS = ("random_start", "targeted", "best_iterate", "amp")
 
+#: Parameters that :func:`check_common` validates, for every attack that has them.
+COMMON_PARAMETERS = ("eps", "step_size", "steps", "norm", *_FLAGS, "ignore_index", "generator", "callback")
+
 
 # ------------------------------------------------------------------ validation
 def _check_positive(name: str, value: Any, hint: str = "") -> None:
@@ -327,6 +330,90 @@ def _unpack_weights(out: Any, labels: torch.Tensor) -> tuple[torch.Tensor | None
     return weights, dict(masks)
 
 
+def prepare_inputs(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Detached copies of the inputs that can take part in autograd; labels as int64.
+
+    Tensors made inside ``torch.inference_mode()`` cannot be used in autograd;
+    a plain copy can, so those are cloned (others are not copied).
+
+    Args:
+        images: ``[B, C, H, W]`` float (already checked by :func:`check_inputs`).
+        labels: ``[B, H, W]`` integer.
+
+    Returns:
+        ``(x, y)``.
+    """
+    x = images.detach()
+    y = labels.detach().long()
+    if x.is_inference():
+        x = x.clone()
+    if y.is_inference():
+        y = y.clone()
+    return x, y
+
+
+def check_logits(logits: torch.Tensor, labels: torch.Tensor) -> None:
+    """Check that the model's output is logits ``[B, K, H, W]`` matching ``labels`` ``[B, H, W]``.
+
+    Raises:
+        ValueError: other shape (the message gives both).
+    """
+    if logits.dim() != 4 or logits.shape[0] != labels.shape[0] or logits.shape[2:] != labels.shape[1:]:
+        raise ValueError(f"model must return logits [B, classes, H, W] matching labels {tuple(labels.shape)}, "
+                         f"got {tuple(logits.shape)}")
+
+
+def fooled_mask(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, targeted: bool) -> torch.Tensor:
+    """Valid pixels the attack has already won: prediction differs from the label (targeted: equals the target).
+
+    Args:
+        logits: ``[B, C, H, W]``.
+        labels: ``[B, H, W]``.
+        valid: ``[B, H, W]`` bool.
+        targeted: targeted roles.
+
+    Returns:
+        ``[B, H, W]`` bool.
+    """
+    pred = class_map(logits)
+    return valid & ((pred == labels) if targeted else (pred != labels))
+
+
+class BestIterate:
+    """Per image, the iterate with the lowest pixel accuracy seen so far (targeted: the highest), on the device.
+
+    ``update`` is a few tensor operations (no host-device synchronisation);
+    ties keep the earlier iterate. Before the first update every image holds
+    ``start`` with score ``+inf``, so the first update always replaces it.
+
+    Args:
+        start: ``[B, C, H, W]`` images held before any update (copied).
+        labels: ``[B, H, W]``.
+        ignore_index: void label of the accuracy.
+        targeted: score ``1 - accuracy`` with respect to the targets.
+    """
+
+    def __init__(self, start: torch.Tensor, labels: torch.Tensor, ignore_index: int, targeted: bool):
+        self.adv = start.detach().clone()
+        self.score = torch.full((start.shape[0],), math.inf, device=start.device)
+        self.labels = labels
+        self.ignore_index = ignore_index
+        self.targeted = targeted
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-image score ``[B]`` of an iterate (lower is better for the attack)."""
+        acc = pixel_accuracy_per_image(logits, self.labels, self.ignore_index)
+        return 1 - acc if self.targeted else acc
+
+    def update(self, adv: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Keep ``adv`` for the images where it scores strictly better; returns its scores ``[B]``."""
+        score = self.scores(logits)
+        better = score < self.score
+        self.score.copy_(torch.where(better, score, self.score))
+        self.adv.copy_(torch.where(better.view(-1, 1, 1, 1), adv.detach(), self.adv))
+        return score
+
+
 # --------------------------------------------------------------------- the loop
 def run_attack(
     model: Callable[[torch.Tensor], torch.Tensor],
@@ -409,26 +496,10 @@ def run_attack(
         raise TypeError(f"weight_fn must be callable or None, got {type(weight_fn).__name__}")
     check_inputs(images, labels)
 
-    x = images.detach()
-    y = labels.detach().long()
-    # Tensors made inside inference_mode cannot take part in autograd; a plain copy can.
-    if x.is_inference():
-        x = x.clone()
-    if y.is_inference():
-        y = y.clone()
+    x, y = prepare_inputs(images, labels)
     valid = y != ignore_index
     use_amp = amp and x.is_cuda
-    best_adv = best_score = None
-    if best_iterate:
-        best_adv = x.clone()
-        best_score = torch.full((x.shape[0],), math.inf, device=x.device)
-
-    def track(adv: torch.Tensor, logits: torch.Tensor) -> None:
-        acc = pixel_accuracy_per_image(logits, y, ignore_index)
-        score = 1 - acc if targeted else acc
-        better = score < best_score  # strict: ties keep the earlier iterate
-        best_score.copy_(torch.where(better, score, best_score))
-        best_adv.copy_(torch.where(better.view(-1, 1, 1, 1), adv, best_adv))
+    best = BestIterate(x, y, ignore_index, targeted) if best_iterate else None
 
     with eval_mode(model), torch.enable_grad():
         delta = random_init(x, eps, norm, generator) if random_start else torch.zeros_like(x)
@@ -437,17 +508,15 @@ def run_attack(
             delta.requires_grad_(True)
             adv = x + delta
             logits = _forward(model, adv, use_amp)
-            if t == 0 and (logits.dim() != 4 or logits.shape[0] != x.shape[0] or logits.shape[2:] != y.shape[1:]):
-                raise ValueError(f"model must return logits [B, classes, H, W] matching labels {tuple(y.shape)}, "
-                                 f"got {tuple(logits.shape)}")
+            if t == 0:
+                check_logits(logits, y)
             with torch.no_grad():
                 weights, masks = _unpack_weights(
                     weight_fn(t, steps, logits.detach(), y, valid) if weight_fn is not None else None, y)
-                if best_iterate:
-                    track(adv.detach(), logits)
+                if best is not None:
+                    best.update(adv, logits)
                 if callback is not None:
-                    pred = class_map(logits)
-                    fooled = valid & ((pred == y) if targeted else (pred != y))
+                    fooled = fooled_mask(logits, y, valid, targeted)
                     callback({"step": t, "logits": logits.detach(), "weights": weights, "fooled": fooled,
                               "images": adv.detach(), **masks})
             loss = segmentation_loss(logits, y, weights, ignore_index)
@@ -457,10 +526,10 @@ def run_attack(
             with torch.no_grad():
                 delta = project(x, step(delta.detach(), grad, step_size, norm), eps, norm)
         adv = x + delta
-        if best_iterate:
+        if best is not None:
             with torch.no_grad():
-                track(adv, _forward(model, adv, use_amp))
-            adv = best_adv
+                best.update(adv, _forward(model, adv, use_amp))
+            adv = best.adv
     # x + (clamp(x + d) - x) is in [0, 1] up to rounding; the final clamp makes it exact and
     # can only move a value towards x, so the budget still holds.
     return adv.clamp(0, 1).detach()

@@ -7,6 +7,10 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
+from eroseg.attacks import attack_parameters, create_attack
+from eroseg.numbers import eps_tag, parse_number, resolve_attack_params
+from eroseg.tune import grid_candidates
+
 validate(config, schema="../schemas/config.schema.yaml")
 
 RUN = config["run"]
@@ -14,23 +18,9 @@ OUT = f"results/{RUN}"
 PKG = Path(workflow.basedir) / "eroseg"
 
 
-def _parse(value, eps=None):
-    """Numbers in the config may be written "8/255" or, for step sizes, "eps/4"."""
-    if isinstance(value, (int, float)):
-        return float(value)
-    s = str(value).replace(" ", "")
-    if s.startswith("eps") and eps is not None:
-        op, k = s[3], float(s[4:])
-        return eps / k if op == "/" else eps * k
-    if "/" in s:
-        a, b = s.split("/")
-        return float(a) / float(b)
-    return float(s)
-
-
-def eps_tag(eps):
-    """File-name tag of an eps: its value in 1/255 units ("8" for 8/255)."""
-    return f"{round(_parse(eps) * 255, 4):g}"
+def _parse(value, eps=None, key="value", budget=True):
+    """Numbers in the config: 0.03, "8/255" or, for step sizes, "eps/4" (eroseg.numbers owns the grammar)."""
+    return parse_number(value, eps=eps, name=f"config key {key}", max_value=1.0 if budget else None)
 
 
 def source_hash(*patterns):
@@ -44,9 +34,9 @@ def source_hash(*patterns):
 
 
 CODE_DATA = source_hash("data/*.py", "io.py")
-CODE_TRAIN = source_hash("data/*.py", "io.py", "models.py", "train.py", "attacks/*.py", "metrics.py")
-CODE_EVAL = source_hash("data/*.py", "io.py", "models.py", "evaluate.py", "attacks/*.py", "metrics.py")
-CODE_AGG = source_hash("aggregate.py", "metrics.py", "io.py")
+CODE_TRAIN = source_hash("data/*.py", "io.py", "models.py", "train.py", "attacks/*.py", "metrics.py", "numbers.py")
+CODE_EVAL = source_hash("data/*.py", "io.py", "models.py", "evaluate.py", "attacks/*.py", "metrics.py", "numbers.py")
+CODE_AGG = source_hash("aggregate.py", "evaluate.py", "metrics.py", "io.py", "numbers.py")
 CODE_FIG = source_hash("figures.py", "aggregate.py", "io.py")
 
 DATASET = config["dataset"]
@@ -64,55 +54,86 @@ METHODS = list(config["methods"])
 SEEDS = [int(s) for s in config["seeds"]]
 EVAL = config["evaluation"]
 ATTACKS = EVAL["attacks"]
-HEAD_EPS = _parse(EVAL["headline"]["eps"])
+HEAD_EPS = _parse(EVAL["headline"]["eps"], key="evaluation.headline.eps")
 HEAD_STEPS = int(EVAL["headline"]["steps"])
-SINGLE_STEP = {"fgsm"}  # attacks whose steps are fixed at 1
+SEA = EVAL.get("sea")
+TEST_SPLIT = DATASET["test_split"]
+VAL_SPLIT = DATASET["val_split"]
+CHECKS = EVAL.get("checks")
+TUNE = config.get("tuning") or {}
+TUNED_FAMILIES = list((TUNE.get("grids") or {}))
+if CHECKS:
+    CHECK_EPS = [_parse(e, key="evaluation.checks.eps") for e in CHECKS["eps"]]
 
 
 def _check_names():
-    for key in ("main_attacks", "worst_case"):
-        for a in EVAL[key]:
-            if a not in ATTACKS:
-                raise ValueError(f"config key evaluation.{key}: unknown attack setting {a!r}; defined: {sorted(ATTACKS)}")
+    def known(key, name, pool=ATTACKS, what="attack setting"):
+        if name not in pool:
+            raise ValueError(f"config key {key}: unknown {what} {name!r}; defined: {sorted(pool)}")
+
+    for key in ("main_attacks", "worst_case", "sea_plus"):
+        for a in EVAL.get(key) or []:
+            known(f"evaluation.{key}", a)
+    if SEA:
+        known("evaluation.sea", SEA)
     for a in EVAL["sweep"]["attacks"]:
-        if a not in ATTACKS:
-            raise ValueError(f"config key evaluation.sweep.attacks: unknown attack setting {a!r}; defined: {sorted(ATTACKS)}")
+        known("evaluation.sweep.attacks", a)
     for label, a in EVAL["ablation"]["variants"].items():
-        if a not in ATTACKS:
-            raise ValueError(f"config key evaluation.ablation.variants.{label}: unknown attack setting {a!r}")
+        known(f"evaluation.ablation.variants.{label}", a)
     for key in ("sweep", "ablation", "samples"):
-        m = EVAL[key]["method"]
-        if m not in METHODS:
-            raise ValueError(f"config key evaluation.{key}.method: unknown method {m!r}; defined: {METHODS}")
-    if EVAL["samples"]["attack"] not in ATTACKS:
-        raise ValueError(f"config key evaluation.samples.attack: unknown attack setting {EVAL['samples']['attack']!r}")
+        known(f"evaluation.{key}.method", EVAL[key]["method"], METHODS, "method")
+    known("evaluation.samples.attack", EVAL["samples"]["attack"])
+    if CHECKS:
+        known("evaluation.checks.setting", CHECKS["setting"])
+        if CHECKS.get("restarts"):
+            known("evaluation.checks.restarts", CHECKS["restarts"])
+    for fam in TUNED_FAMILIES:
+        known("tuning.grids", fam)
+    for m in TUNE.get("models", []):
+        known("tuning.models", m, METHODS, "method")
+    for a, entry in ATTACKS.items():
+        if entry.get("tuned") and a not in TUNED_FAMILIES:
+            raise ValueError(f"config key evaluation.attacks.{a}.tuned: no grid for {a!r} under tuning.grids")
+    for m, entry in config["methods"].items():
+        if entry.get("tuned") and entry.get("attack") not in TUNED_FAMILIES:
+            raise ValueError(f"config key methods.{m}.tuned: no tuning grid for its attack {entry.get('attack')!r} "
+                             f"under tuning.grids (grids: {TUNED_FAMILIES})")
+    claims = EVAL.get("claims") or {}
+    for pair in claims.get("attack_pairs", []):
+        for a in pair:
+            known("evaluation.claims.attack_pairs", a.split(":")[0])
+    ats = claims.get("eroseg_at") or []
+    for m in ([ats] if isinstance(ats, str) else list(ats)) + list(claims.get("at_baselines", [])):
+        if m is not None:
+            known("evaluation.claims", m, METHODS, "method")
 
 
 _check_names()
 
 
-def _steps_of(attack, steps):
-    return 1 if ATTACKS[attack]["attack"] in SINGLE_STEP else int(steps)
+def steps_of(setting, steps):
+    """Steps of a setting in a grid of ``steps``: its own ``steps`` if the config fixes them (FGSM: 1)."""
+    return int(ATTACKS[setting].get("steps") or steps)
 
 
-def eval_settings():
-    """Every (method, seed, attack, eps tag, steps) the config asks for, without duplicates."""
-    out = set()
-    for m in METHODS:
-        for s in SEEDS:
-            for a in EVAL["main_attacks"]:
-                out.add((m, s, a, eps_tag(HEAD_EPS), _steps_of(a, HEAD_STEPS)))
+def model_settings(method, seed):
+    """Every (setting, eps tag, steps) evaluated on one model, without duplicates."""
+    head = eps_tag(HEAD_EPS)
+    out = {(a, head, steps_of(a, HEAD_STEPS)) for a in EVAL["main_attacks"] + ([SEA] if SEA else [])}
+    if CHECKS:
+        out |= {(CHECKS["setting"], eps_tag(e), int(CHECKS["steps"])) for e in CHECK_EPS}
+        if CHECKS.get("restarts"):
+            out.add((CHECKS["restarts"], head, steps_of(CHECKS["restarts"], HEAD_STEPS)))
     sw = EVAL["sweep"]
-    for a in sw["attacks"]:
+    if method == sw["method"] and seed == SEEDS[0]:
+        eps_list = [_parse(e, key="evaluation.sweep.eps") for e in sw["eps"]]
         if sw.get("full_grid"):
-            grid = [(e, st) for e in sw["eps"] for st in sw["steps"]]
+            grid = [(e, st) for e in eps_list for st in sw["steps"]]
         else:  # steps at the headline eps, eps at the headline steps
-            grid = [(HEAD_EPS, st) for st in sw["steps"]] + [(e, HEAD_STEPS) for e in sw["eps"]]
-        for e, st in grid:
-            out.add((sw["method"], SEEDS[0], a, eps_tag(e), _steps_of(a, st)))
-    ab = EVAL["ablation"]
-    for a in ab["variants"].values():
-        out.add((ab["method"], SEEDS[0], a, eps_tag(HEAD_EPS), _steps_of(a, HEAD_STEPS)))
+            grid = [(HEAD_EPS, st) for st in sw["steps"]] + [(e, HEAD_STEPS) for e in eps_list]
+        out |= {(a, eps_tag(e), steps_of(a, st)) for a in sw["attacks"] for e, st in grid}
+    if method == EVAL["ablation"]["method"]:
+        out |= {(a, head, steps_of(a, HEAD_STEPS)) for a in EVAL["ablation"]["variants"].values()}
     return sorted(out)
 
 
@@ -120,16 +141,16 @@ def model_path(method, seed):
     return f"{OUT}/models/{method}/seed{seed}/model.pt"
 
 
-def eval_path(method, seed, attack, eps, steps):
-    return f"{OUT}/eval/{method}/seed{seed}/{attack}/eps{eps}_steps{steps}.json"
+def eval_dir(method, seed):
+    return f"{OUT}/eval/{method}/seed{seed}"
 
 
-def clean_paths():
-    return [f"{OUT}/eval/{m}/seed{s}/clean.json" for m in METHODS for s in SEEDS]
+def eval_file(method, seed, setting, eps, steps):
+    return f"{eval_dir(method, seed)}/{setting}/eps{eps}_steps{steps}.json"
 
 
-def all_eval_paths():
-    return clean_paths() + [eval_path(*k) for k in eval_settings()]
+def all_eval_dirs():
+    return [eval_dir(m, s) for m in METHODS for s in SEEDS]
 
 
 def samples_path():
@@ -137,18 +158,82 @@ def samples_path():
     return f"{OUT}/samples/{sm['method']}_seed{SEEDS[0]}_{sm['attack']}.npz"
 
 
-def attack_params(attack, eps_tag_value, steps):
-    """CLI parameters of one evaluation: the setting's params plus eps, steps, step_size."""
-    entry = ATTACKS[attack]
+def attack_params(setting, eps_tag_value, steps):
+    """Parameters of one evaluation: the setting's params plus eps, steps, step_size and best_iterate."""
+    entry = ATTACKS[setting]
+    accepted = attack_parameters(entry["attack"])
     params = dict(entry.get("params") or {})
     eps = float(eps_tag_value) / 255
     params["eps"] = eps
     params["steps"] = int(steps)
-    if entry["attack"] in SINGLE_STEP:
-        params.pop("step_size", None)
-    else:
-        params["step_size"] = _parse(params.get("step_size", EVAL["step_size"]), eps)
+    if "step_size" in accepted:
+        params["step_size"] = _parse(params.get("step_size", EVAL["step_size"]), eps,
+                                     key=f"evaluation.attacks.{setting}.params.step_size")
+    if "best_iterate" in accepted:
+        params.setdefault("best_iterate", bool(EVAL["best_iterate"]))
     return params
+
+
+def tuning_path(family):
+    return f"{OUT}/tuning/{family}.json"
+
+
+def evaluation_settings(method, seed):
+    """The ``--settings`` list of one model's evaluation job (clean first)."""
+    items = [{"setting": "clean", "attack": "none", "out": f"{eval_dir(method, seed)}/clean.json"}]
+    for setting, tag, steps in model_settings(method, seed):
+        item = {"setting": setting, "attack": ATTACKS[setting]["attack"],
+                "params": attack_params(setting, tag, steps),
+                "restarts": int(ATTACKS[setting].get("restarts", 1)),
+                "out": eval_file(method, seed, setting, tag, steps)}
+        if ATTACKS[setting].get("tuned"):
+            item["params_file"] = tuning_path(setting)
+        items.append(item)
+    return items
+
+
+def tuning_inputs_of_eval(method, seed):
+    return sorted({i["params_file"] for i in evaluation_settings(method, seed) if "params_file" in i})
+
+
+def tuning_base_params(family):
+    """Parameters every tuning candidate of ``family`` shares: the setting's own at the headline eps, tuning steps."""
+    return attack_params(family, eps_tag(HEAD_EPS), int(TUNE["steps"]))
+
+
+def _check_attack_params():
+    """Every attack setting is built once here, so a bad parameter fails before any model is trained."""
+    seen = set()
+    for m in METHODS:
+        for s in SEEDS:
+            for item in evaluation_settings(m, s)[1:]:
+                key = (item["setting"], json.dumps(item["params"], sort_keys=True))
+                if key in seen:
+                    continue
+                seen.add(key)
+                try:
+                    create_attack(item["attack"], **resolve_attack_params(item["params"]))
+                except (TypeError, ValueError) as err:
+                    raise ValueError(f"config key evaluation.attacks.{item['setting']}: {err}") from None
+    for fam in TUNED_FAMILIES:
+        for cand in grid_candidates(TUNE["grids"][fam]):
+            try:
+                create_attack(ATTACKS[fam]["attack"], **resolve_attack_params({**tuning_base_params(fam), **cand}))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"config key tuning.grids.{fam}: candidate {cand}: {err}") from None
+    for m in METHODS:
+        name, params = training_attack(m)
+        if name:
+            try:
+                create_attack(name, **params)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"config key methods.{m}: {err}") from None
+
+
+def training_tuning_file(method):
+    """The tuning result a method's training attack takes its parameters from (``tuned: true``), or None."""
+    entry = config["methods"][method]
+    return tuning_path(entry["attack"]) if entry.get("tuned") else None
 
 
 def training_attack(method):
@@ -156,31 +241,34 @@ def training_attack(method):
     if not entry.get("attack"):
         return None, {}
     at = config["adversarial_training"]
-    eps = _parse(at["eps"])
-    params = {"eps": eps, "steps": int(at["steps"]), "step_size": _parse(at["step_size"], eps)}
+    eps = _parse(at["eps"], key="adversarial_training.eps")
+    params = {"eps": eps, "steps": int(at["steps"]),
+              "step_size": _parse(at["step_size"], eps, key="adversarial_training.step_size")}
     params.update(entry.get("params") or {})
     return entry["attack"], params
 
 
 def aggregate_spec():
+    claims = EVAL.get("claims")
     return {
         "methods": METHODS,
         "headline": {"eps": HEAD_EPS, "steps": HEAD_STEPS},
         "attacks": EVAL["main_attacks"],
-        "worst_case": EVAL["worst_case"],
-        "single_step": sorted(a for a in ATTACKS if ATTACKS[a]["attack"] in SINGLE_STEP),
-        "sweep": {
-            "method": EVAL["sweep"]["method"],
-            "attacks": EVAL["sweep"]["attacks"],
-            "eps_fixed": HEAD_EPS,
-            "steps_fixed": HEAD_STEPS,
-        },
+        "steps_of": {a: steps_of(a, HEAD_STEPS) for a in ATTACKS if steps_of(a, HEAD_STEPS) != HEAD_STEPS},
+        "sea": SEA,
+        "sea_plus": EVAL.get("sea_plus") or [],
+        "worst_case": EVAL.get("worst_case") or EVAL["main_attacks"],
+        "worst_case_rule": EVAL["worst_case_rule"],
+        "checks": {**CHECKS, "eps": CHECK_EPS} if CHECKS else None,
+        "claims": claims,
+        "sweep": {"method": EVAL["sweep"]["method"], "attacks": EVAL["sweep"]["attacks"]},
         "ablation": {"method": EVAL["ablation"]["method"], "attacks": [[k, v] for k, v in EVAL["ablation"]["variants"].items()]},
     }
 
 
 def figure_spec():
     spec = aggregate_spec()
+    spec["sweep"].update(eps_fixed=HEAD_EPS, steps_fixed=HEAD_STEPS)
     spec.update(
         dataset=DATASET["name"],
         dpi=config["figures"]["dpi"],
@@ -194,7 +282,12 @@ def figure_spec():
     return spec
 
 
-TABLES = ["main", "results", "steps", "eps", "ablation"]
+_check_attack_params()
+
+#: Tables aggregate writes (CSV, Markdown, HTML); the optional ones only when configured.
+TABLES = ["main", "results", "steps", "eps", "ablation"] + (["tuning"] if TUNED_FAMILIES else []) + (["sea"] if SEA else []) + (
+    ["checks"] if CHECKS else []) + (["claims"] if EVAL.get("claims") else [])
+TABLE_CAPTIONS = {"main": "table_main", "claims": "table_claims", "checks": "table_checks", "sea": "table_sea"}
 FIGURES = ["robust_vs_steps", "robust_vs_eps", "per_class_iou", "training_curves", "qualitative", "erosion"]
 FIGURE_CAPTIONS = {
     "robust_vs_steps": "fig_sweeps",
@@ -209,9 +302,10 @@ FIGURE_CAPTIONS = {
 def all_outputs():
     return (
         [f"{OUT}/data/manifest.csv"]
+        + [tuning_path(f) for f in TUNED_FAMILIES]
         + [model_path(m, s) for m in METHODS for s in SEEDS]
-        + all_eval_paths()
-        + [f"{OUT}/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md")]
+        + all_eval_dirs()
+        + [f"{OUT}/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md", "html")]
         + [f"{OUT}/figures/{f}.{ext}" for f in FIGURES for ext in ("png", "svg")]
     )
 
@@ -222,8 +316,6 @@ def js(obj):
 
 
 wildcard_constraints:
+    family="|".join(TUNED_FAMILIES) if TUNED_FAMILIES else "x^",
     method="|".join(METHODS) if METHODS else "x^",
     seed=r"\d+",
-    attack="|".join(sorted(ATTACKS, key=len, reverse=True)),
-    eps=r"[0-9.]+",
-    steps=r"\d+",

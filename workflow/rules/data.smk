@@ -12,6 +12,7 @@ if SYNTH:
             # dict depends on key order (a YAML dump reorders keys).
             n_train=config["dataset"]["synthetic"]["n_train"],
             n_val=config["dataset"]["synthetic"]["n_val"],
+            n_test=config["dataset"]["synthetic"]["n_test"],
             height=config["dataset"]["synthetic"]["height"],
             width=config["dataset"]["synthetic"]["width"],
             seed=config["dataset"]["synthetic"]["seed"],
@@ -19,7 +20,7 @@ if SYNTH:
         log:
             f"{OUT}/logs/synthesize.log",
         shell:
-            "eroseg synthesize --root {output} --n-train {params.n_train} --n-val {params.n_val}"
+            "eroseg synthesize --root {output} --n-train {params.n_train} --n-val {params.n_val} --n-test {params.n_test}"
             " --height {params.height} --width {params.width} --seed {params.seed} > {log} 2>&1"
 
 
@@ -32,7 +33,7 @@ rule prepare:
     params:
         dataset=DATASET["name"],
         root=DATA_ROOT,
-        splits=[DATASET["train_split"], DATASET["val_split"]],
+        splits=sorted({DATASET["train_split"], DATASET["val_split"], DATASET["test_split"]}),
         code=CODE_DATA,
     log:
         f"{OUT}/logs/prepare.log",

@@ -1,55 +1,34 @@
-# Evaluation: every trained model clean and under every attack setting the
-# config lists; one JSON per job (metrics plus per-image counts, so the worst
-# case is computed in aggregation without attacking again).
+# Evaluation: every trained model clean and under every attack setting the config
+# asks for it, on the reported split (dataset.test_split). One job per model: the
+# model and the data load once and each setting writes its own JSON (metrics plus
+# per-image counts, so worst cases are computed in aggregation without attacking
+# again). Changing an attack setting reruns the evaluation of the models it
+# applies to; changing a method retrains it and re-evaluates its models only.
 
 
-rule evaluate_clean:
+rule evaluate:
     input:
-        model=f"{OUT}/models/{{method}}/seed{{seed}}/model.pt",
+        model=model_path("{method}", "{seed}"),
+        tuned=lambda wc: tuning_inputs_of_eval(wc.method, int(wc.seed)),
     output:
-        f"{OUT}/eval/{{method}}/seed{{seed}}/clean.json",
+        directory(eval_dir("{method}", "{seed}")),
     params:
         dataset=DATASET["name"],
         root=DATA_ROOT,
-        split=EVAL["split"],
+        split=TEST_SPLIT,
         batch_size=EVAL["batch_size"],
         max_images=f"--max-images {EVAL['max_images']}" if EVAL.get("max_images") else "",
+        settings=lambda wc: js(evaluation_settings(wc.method, int(wc.seed))),
         code=CODE_EVAL,
     threads: config["resources"]["threads"]
     resources:
         gpu=1,
     log:
-        f"{OUT}/logs/eval/{{method}}_seed{{seed}}_clean.log",
+        f"{OUT}/logs/eval/{{method}}_seed{{seed}}.log",
     shell:
         "eroseg evaluate --checkpoint {input.model} --dataset {params.dataset} --root {params.root:q}"
         " --split {params.split} --batch-size {params.batch_size} {params.max_images} --seed {wildcards.seed}"
-        " --threads {threads} --out {output} > {log} 2>&1"
-
-
-rule evaluate_attack:
-    input:
-        model=f"{OUT}/models/{{method}}/seed{{seed}}/model.pt",
-    output:
-        f"{OUT}/eval/{{method}}/seed{{seed}}/{{attack}}/eps{{eps}}_steps{{steps}}.json",
-    params:
-        dataset=DATASET["name"],
-        root=DATA_ROOT,
-        split=EVAL["split"],
-        batch_size=EVAL["batch_size"],
-        max_images=f"--max-images {EVAL['max_images']}" if EVAL.get("max_images") else "",
-        attack=lambda wc: ATTACKS[wc.attack]["attack"],
-        attack_params=lambda wc: js(attack_params(wc.attack, wc.eps, wc.steps)),
-        code=CODE_EVAL,
-    threads: config["resources"]["threads"]
-    resources:
-        gpu=1,
-    log:
-        f"{OUT}/logs/eval/{{method}}_seed{{seed}}_{{attack}}_eps{{eps}}_steps{{steps}}.log",
-    shell:
-        "eroseg evaluate --checkpoint {input.model} --dataset {params.dataset} --root {params.root:q}"
-        " --split {params.split} --batch-size {params.batch_size} {params.max_images} --seed {wildcards.seed}"
-        " --attack {params.attack} --attack-params {params.attack_params:q} --name {wildcards.attack}"
-        " --threads {threads} --out {output} > {log} 2>&1"
+        " --settings {params.settings:q} --threads {threads} > {log} 2>&1"
 
 
 rule samples:
@@ -61,10 +40,11 @@ rule samples:
     params:
         dataset=DATASET["name"],
         root=DATA_ROOT,
-        split=EVAL["split"],
+        split=TEST_SPLIT,
         n=EVAL["samples"]["n"],
         attack=ATTACKS[EVAL["samples"]["attack"]]["attack"],
-        attack_params=js(attack_params(EVAL["samples"]["attack"], eps_tag(HEAD_EPS), HEAD_STEPS)),
+        setting=EVAL["samples"]["attack"],
+        attack_params=js(attack_params(EVAL["samples"]["attack"], eps_tag(HEAD_EPS), steps_of(EVAL["samples"]["attack"], HEAD_STEPS))),
         code=CODE_EVAL,
     threads: config["resources"]["threads"]
     resources:
@@ -74,6 +54,6 @@ rule samples:
     shell:
         "eroseg evaluate --checkpoint {input.model} --dataset {params.dataset} --root {params.root:q}"
         " --split {params.split} --batch-size {params.n} --max-images {params.n} --seed 0"
-        " --attack {params.attack} --attack-params {params.attack_params:q} --name {params.attack}"
+        " --attack {params.attack} --attack-params {params.attack_params:q} --setting {params.setting}"
         " --samples {output.npz} --samples-n {params.n} --record-steps"
         " --threads {threads} --out {output.json} > {log} 2>&1"

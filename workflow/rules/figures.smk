@@ -3,15 +3,15 @@
 
 rule aggregate:
     input:
-        evals=all_eval_paths(),
+        evals=all_eval_dirs(),
+        tuning=[tuning_path(f) for f in TUNED_FAMILIES],
     output:
-        report(f"{OUT}/tables/main.csv", caption="../report/table_main.rst", category="Tables"),
         [
-            report(f"{OUT}/tables/{t}.csv", caption="../report/table_other.rst", category="Tables")
+            report(f"{OUT}/tables/{t}.html", caption=f"../report/{TABLE_CAPTIONS.get(t, 'table_other')}.rst",
+                   category="Tables", labels={"table": t})
             for t in TABLES
-            if t != "main"
         ],
-        [f"{OUT}/tables/{t}.md" for t in TABLES],
+        [f"{OUT}/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md")],
     params:
         spec=js(aggregate_spec()),
         out_dir=f"{OUT}/tables",
@@ -19,17 +19,18 @@ rule aggregate:
     log:
         f"{OUT}/logs/aggregate.log",
     shell:
-        "eroseg aggregate --evals {input.evals} --spec {params.spec:q} --out-dir {params.out_dir} > {log} 2>&1"
+        "eroseg aggregate --evals {input.evals} --tuning {input.tuning} --spec {params.spec:q} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule figures:
     input:
-        evals=all_eval_paths(),
+        evals=all_eval_dirs(),
         logs=[f"{OUT}/models/{m}/seed{s}/log.csv" for m in METHODS for s in SEEDS],
         samples=samples_path(),
     output:
         [
-            report(f"{OUT}/figures/{f}.png", caption=f"../report/{FIGURE_CAPTIONS[f]}.rst", category="Figures")
+            report(f"{OUT}/figures/{f}.png", caption=f"../report/{FIGURE_CAPTIONS[f]}.rst", category="Figures",
+                   labels={"figure": f})
             for f in FIGURES
         ],
         [f"{OUT}/figures/{f}.svg" for f in FIGURES],

@@ -6,6 +6,7 @@
 rule train:
     input:
         manifest=f"{OUT}/data/manifest.csv",
+        tuned=lambda wc: [training_tuning_file(wc.method)] if training_tuning_file(wc.method) else [],
     output:
         model=f"{OUT}/models/{{method}}/seed{{seed}}/model.pt",
         log=f"{OUT}/models/{{method}}/seed{{seed}}/log.csv",
@@ -18,6 +19,7 @@ rule train:
         train=js(config["train"]),
         attack=lambda wc: training_attack(wc.method)[0] or "none",
         attack_params=lambda wc: js(training_attack(wc.method)[1]),
+        params_file=lambda wc: f"--attack-params-file {training_tuning_file(wc.method)}" if training_tuning_file(wc.method) else "",
         robust_eps=config["adversarial_training"]["eps"],
         code=CODE_TRAIN,
         # One process per GPU through torchrun when a training job gets several GPUs.
@@ -34,6 +36,6 @@ rule train:
     shell:
         "{params.launcher} train --dataset {params.dataset} --root {params.root:q} --train-split {params.train_split}"
         " --val-split {params.val_split} --model {params.model:q} --train {params.train:q}"
-        " --method {wildcards.method} --attack {params.attack} --attack-params {params.attack_params:q}"
+        " --method {wildcards.method} --attack {params.attack} --attack-params {params.attack_params:q} {params.params_file}"
         " --robust-eps {params.robust_eps:q} --seed {wildcards.seed} --threads {threads}"
         " --out {output.model} --log {output.log} > {log} 2>&1"

@@ -1,0 +1,610 @@
+"""APGD for segmentation: step-size-free PGD with momentum and per-image step halving, with the losses of SEA.
+
+Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble
+of diverse parameter-free attacks", ICML 2020. https://arxiv.org/abs/2003.01690
+Losses and progressive radius reduction from Croce et al., "Towards Reliable
+Evaluation and Fast Training of Robust Semantic Segmentation Models", ECCV 2024.
+https://arxiv.org/abs/2306.12941
+
+Notation: logits ``u`` ``[B, C, H, W]``, label ``y``, ``p = softmax(u)``,
+``T`` iterations, radius ``r`` (``eps``, or the current radius of the
+progressive schedule), per-image step size ``eta``.
+
+Objective. Every loss is a per-pixel loss ``l_i`` (0 at void pixels); the
+loss of image ``b`` is its mean over that image's valid pixels,
+``L_b = sum_i l_i / N_b``, and the gradient is that of ``sum_b L_b`` (so each
+image's step does not depend on the other images of the batch). APGD tracks
+``L_b`` per image (targeted: ``-L_b``, see :func:`apgd`).
+
+Iteration (Linf; L2 replaces ``sign(g)`` by ``g / ||g||_2`` per image), with
+``P`` the projection onto the radius-``r`` ball and the [0, 1] box::
+
+    z_{k+1} = P(x_k + eta * sign(grad L(x_k)))
+    x_{k+1} = P(x_k + alpha (z_{k+1} - x_k) + (1 - alpha) (x_k - x_{k-1}))
+
+``alpha = momentum`` (0.75), except ``alpha = 1`` at the first iteration;
+``eta`` starts at ``initial_step * r`` (2r). Checkpoints (fractions of T):
+``p_0 = 0``, ``p_1 = 0.22``, ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03,
+0.06)``, i.e. 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99; the check
+happens after iteration ``w_j = ceil(p_j T)`` (:func:`apgd_checkpoints`). At
+``w_j``, per image, ``eta`` is halved and the iterate restarts from the point
+of highest loss seen so far (with that point's gradient) when
+
+1. fewer than ``rho * (w_j - w_{j-1})`` of the iterations since ``w_{j-1}``
+   raised the loss (``L(x_{k+1}) > L(x_k)``, ``x_k`` being the point the
+   step was taken from, i.e. the restart point after a restart), or
+2. ``eta`` was not halved at ``w_{j-1}`` and the highest loss has not changed
+   since ``w_{j-1}`` (at ``w_1`` this compares with the start ``x_0``, as in
+   the paper; the reference code skips condition 2 at ``w_1``).
+
+After a restart the momentum term starts afresh (``x_{k-1}`` is set to the
+restart point). Everything is per image and on the device: step sizes,
+counters and flags are tensors, the checkpoint positions are Python integers
+fixed before the loop, and the loop never reads a tensor value on the host.
+
+Best iterate (``best_iterate=True``): per image, the iterate with the lowest
+pixel accuracy (as :func:`eroseg.attacks.core.run_attack`), separate from
+the highest-loss point that the restarts use.
+
+Progressive radius reduction (``radius_schedule=True``, used by SEA): the
+``T`` iterations are split into three parts (``T // 3``, ``T // 3``, and the
+rest) run at radii ``2 eps``, ``1.5 eps`` and ``eps``; each part is a full
+APGD run (its own checkpoints, ``eta`` restarting at ``initial_step`` times
+its radius) started from the previous part's lowest-accuracy iterate
+projected onto the new radius (as in the reference implementation). The best
+iterate is chosen only among the iterates of the last part, which all lie
+within ``eps`` (the projected start of that part included); iterates at the
+larger radii are never returned.
+
+Cost: ``T + 1`` forward passes and ``T`` backward passes (``T + 3`` and ``T``
+with the radius schedule): the last iterate needs no gradient.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from eroseg.attacks.core import (
+    BestIterate,
+    _forward,
+    check_common,
+    check_grad_mode,
+    check_inputs,
+    check_logits,
+    class_map,
+    eval_mode,
+    fooled_mask,
+    prepare_inputs,
+    project,
+    random_init,
+    step,
+)
+from eroseg.attacks.eroseg import check_eroseg_params, eroseg_masks, quantile_schedule
+from eroseg.attacks.segpgd import segpgd_weights
+
+#: Radii of the three parts of the progressive radius schedule, in units of eps.
+RADIUS_FACTORS = (2.0, 1.5, 1.0)
+
+_LOG2 = math.log(2.0)
+
+
+# --------------------------------------------------------------------- losses
+def _safe_labels(labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    # Any class at void pixels (so gathers stay in range); their loss is zeroed by the caller.
+    return torch.where(valid, labels, torch.zeros_like(labels)).unsqueeze(1)
+
+
+def _todo(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, targeted: bool,
+          pred: torch.Tensor | None) -> torch.Tensor:
+    """Valid pixels the attack still has to flip: correctly classified (targeted: not yet at the target)."""
+    pred = class_map(logits) if pred is None else pred
+    hit = pred == labels
+    return valid & (~hit if targeted else hit)
+
+
+def ce_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, **_) -> torch.Tensor:
+    """Cross-entropy ``-log p_y`` on every valid pixel.
+
+    Args:
+        logits: ``[B, C, H, W]``.
+        labels: ``[B, H, W]`` int64.
+        valid: ``[B, H, W]`` bool, False at void pixels.
+
+    Returns:
+        ``[B, H, W]``; 0 at void pixels.
+    """
+    # The fused cross_entropy (log_softmax + nll) has a cheaper backward than a gather of log_softmax.
+    return F.cross_entropy(logits, _safe_labels(labels, valid).squeeze(1), reduction="none") * valid
+
+
+def masked_ce_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, *, targeted: bool = False,
+                   pred: torch.Tensor | None = None, **_) -> torch.Tensor:
+    """Masked CE (Croce et al. 2024): cross-entropy on the pixels still correctly classified, 0 elsewhere.
+
+    The mask (``argmax u == y``) is recomputed at every iterate and carries no
+    gradient, so the attack spends its whole budget on pixels not yet fooled.
+    An image without a correct pixel has loss 0. Targeted: the mask is the
+    pixels not yet predicted as their target (the loss is then minimised).
+
+    Args:
+        logits: ``[B, C, H, W]``.
+        labels: ``[B, H, W]`` (targets when ``targeted``).
+        valid: ``[B, H, W]`` bool.
+        targeted: targeted mask (above).
+        pred: ``class_map(logits)`` if already computed.
+
+    Returns:
+        ``[B, H, W]``.
+    """
+    return ce_loss(logits, labels, valid) * _todo(logits, labels, valid, targeted, pred)
+
+
+def balanced_ce_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, *, t: int = 0,
+                     steps: int = 1, targeted: bool = False, **_) -> torch.Tensor:
+    """Balanced CE (SegPGD's weighting, Gu et al. 2022, as used in SEA): ``(1 - lambda_t)`` CE on correct pixels, ``lambda_t`` CE on wrong ones.
+
+    ``lambda_t = t / (2T)`` (:func:`eroseg.attacks.segpgd.segpgd_lambda`), with
+    ``t`` the index of the iterate (0 at the start) and ``T`` the iterations of
+    the run (or of the current radius part), so the weight moves from the
+    correct pixels (``lambda_0 = 0``) to an even split (``lambda_T = 1/2``).
+    Targeted: ``1 - lambda_t`` on the pixels not yet at their target.
+
+    Args:
+        logits: ``[B, C, H, W]``.
+        labels: ``[B, H, W]``.
+        valid: ``[B, H, W]`` bool.
+        t: iterate index.
+        steps: ``T``.
+        targeted: targeted roles.
+
+    Returns:
+        ``[B, H, W]``.
+    """
+    w, _ = segpgd_weights(t, steps, logits.detach(), labels, valid, targeted=targeted)
+    return ce_loss(logits, labels, valid) * w
+
+
+def js_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, **_) -> torch.Tensor:
+    """Jensen-Shannon divergence between ``softmax(u)`` and ``onehot(y)``, summed over classes, per valid pixel.
+
+    ``JS(p, q) = (KL(p || m) + KL(q || m)) / 2`` with ``m = (p + q) / 2`` and
+    ``q = onehot(y)``. With ``q`` one-hot the sum over classes depends on
+    ``p_y`` only: ``JS = log 2 + (p_y log p_y - (1 + p_y) log(1 + p_y)) / 2``,
+    which is what is computed (``log p_y`` from the fused cross-entropy, so it
+    is finite and smooth for every logit). It is 0 when ``p_y = 1`` and at most ``log 2``
+    (``p_y = 0``): unlike CE it saturates, so pixels that are already fooled
+    cannot dominate the loss.
+
+    Args:
+        logits: ``[B, C, H, W]``.
+        labels: ``[B, H, W]``.
+        valid: ``[B, H, W]`` bool.
+
+    Returns:
+        ``[B, H, W]``, in ``[0, log 2]``; 0 at void pixels.
+    """
+    log_py = -F.cross_entropy(logits, _safe_labels(labels, valid).squeeze(1), reduction="none")
+    py = log_py.exp()
+    js = _LOG2 + 0.5 * (py * log_py - (1 + py) * torch.log1p(py))
+    return js * valid
+
+
+def masked_spherical_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, *,
+                          targeted: bool = False, pred: torch.Tensor | None = None, **_) -> torch.Tensor:
+    """Masked spherical loss (Croce et al. 2024): ``-<u / ||u||_2, onehot(y)> = -u_y / ||u||_2`` on correct pixels.
+
+    Minus the true class's logit after normalising the logit vector to unit
+    length, on the pixels still correctly classified (mask detached, 0
+    elsewhere). Maximising it lowers the true class's normalised logit; the
+    normalisation keeps pixels with large logits from dominating. The
+    gradient flows through ``||u||`` too (as in the reference code).
+    Targeted: on the pixels not yet at their target (the loss is then
+    minimised, which raises the target's normalised logit).
+
+    Args:
+        logits: ``[B, C, H, W]``.
+        labels: ``[B, H, W]``.
+        valid: ``[B, H, W]`` bool.
+        targeted: targeted mask.
+        pred: ``class_map(logits)`` if already computed.
+
+    Returns:
+        ``[B, H, W]``, in ``[-1, 1]``; 0 off the mask.
+    """
+    u_y = logits.gather(1, _safe_labels(labels, valid)).squeeze(1)
+    # sqrt(sum(u^2)) rather than linalg.vector_norm over dim 1: much faster on CPU for NCHW tensors.
+    norm = logits.square().sum(1).clamp_min(torch.finfo(logits.dtype).tiny).sqrt()
+    return -(u_y / norm) * _todo(logits, labels, valid, targeted, pred)
+
+
+def eroseg_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, *, t: int = 0, steps: int = 1,
+                targeted: bool = False, q0: float = 0.2, schedule: str = "linear", kernel_size: int = 3,
+                gamma: float = 0.0, front: bool = True, selection: bool = True, **_) -> tuple[torch.Tensor, dict]:
+    """EroSeg's per-pixel weights times CE (:func:`eroseg.attacks.eroseg.eroseg_masks`), weights detached.
+
+    Weight 1 on the sensitive pixels ``S_t`` and the erosion front ``E_t``,
+    ``gamma`` on fooled pixels, 0 elsewhere, with ``q_t`` rising from ``q0``
+    to 1 over the ``steps + 1`` iterates ``t = 0..steps`` (the last iterate
+    uses ``q = 1``).
+
+    Args:
+        logits, labels, valid: as :func:`ce_loss`.
+        t: iterate index.
+        steps: iterations ``T`` of the run (or radius part).
+        targeted: targeted roles.
+        q0, schedule, kernel_size, gamma, front, selection: EroSeg's switches
+            (:func:`eroseg.attacks.eroseg.eroseg`).
+
+    Returns:
+        ``(loss [B, H, W], masks)``: the masks of :func:`eroseg_masks`
+        (``weights`` included).
+    """
+    with torch.no_grad():
+        q = quantile_schedule(t, steps + 1, q0, schedule)
+        weights, masks = eroseg_masks(logits.detach(), labels, valid, q=q, kernel_size=kernel_size, gamma=gamma,
+                                      front=front, selection=selection, targeted=targeted)
+    masks["weights"] = weights
+    return ce_loss(logits, labels, valid) * weights, masks
+
+
+#: APGD's losses by name: ``fn(logits, labels, valid, *, t, steps, targeted, pred, **eroseg_switches)``
+#: -> per-pixel loss ``[B, H, W]`` (``eroseg``: ``(loss, masks)``).
+LOSSES: dict[str, Callable] = {
+    "ce": ce_loss,
+    "masked_ce": masked_ce_loss,
+    "balanced_ce": balanced_ce_loss,
+    "js": js_loss,
+    "masked_spherical": masked_spherical_loss,
+    "eroseg": eroseg_loss,
+}
+
+
+def pixel_loss(name: str, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, **kw) -> tuple[
+        torch.Tensor, dict]:
+    """Per-pixel loss ``name`` of :data:`LOSSES` and its masks (empty except for ``eroseg``)."""
+    out = LOSSES[name](logits, labels, valid, **kw)
+    return out if isinstance(out, tuple) else (out, {})
+
+
+def image_loss(pixel: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per-image mean of a per-pixel loss over that image's valid pixels: ``[B, H, W]`` -> ``[B]`` (0 without valid pixels)."""
+    n = valid.flatten(1).sum(1).clamp_min(1)
+    return pixel.flatten(1).sum(1) / n
+
+
+# ----------------------------------------------------------------- schedules
+def apgd_checkpoint_fractions(limit: float = 1.0) -> list[float]:
+    """APGD's checkpoint fractions ``p_j <= limit``: 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99.
+
+    ``p_0 = 0``, ``p_1 = 0.22``, ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03,
+    0.06)``, computed exactly in hundredths.
+    """
+    p = [0, 22]
+    while True:
+        nxt = p[-1] + max(p[-1] - p[-2] - 3, 6)
+        if nxt > 100 * limit:
+            break
+        p.append(nxt)
+    return [v / 100 for v in p]
+
+
+def apgd_checkpoints(steps: int) -> list[int]:
+    """Iterations after which APGD checks its step size: ``w_j = ceil(p_j * steps)``, ``0 < w_j <= steps``, distinct.
+
+    Example: 100 steps -> ``[22, 41, 57, 70, 80, 87, 93, 99]``.
+
+    Args:
+        steps: iterations ``T``.
+
+    Returns:
+        Increasing list of iteration counts.
+    """
+    p_hundredths = [round(p * 100) for p in apgd_checkpoint_fractions()]
+    out: list[int] = []
+    for p in p_hundredths[1:]:
+        w = -(-p * steps // 100)  # ceil in integers
+        if 0 < w <= steps and (not out or w > out[-1]):
+            out.append(w)
+    return out
+
+
+def radius_parts(steps: int, eps: float, radius_schedule: bool) -> list[tuple[float, int]]:
+    """``(radius, iterations)`` of each part of the run; parts without iterations are left out.
+
+    Without the schedule: ``[(eps, steps)]``. With it: ``T // 3``, ``T // 3``
+    and the rest at ``2 eps``, ``1.5 eps``, ``eps``.
+    """
+    if not radius_schedule:
+        return [(eps, steps)]
+    third = steps // 3
+    parts = [(RADIUS_FACTORS[0] * eps, third), (RADIUS_FACTORS[1] * eps, third),
+             (RADIUS_FACTORS[2] * eps, steps - 2 * third)]
+    return [(r, n) for r, n in parts if n > 0]
+
+
+def halving_rule(n_up: torch.Tensor, window: int, rho: float, halved_last: torch.Tensor, best_loss: torch.Tensor,
+                 best_loss_last: torch.Tensor) -> torch.Tensor:
+    """APGD's decision at a checkpoint, per image: halve the step (and restart from the best point) or not.
+
+    Halve when fewer than ``rho * window`` of the ``window`` iterations since
+    the last checkpoint raised the loss, or when the step was not halved at
+    the last checkpoint and the highest loss has not changed since
+    (``best_loss <= best_loss_last``; it can only grow).
+
+    Args:
+        n_up: ``[B]`` loss-raising iterations since the last checkpoint.
+        window: iterations since the last checkpoint, ``w_j - w_{j-1}``.
+        rho: threshold share (0.75).
+        halved_last: ``[B]`` bool, halved at the last checkpoint.
+        best_loss: ``[B]`` highest loss now.
+        best_loss_last: ``[B]`` highest loss at the last checkpoint.
+
+    Returns:
+        ``[B]`` bool.
+    """
+    return (n_up < rho * window) | (~halved_last & (best_loss <= best_loss_last))
+
+
+# ---------------------------------------------------------------- validation
+def _check_unit(name: str, value, what: str) -> None:
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a real number in [0, 1] ({what}), got {type(value).__name__} {value!r}")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1] ({what}), got {value!r}")
+
+
+def check_loss_name(loss, key: str = "loss") -> None:
+    """Raise ``ValueError`` naming the valid losses if ``loss`` is not a key of :data:`LOSSES`."""
+    if not isinstance(loss, str) or loss not in LOSSES:
+        raise ValueError(f"{key} must be one of {', '.join(LOSSES)}; got {loss!r}")
+
+
+def check_apgd_params(*, loss: str, momentum: float, initial_step: float, rho: float, radius_schedule: bool,
+                      q0: float, schedule: str, kernel_size: int, gamma: float, front: bool,
+                      selection: bool) -> None:
+    """Validate APGD's own parameters (EroSeg's switches are checked whatever the loss).
+
+    Raises:
+        TypeError: wrong type (e.g. ``momentum="0.75"``, ``radius_schedule="yes"``).
+        ValueError: unknown loss (lists the valid ones), ``momentum`` or ``rho``
+            outside [0, 1], ``initial_step <= 0``, or a bad EroSeg switch.
+    """
+    check_loss_name(loss)
+    _check_unit("momentum", momentum, "weight of the new step; 1 = no momentum")
+    _check_unit("rho", rho, "share of loss-raising steps below which the step is halved")
+    if not isinstance(initial_step, numbers.Real) or isinstance(initial_step, bool):
+        raise TypeError(f"initial_step must be a real number > 0 (step size in units of eps), got "
+                        f"{type(initial_step).__name__} {initial_step!r}")
+    if not (math.isfinite(initial_step) and initial_step > 0):
+        raise ValueError(f"initial_step must be a finite number > 0 (step size in units of eps), got {initial_step!r}")
+    if not isinstance(radius_schedule, bool):
+        raise TypeError(f"radius_schedule must be a bool (True/False), got {type(radius_schedule).__name__} "
+                        f"{radius_schedule!r}")
+    check_eroseg_params(q0=q0, schedule=schedule, kernel_size=kernel_size, gamma=gamma, front=front,
+                        selection=selection)
+
+
+# ----------------------------------------------------------------------- loop
+def _apgd_part(model, x, y, valid, delta, *, radius, steps, norm, loss, loss_kw, targeted, momentum,
+               initial_step, rho, use_amp, callback, step0) -> tuple[BestIterate, torch.Tensor, torch.Tensor, int]:
+    """One APGD run at one radius from ``delta`` (already inside it).
+
+    Returns:
+        ``(best, last_delta, last_score, calls)``: the lowest-accuracy iterate
+        tracker, the last iterate's perturbation and per-image score, and the
+        number of iterates evaluated (for the callback's step numbering).
+    """
+    b = x.shape[0]
+    bshape = (b,) + (1,) * (x.dim() - 1)
+    best = BestIterate(x + delta, y, loss_kw["ignore_index"], targeted)
+    checks = set(apgd_checkpoints(steps))
+    n_valid = valid.flatten(1).sum(1).clamp_min(1)
+
+    def evaluate(d: torch.Tensor, t: int, need_grad: bool):
+        d = d.detach().requires_grad_(need_grad)
+        with torch.set_grad_enabled(need_grad):
+            adv = x + d
+            logits = _forward(model, adv, use_amp)
+            if t == 0 and step0 == 0:
+                check_logits(logits, y)
+            with torch.no_grad():
+                pred = class_map(logits)
+            pix, masks = pixel_loss(loss, logits, y, valid, t=t, steps=steps, targeted=targeted, pred=pred,
+                                    **loss_kw["eroseg"])
+            obj = pix.flatten(1).sum(1) / n_valid
+            if targeted:
+                obj = -obj
+            grad = torch.autograd.grad(obj.sum(), d)[0] if need_grad else None
+        with torch.no_grad():
+            score = best.update(adv, pred)
+            if callback is not None:
+                callback({"step": step0 + t, "logits": logits.detach(), "weights": masks.pop("weights", None),
+                          "fooled": fooled_mask(logits.detach(), y, valid, targeted), "images": adv.detach(),
+                          "radius": radius, "step_size": eta.view(b).clone(), "loss": obj.detach(), **masks})
+        return obj.detach(), grad, score
+
+    eta = torch.full(bshape, initial_step * radius, dtype=x.dtype, device=x.device)
+    obj, grad, score = evaluate(delta, 0, steps > 0)
+    with torch.no_grad():
+        loss_best, d_best, grad_best = obj.clone(), delta.clone(), grad.clone()
+        loss_prev, d_prev = obj.clone(), delta.clone()
+        n_up = torch.zeros(b, device=x.device)
+        best_at_check = loss_best.clone()
+        halved_at_check = torch.zeros(b, dtype=torch.bool, device=x.device)
+        last_check = 0
+        for k in range(steps):
+            a = 1.0 if k == 0 else momentum
+            z = project(x, step(delta, grad, eta, norm), radius, norm)
+            new = project(x, delta + a * (z - delta) + (1 - a) * (delta - d_prev), radius, norm)
+            d_prev, delta = delta, new
+            last = k + 1 == steps
+            obj, grad_new, score = evaluate(delta, k + 1, not last)
+            if last:
+                break
+            grad = grad_new
+            n_up += (obj > loss_prev).float()
+            loss_prev = obj
+            improved = obj > loss_best
+            loss_best = torch.where(improved, obj, loss_best)
+            d_best = torch.where(improved.view(bshape), delta, d_best)
+            grad_best = torch.where(improved.view(bshape), grad, grad_best)
+            if k + 1 in checks:
+                halve = halving_rule(n_up, k + 1 - last_check, rho, halved_at_check, loss_best, best_at_check)
+                hv = halve.view(bshape)
+                eta = torch.where(hv, eta / 2, eta)
+                delta = torch.where(hv, d_best, delta)
+                d_prev = torch.where(hv, d_best, d_prev)
+                grad = torch.where(hv, grad_best, grad)
+                loss_prev = torch.where(halve, loss_best, loss_prev)
+                halved_at_check, best_at_check = halve, loss_best.clone()
+                n_up.zero_()
+                last_check = k + 1
+    return best, delta, score, steps + 1
+
+
+def run_apgd(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    eps: float,
+    steps: int,
+    norm: str,
+    loss: str,
+    random_start: bool,
+    ignore_index: int,
+    targeted: bool,
+    best_iterate: bool,
+    generator: torch.Generator | None,
+    amp: bool,
+    callback: Callable[[dict], None] | None,
+    radius_schedule: bool,
+    momentum: float,
+    initial_step: float,
+    rho: float,
+    eroseg_switches: dict,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """APGD without the parameter checks; returns ``(adv, score)``, ``score`` the per-image pixel accuracy of ``adv``
+    (targeted: ``1 -`` the accuracy with respect to the targets), from the forward pass that evaluated it.
+    """
+    x, y = prepare_inputs(images, labels)
+    valid = y != ignore_index
+    use_amp = amp and x.is_cuda
+    parts = radius_parts(steps, eps, radius_schedule)
+    loss_kw = {"ignore_index": ignore_index, "eroseg": eroseg_switches if loss == "eroseg" else {}}
+    with eval_mode(model), torch.enable_grad():
+        r0 = parts[0][0]
+        delta = random_init(x, r0, norm, generator) if random_start else torch.zeros_like(x)
+        delta = project(x, delta, r0, norm)
+        calls = 0
+        for i, (radius, n) in enumerate(parts):
+            delta = project(x, delta, radius, norm)
+            best, last_delta, last_score, used = _apgd_part(
+                model, x, y, valid, delta, radius=radius, steps=n, norm=norm, loss=loss, loss_kw=loss_kw,
+                targeted=targeted, momentum=momentum, initial_step=initial_step, rho=rho, use_amp=use_amp,
+                callback=callback, step0=calls)
+            calls += used
+            # The next part starts from this part's lowest-accuracy iterate (projected onto its radius).
+            delta = best.adv - x
+        if best_iterate:
+            adv, score = best.adv, best.score
+        else:
+            adv, score = x + last_delta, last_score
+    # The clamp can only move a value towards x: the budget still holds.
+    return adv.clamp(0, 1).detach(), score
+
+
+def apgd(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    eps: float = 8 / 255,
+    steps: int = 10,
+    norm: str = "linf",
+    loss: str = "ce",
+    random_start: bool = True,
+    ignore_index: int = 255,
+    targeted: bool = False,
+    best_iterate: bool = True,
+    generator: torch.Generator | None = None,
+    amp: bool = False,
+    callback: Callable[[dict], None] | None = None,
+    radius_schedule: bool = False,
+    momentum: float = 0.75,
+    initial_step: float = 2.0,
+    rho: float = 0.75,
+    q0: float = 0.2,
+    schedule: str = "linear",
+    kernel_size: int = 3,
+    gamma: float = 0.0,
+    front: bool = True,
+    selection: bool = True,
+) -> torch.Tensor:
+    """APGD (Croce & Hein 2020) with a segmentation loss (definition in the module docstring).
+
+    Reference: https://arxiv.org/abs/2003.01690 (APGD); losses and radius
+    schedule: Croce et al., ECCV 2024, https://arxiv.org/abs/2306.12941.
+
+    Args:
+        model: maps images ``[B, 3, H, W]`` in [0, 1] to logits ``[B, C, H, W]``.
+        images: clean images in [0, 1], floating point.
+        labels: ``[B, H, W]`` int64, ``ignore_index`` at void pixels (targets when ``targeted``).
+        eps: budget in pixel units (Linf per element, L2 per image).
+        steps: iterations ``T >= 1``.
+        norm: ``"linf"`` or ``"l2"``.
+        loss: one of :data:`LOSSES`: ``ce``, ``masked_ce``, ``balanced_ce``,
+            ``js``, ``masked_spherical``, ``eroseg`` (each function's docstring
+            gives its definition).
+        random_start: start from a uniform random point of the (first) radius ball.
+        ignore_index: void label.
+        targeted: minimise the loss towards ``labels`` (the masks of the masked
+            losses then mark the pixels not yet at their target).
+        best_iterate: return per image the iterate with the lowest pixel
+            accuracy; otherwise the last iterate.
+        generator: generator of the random start.
+        amp: bf16 autocast of the forward passes on CUDA (no-op on CPU); losses in float32.
+        callback: ``callback(info)`` for every evaluated iterate, as
+            :func:`eroseg.attacks.core.run_attack` (``step``, ``logits``,
+            ``weights`` (EroSeg's, else None), ``fooled``, ``images``) plus
+            ``radius``, ``step_size`` ``[B]`` and ``loss`` ``[B]`` (the tracked
+            per-image objective), and EroSeg's masks for ``loss="eroseg"``.
+            ``step`` counts the iterates: ``T + 1`` calls (``T + 3`` with the
+            radius schedule, one more per part for its start).
+        radius_schedule: progressive radius reduction over ``2 eps``,
+            ``1.5 eps``, ``eps`` (module docstring).
+        momentum: ``alpha`` of the momentum step, in [0, 1] (1: no momentum).
+        initial_step: initial step size in units of the radius (2: ``2 eps``).
+        rho: share of loss-raising iterations below which the step is halved.
+        q0, schedule, kernel_size, gamma, front, selection: EroSeg's switches
+            (:func:`eroseg.attacks.eroseg.eroseg`); used only with ``loss="eroseg"``.
+
+    Returns:
+        Adversarial images: same shape, dtype and device as ``images``, detached,
+        within ``eps`` of ``images`` and in [0, 1].
+
+    Shape:
+        images ``[B, 3, H, W]``, labels ``[B, H, W]`` -> ``[B, 3, H, W]``.
+
+    Raises:
+        RuntimeError: called inside ``torch.inference_mode()``.
+        TypeError, ValueError: bad parameters or inputs (the message names them).
+    """
+    check_grad_mode()
+    check_common(dict(eps=eps, steps=steps, norm=norm, random_start=random_start, targeted=targeted,
+                      best_iterate=best_iterate, amp=amp, ignore_index=ignore_index, generator=generator,
+                      callback=callback))
+    switches = dict(q0=q0, schedule=schedule, kernel_size=kernel_size, gamma=gamma, front=front, selection=selection)
+    check_apgd_params(loss=loss, momentum=momentum, initial_step=initial_step, rho=rho,
+                      radius_schedule=radius_schedule, **switches)
+    check_inputs(images, labels)
+    adv, _ = run_apgd(model, images, labels, eps=eps, steps=steps, norm=norm, loss=loss, random_start=random_start,
+                      ignore_index=ignore_index, targeted=targeted, best_iterate=best_iterate, generator=generator,
+                      amp=amp, callback=callback, radius_schedule=radius_schedule, momentum=momentum,
+                      initial_step=initial_step, rho=rho, eroseg_switches=switches)
+    return adv

@@ -1,0 +1,159 @@
+"""SEA: Segmentation Ensemble Attack, the per-image worst case of APGD with several complementary losses.
+
+Croce et al., "Towards Reliable Evaluation and Fast Training of Robust
+Semantic Segmentation Models", ECCV 2024. https://arxiv.org/abs/2306.12941
+
+SEA runs :func:`eroseg.attacks.apgd.apgd` once per loss (``masked_ce``,
+``balanced_ce``, ``js``, ``masked_spherical`` by default; 300 iterations each
+on real data in the paper), each with the progressive radius reduction, and
+keeps per image the component whose result has the lowest pixel accuracy
+(ties go to the loss listed first). Adding ``"eroseg"`` or ``"ce"`` to
+``losses`` gives the SEA + EroSeg ensemble.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from eroseg.attacks.apgd import check_apgd_params, check_loss_name, run_apgd
+from eroseg.attacks.core import check_common, check_grad_mode, check_inputs
+
+#: SEA's losses in the paper, in its order (also the order of preference for ties).
+SEA_LOSSES = ("masked_ce", "balanced_ce", "js", "masked_spherical")
+
+
+def check_sea_losses(*, losses: Sequence[str]) -> None:
+    """Validate SEA's ``losses``: a non-empty list of distinct APGD loss names.
+
+    Raises:
+        TypeError: ``losses`` is a string or not a list/tuple.
+        ValueError: empty, an unknown name (lists the valid ones) or a repeated name.
+    """
+    if isinstance(losses, str) or not isinstance(losses, (list, tuple)):
+        raise TypeError(f"losses must be a list of APGD loss names (e.g. {list(SEA_LOSSES)}), got "
+                        f"{type(losses).__name__} {losses!r}")
+    if not losses:
+        raise ValueError(f"losses must name at least one APGD loss (e.g. {list(SEA_LOSSES)}), got an empty list")
+    for name in losses:
+        check_loss_name(name, key="each of losses")
+    repeated = sorted({n for n in losses if list(losses).count(n) > 1})
+    if repeated:
+        raise ValueError(f"losses must be distinct (each component runs once), got {repeated} more than once")
+
+
+def check_sea_params(*, losses: Sequence[str], component_callback: Callable | None, momentum: float,
+                     initial_step: float, rho: float, radius_schedule: bool, q0: float, schedule: str,
+                     kernel_size: int, gamma: float, front: bool, selection: bool) -> None:
+    """Validate SEA's own parameters: its losses, the component callback and the APGD parameters of every component.
+
+    Raises:
+        TypeError, ValueError: as :func:`check_sea_losses` and
+            :func:`eroseg.attacks.apgd.check_apgd_params`; ``component_callback``
+            not callable.
+    """
+    check_sea_losses(losses=losses)
+    if component_callback is not None and not callable(component_callback):
+        raise TypeError(f"component_callback must be callable(name, adv) or None, got "
+                        f"{type(component_callback).__name__}")
+    check_apgd_params(loss=losses[0], momentum=momentum, initial_step=initial_step, rho=rho,
+                      radius_schedule=radius_schedule, q0=q0, schedule=schedule, kernel_size=kernel_size,
+                      gamma=gamma, front=front, selection=selection)
+
+
+def sea(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    eps: float = 8 / 255,
+    steps: int = 10,
+    norm: str = "linf",
+    losses: Sequence[str] = SEA_LOSSES,
+    radius_schedule: bool = True,
+    random_start: bool = True,
+    ignore_index: int = 255,
+    targeted: bool = False,
+    best_iterate: bool = True,
+    generator: torch.Generator | None = None,
+    amp: bool = False,
+    callback: Callable[[dict], None] | None = None,
+    component_callback: Callable[[str, torch.Tensor], None] | None = None,
+    momentum: float = 0.75,
+    initial_step: float = 2.0,
+    rho: float = 0.75,
+    q0: float = 0.2,
+    schedule: str = "linear",
+    kernel_size: int = 3,
+    gamma: float = 0.0,
+    front: bool = True,
+    selection: bool = True,
+) -> torch.Tensor:
+    """SEA: per image, the worst case over APGD runs with each loss of ``losses``.
+
+    Reference: Croce et al., ECCV 2024, https://arxiv.org/abs/2306.12941.
+
+    Each component's result is scored by the pixel accuracy of the forward
+    pass that evaluated it inside APGD (no extra pass); the lowest wins, ties
+    go to the earlier loss. The components draw their random starts one
+    after the other from ``generator``.
+
+    Args:
+        model: maps images ``[B, 3, H, W]`` in [0, 1] to logits ``[B, C, H, W]``.
+        images: clean images in [0, 1].
+        labels: ``[B, H, W]`` int64 (targets when ``targeted``).
+        eps: budget in pixel units (Linf per element, L2 per image).
+        steps: APGD iterations of EACH component.
+        norm: ``"linf"`` or ``"l2"``.
+        losses: APGD losses of the components (:data:`eroseg.attacks.apgd.LOSSES`),
+            distinct, in order of preference for ties.
+        radius_schedule: progressive radius reduction in every component.
+        random_start, ignore_index, targeted, best_iterate, generator, amp,
+        momentum, initial_step, rho: as :func:`eroseg.attacks.apgd.apgd`, for every component.
+        callback: passed to every component; ``info["component"]`` names the loss.
+        component_callback: ``component_callback(loss_name, adv)`` once per
+            component with its adversarial images (detached), so that an
+            evaluation can keep each component's per-image results.
+        q0, schedule, kernel_size, gamma, front, selection: EroSeg's switches,
+            used by an ``"eroseg"`` component.
+
+    Returns:
+        Adversarial images: same shape, dtype and device as ``images``, within
+        ``eps`` and in [0, 1].
+
+    Shape:
+        images ``[B, 3, H, W]``, labels ``[B, H, W]`` -> ``[B, 3, H, W]``.
+
+    Raises:
+        RuntimeError: called inside ``torch.inference_mode()``.
+        TypeError, ValueError: bad parameters or inputs (the message names them).
+    """
+    check_grad_mode()
+    check_common(dict(eps=eps, steps=steps, norm=norm, random_start=random_start, targeted=targeted,
+                      best_iterate=best_iterate, amp=amp, ignore_index=ignore_index, generator=generator,
+                      callback=callback))
+    switches = dict(q0=q0, schedule=schedule, kernel_size=kernel_size, gamma=gamma, front=front, selection=selection)
+    check_sea_params(losses=losses, component_callback=component_callback, momentum=momentum,
+                     initial_step=initial_step, rho=rho, radius_schedule=radius_schedule, **switches)
+    check_inputs(images, labels)
+    best_adv = best_score = None
+    for name in losses:
+        cb = None
+        if callback is not None:
+            def cb(info: dict, _name: str = name) -> None:
+                callback({**info, "component": _name})
+        adv, score = run_apgd(model, images, labels, eps=eps, steps=steps, norm=norm, loss=name,
+                              random_start=random_start, ignore_index=ignore_index, targeted=targeted,
+                              best_iterate=best_iterate, generator=generator, amp=amp, callback=cb,
+                              radius_schedule=radius_schedule, momentum=momentum, initial_step=initial_step,
+                              rho=rho, eroseg_switches=switches)
+        if component_callback is not None:
+            component_callback(name, adv)
+        if best_adv is None:
+            best_adv, best_score = adv.clone(), score.clone()
+        else:
+            better = score < best_score  # strict: ties keep the loss listed first
+            best_score = torch.where(better, score, best_score)
+            best_adv = torch.where(better.view(-1, 1, 1, 1), adv, best_adv)
+    return best_adv

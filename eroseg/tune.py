@@ -1,0 +1,63 @@
+"""Tuning of an attack family's free settings on the validation split (never on the reported split).
+
+Every family (EroSeg's switches, the step size of PGD, SegPGD and CosPGD) is
+tuned by the same protocol: each candidate of a grid is run on the same
+models, images, eps and steps; the candidate with the lowest mean mIoU over
+the models wins (ties: the first in grid order). The chosen parameters are
+kept as written in the grid (``"eps/4"`` stays relative to eps), so they
+apply at every eps of the evaluation.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+#: Format of the tuning JSON.
+TUNING_VERSION = 1
+
+
+def grid_candidates(grid: dict[str, list]) -> list[dict[str, Any]]:
+    """Cartesian product of ``grid`` (parameter -> values) in grid order.
+
+    Raises:
+        ValueError: the grid is empty or a parameter has no values.
+    """
+    if not isinstance(grid, dict) or not grid:
+        raise ValueError(f"a tuning grid must map parameter names to lists of values, got {grid!r}")
+    for k, v in grid.items():
+        if not isinstance(v, list) or not v:
+            raise ValueError(f"tuning grid key {k!r}: expected a non-empty list of values, got {v!r}")
+    keys = list(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def tune(
+    models: dict[str, Any],
+    run: Callable[[Any, dict], float],
+    base: dict[str, Any],
+    grid: dict[str, list],
+) -> dict:
+    """Run every candidate on every model; choose the lowest mean mIoU.
+
+    Args:
+        models: label -> model (each is attacked with every candidate).
+        run: ``run(model, params) -> mIoU`` of the attack with ``params`` (base
+            parameters overridden by the candidate's).
+        base: parameters every candidate shares (eps, steps, ...).
+        grid: parameter -> candidate values.
+
+    Returns:
+        ``{"chosen": params, "candidates": [{"params", "miou": {label: m}, "mean"}]}``.
+    """
+    rows = []
+    for cand in grid_candidates(grid):
+        mious = {label: float(run(model, {**base, **cand})) for label, model in models.items()}
+        mean = sum(mious.values()) / len(mious)
+        rows.append({"params": cand, "miou": mious, "mean": mean})
+        log.info("tuning %s: mean val mIoU %.4f", cand, mean)
+    best = min(range(len(rows)), key=lambda i: (rows[i]["mean"], i))
+    return {"chosen": rows[best]["params"], "candidates": rows}

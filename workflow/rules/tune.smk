@@ -1,0 +1,31 @@
+# Tuning: each attack family's free parameters (tuning.grids) are chosen on the
+# validation split with the same budget for every family; evaluation settings and
+# training methods marked `tuned: true` read the chosen parameters from the JSON.
+# Changing one family's grid reruns that family's tuning and what reads it.
+
+
+rule tune:
+    input:
+        models=[model_path(m, SEEDS[0]) for m in TUNE.get("models", [])],
+    output:
+        tuning_path("{family}"),
+    params:
+        dataset=DATASET["name"],
+        root=DATA_ROOT,
+        split=VAL_SPLIT,
+        attack=lambda wc: ATTACKS[wc.family]["attack"],
+        base=lambda wc: js(tuning_base_params(wc.family)),
+        grid=lambda wc: js(TUNE["grids"][wc.family]),
+        max_images=TUNE.get("max_images") or 0,
+        batch_size=EVAL["batch_size"],
+        code=CODE_EVAL,
+    threads: config["resources"]["threads"]
+    resources:
+        gpu=1,
+    log:
+        f"{OUT}/logs/tune/{{family}}.log",
+    shell:
+        "eroseg tune --checkpoints {input.models} --dataset {params.dataset} --root {params.root:q}"
+        " --split {params.split} --family {wildcards.family} --attack {params.attack}"
+        " --attack-params {params.base:q} --grid {params.grid:q} --max-images {params.max_images}"
+        " --batch-size {params.batch_size} --threads {threads} --out {output} > {log} 2>&1"
