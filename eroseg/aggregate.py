@@ -368,9 +368,20 @@ def tuning_table(paths: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows).round(2)
 
 
+def timings_table(paths: list[str]) -> pd.DataFrame:
+    """Wall time per rule from Snakemake's benchmark files (``.../benchmarks/<rule>/<job>.tsv``)."""
+    rows = []
+    for p in paths:
+        bench = pd.read_csv(p, sep="\t")
+        rows.append({"rule": Path(p).parent.name, "job": Path(p).stem, "seconds": float(bench["s"].iloc[0])})
+    df = pd.DataFrame(rows, columns=["rule", "job", "seconds"])
+    out = df.groupby("rule", sort=False)["seconds"].agg(jobs="count", total="sum", mean="mean", max="max")
+    return out.round(1)
+
+
 # ------------------------------------------------------------------------ entry
 def aggregate(eval_paths: list[str], spec: dict, out_dir: str | Path,
-              tuning_paths: list[str] = ()) -> dict[str, pd.DataFrame]:
+              tuning_paths: list[str] = (), benchmark_paths: list[str] = ()) -> dict[str, pd.DataFrame]:
     """Build every table from ``eval_paths`` as ``spec`` describes; returns the tables.
 
     Args:
@@ -385,6 +396,7 @@ def aggregate(eval_paths: list[str], spec: dict, out_dir: str | Path,
             ``ablation`` (see the table functions).
         out_dir: where tables go.
         tuning_paths: tuning results (``eroseg tune``) for the ``tuning`` table.
+        benchmark_paths: Snakemake benchmark files for the ``timings`` table (wall seconds per rule).
     """
     out_dir = Path(out_dir)
     ev = Evals.load(eval_paths)
@@ -399,6 +411,9 @@ def aggregate(eval_paths: list[str], spec: dict, out_dir: str | Path,
     tables["results"] = results
     write_table(results, out_dir, "results", "Every evaluation (mIoU and pixel accuracy as fractions 0-1)",
                 index=False)
+    if benchmark_paths:
+        tables["timings"] = timings_table(list(benchmark_paths))
+        write_table(tables["timings"], out_dir, "timings", "Wall time (s) per rule: jobs, total, mean and longest job")
     main, values = main_table(ev, spec)
     tables["main"], tables["main_values"] = main, values
     n_seeds = "/".join(str(n) for n in sorted({len(ev.seeds(m)) for m in spec["methods"]}))

@@ -299,7 +299,8 @@ def _eval_files(paths: list[str]) -> list[str]:
 def cmd_aggregate(args) -> None:
     from eroseg.aggregate import aggregate
 
-    aggregate(_eval_files(args.evals), _json_arg(args.spec, "--spec"), args.out_dir, tuning_paths=args.tuning)
+    aggregate(_eval_files(args.evals), _json_arg(args.spec, "--spec"), args.out_dir, tuning_paths=args.tuning,
+              benchmark_paths=args.benchmarks)
 
 
 def cmd_figures(args) -> None:
@@ -431,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--evals", nargs="+", required=True)
     s.add_argument("--spec", default="{}", help="which tables to build, as JSON")
     s.add_argument("--tuning", nargs="*", default=[], help="tuning results (eroseg tune) for the tuning table")
+    s.add_argument("--benchmarks", nargs="*", default=[],
+                   help="Snakemake benchmark files (<rule>/<job>.tsv) for the table of per-rule wall times")
     s.add_argument("--out-dir", required=True)
     common(s, threads=False)
     s.set_defaults(func=cmd_aggregate)

@@ -153,6 +153,27 @@ def test_bad_config_names_the_key(tmp_path):
     assert "epochs" in res.stdout + res.stderr
 
 
+def test_unknown_config_key_names_itself_and_the_closest_valid_key(tmp_path):
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    cfg = yaml.safe_load((tmp_path / "config" / "tests.yaml").read_text())
+    cfg["train"]["batchsize"] = 3
+    (tmp_path / "config" / "bad.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    res = snakemake(tmp_path, "-n", "--configfile", "config/bad.yaml", check=False)
+    assert res.returncode != 0
+    assert "config key train.batchsize: unknown; did you mean train.batch_size?" in res.stdout + res.stderr
+
+
+def test_rules_run_the_package_with_snakemakes_own_interpreter(tmp_path):
+    """A Snakemake started from a venv that is not activated (eroseg not on PATH) still finds the package."""
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    env = dict(_env(), PATH="/usr/bin:/bin")
+    res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--directory", str(tmp_path),
+                          "--snakefile", str(ROOT / "Snakefile"), "--configfile", "config/tests.yaml"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"{sys.executable} -m eroseg synthesize" in res.stdout
+
+
 def test_slurm_profile_dry_run_requests_gpus(tmp_path):
     """The slurm profile (plugin installed) plans every GPU rule with a GPU request; local rules stay local."""
     pytest.importorskip("snakemake_executor_plugin_slurm", reason="snakemake-executor-plugin-slurm not installed")

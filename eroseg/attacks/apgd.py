@@ -146,7 +146,7 @@ def masked_ce_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tens
 
 def balanced_ce_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, *, t: int = 0,
                      steps: int = 1, targeted: bool = False, **_) -> torch.Tensor:
-    """Balanced CE (SegPGD's weighting, Gu et al. 2022, as used in SEA): ``(1 - lambda_t)`` CE on correct pixels, ``lambda_t`` CE on wrong ones.
+    """Balanced CE (SegPGD's weighting, as in SEA): ``(1 - lambda_t)`` CE on correct pixels, ``lambda_t`` on wrong ones.
 
     ``lambda_t = t / (2T)`` (:func:`eroseg.attacks.segpgd.segpgd_lambda`), with
     ``t`` the index of the iterate (0 at the start) and ``T`` the iterations of
@@ -272,7 +272,7 @@ def pixel_loss(name: str, logits: torch.Tensor, labels: torch.Tensor, valid: tor
 
 
 def image_loss(pixel: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Per-image mean of a per-pixel loss over that image's valid pixels: ``[B, H, W]`` -> ``[B]`` (0 without valid pixels)."""
+    """Per-image mean of a per-pixel loss over the image's valid pixels: ``[B, H, W]`` -> ``[B]`` (0 without any)."""
     n = valid.flatten(1).sum(1).clamp_min(1)
     return pixel.flatten(1).sum(1) / n
 

@@ -1,17 +1,53 @@
 # Config validation, derived settings, wildcard constraints and input functions.
 
+import difflib
 import hashlib
 import json
 import os
+import shlex
+import sys
 from pathlib import Path
+
+import yaml
 
 from snakemake.utils import validate
 
-from eroseg.attacks import attack_parameters, create_attack
+from eroseg.attacks import attack_parameters, attack_uses_steps, create_attack
 from eroseg.numbers import eps_tag, parse_number, resolve_attack_params
 from eroseg.tune import grid_candidates
 
+SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _unknown_keys(cfg, schema, where=""):
+    """One line for the first config key the schema does not know, with the closest valid key."""
+    props = schema.get("properties")
+    if not isinstance(cfg, dict) or props is None:
+        return
+    for key, value in cfg.items():
+        if key not in props:
+            if schema.get("additionalProperties", True) is False:
+                close = difflib.get_close_matches(str(key), list(props), n=1)
+                hint = f"; did you mean {where}{close[0]}?" if close else f"; valid keys: {sorted(props)}"
+                raise ValueError(f"config key {where}{key}: unknown{hint}")
+            continue
+        _unknown_keys(value, props[key], f"{where}{key}.")
+
+
+_unknown_keys(config, yaml.safe_load(SCHEMA.read_text()))
 validate(config, schema="../schemas/config.schema.yaml")
+
+# Rules run the package with the interpreter Snakemake runs under, so a Snakemake started as
+# .venv/bin/snakemake (venv not activated) finds it too.
+EROSEG = f"{shlex.quote(sys.executable)} -m eroseg"
+# One process per GPU through torchrun when a training job gets several GPUs. Not a rule param: the
+# interpreter's path must not make Snakemake rerun a job.
+TRAIN_LAUNCHER = (
+    f"{shlex.quote(sys.executable)} -m torch.distributed.run --standalone "
+    f"--nproc_per_node={config['resources']['gpus_per_train']} -m eroseg"
+    if config["resources"]["gpus_per_train"] > 1
+    else EROSEG
+)
 
 RUN = config["run"]
 OUT = f"results/{RUN}"
@@ -112,7 +148,10 @@ _check_names()
 
 
 def steps_of(setting, steps):
-    """Steps of a setting in a grid of ``steps``: its own ``steps`` if the config fixes them (FGSM: 1)."""
+    """Steps of a setting in a grid of ``steps``: 1 for single-step attacks (the registry says which, e.g.
+    FGSM), else the setting's own ``steps`` if the config fixes them (e.g. SEA's iterations), else ``steps``."""
+    if not attack_uses_steps(ATTACKS[setting]["attack"]):
+        return 1
     return int(ATTACKS[setting].get("steps") or steps)
 
 
@@ -285,7 +324,7 @@ def figure_spec():
 _check_attack_params()
 
 #: Tables aggregate writes (CSV, Markdown, HTML); the optional ones only when configured.
-TABLES = ["main", "results", "steps", "eps", "ablation"] + (["tuning"] if TUNED_FAMILIES else []) + (["sea"] if SEA else []) + (
+TABLES = ["main", "results", "steps", "eps", "ablation", "timings"] + (["tuning"] if TUNED_FAMILIES else []) + (["sea"] if SEA else []) + (
     ["checks"] if CHECKS else []) + (["claims"] if EVAL.get("claims") else [])
 TABLE_CAPTIONS = {"main": "table_main", "claims": "table_claims", "checks": "table_checks", "sea": "table_sea"}
 FIGURES = ["robust_vs_steps", "robust_vs_eps", "per_class_iou", "training_curves", "qualitative", "erosion"]
@@ -308,6 +347,13 @@ def all_outputs():
         + [f"{OUT}/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md", "html")]
         + [f"{OUT}/figures/{f}.{ext}" for f in FIGURES for ext in ("png", "svg")]
     )
+
+
+def benchmark_files():
+    """Per-job wall times Snakemake records (``benchmark:``) for the timings table."""
+    return ([f"{OUT}/benchmarks/train/{m}_seed{s}.tsv" for m in METHODS for s in SEEDS]
+            + [f"{OUT}/benchmarks/evaluate/{m}_seed{s}.tsv" for m in METHODS for s in SEEDS]
+            + [f"{OUT}/benchmarks/tune/{f}.tsv" for f in TUNED_FAMILIES])
 
 
 def js(obj):

@@ -20,7 +20,7 @@ if SYNTH:
         log:
             f"{OUT}/logs/synthesize.log",
         shell:
-            "eroseg synthesize --root {output} --n-train {params.n_train} --n-val {params.n_val} --n-test {params.n_test}"
+            "{EROSEG} synthesize --root {output} --n-train {params.n_train} --n-val {params.n_val} --n-test {params.n_test}"
             " --height {params.height} --width {params.width} --seed {params.seed} > {log} 2>&1"
 
 
@@ -38,5 +38,5 @@ rule prepare:
     log:
         f"{OUT}/logs/prepare.log",
     shell:
-        "eroseg prepare --dataset {params.dataset} --root {params.root:q} --splits {params.splits}"
+        "{EROSEG} prepare --dataset {params.dataset} --root {params.root:q} --splits {params.splits}"
         " --manifest {output.manifest} --frequencies {output.frequencies} > {log} 2>&1"

@@ -23,10 +23,12 @@ rule evaluate:
     threads: config["resources"]["threads"]
     resources:
         gpu=1,
+    benchmark:
+        f"{OUT}/benchmarks/evaluate/{{method}}_seed{{seed}}.tsv"
     log:
         f"{OUT}/logs/eval/{{method}}_seed{{seed}}.log",
     shell:
-        "eroseg evaluate --checkpoint {input.model} --dataset {params.dataset} --root {params.root:q}"
+        "{EROSEG} evaluate --checkpoint {input.model} --dataset {params.dataset} --root {params.root:q}"
         " --split {params.split} --batch-size {params.batch_size} {params.max_images} --seed {wildcards.seed}"
         " --settings {params.settings:q} --threads {threads} > {log} 2>&1"
 
@@ -52,7 +54,7 @@ rule samples:
     log:
         f"{OUT}/logs/samples.log",
     shell:
-        "eroseg evaluate --checkpoint {input.model} --dataset {params.dataset} --root {params.root:q}"
+        "{EROSEG} evaluate --checkpoint {input.model} --dataset {params.dataset} --root {params.root:q}"
         " --split {params.split} --batch-size {params.n} --max-images {params.n} --seed 0"
         " --attack {params.attack} --attack-params {params.attack_params:q} --setting {params.setting}"
         " --samples {output.npz} --samples-n {params.n} --record-steps"

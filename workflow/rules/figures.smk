@@ -5,6 +5,7 @@ rule aggregate:
     input:
         evals=all_eval_dirs(),
         tuning=[tuning_path(f) for f in TUNED_FAMILIES],
+        benchmarks=benchmark_files(),
     output:
         [
             report(f"{OUT}/tables/{t}.html", caption=f"../report/{TABLE_CAPTIONS.get(t, 'table_other')}.rst",
@@ -19,7 +20,7 @@ rule aggregate:
     log:
         f"{OUT}/logs/aggregate.log",
     shell:
-        "eroseg aggregate --evals {input.evals} --tuning {input.tuning} --spec {params.spec:q} --out-dir {params.out_dir} > {log} 2>&1"
+        "{EROSEG} aggregate --evals {input.evals} --tuning {input.tuning} --benchmarks {input.benchmarks} --spec {params.spec:q} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule figures:
@@ -41,5 +42,5 @@ rule figures:
     log:
         f"{OUT}/logs/figures.log",
     shell:
-        "MPLBACKEND=Agg eroseg figures --evals {input.evals} --logs {input.logs} --samples {input.samples}"
+        "MPLBACKEND=Agg {EROSEG} figures --evals {input.evals} --logs {input.logs} --samples {input.samples}"
         " --steps {input.samples} --spec {params.spec:q} --out-dir {params.out_dir} > {log} 2>&1"

@@ -22,19 +22,15 @@ rule train:
         params_file=lambda wc: f"--attack-params-file {training_tuning_file(wc.method)}" if training_tuning_file(wc.method) else "",
         robust_eps=config["adversarial_training"]["eps"],
         code=CODE_TRAIN,
-        # One process per GPU through torchrun when a training job gets several GPUs.
-        launcher=(
-            f"torchrun --standalone --nproc_per_node={config['resources']['gpus_per_train']} -m eroseg"
-            if config["resources"]["gpus_per_train"] > 1
-            else "eroseg"
-        ),
     threads: config["resources"]["threads"]
     resources:
         gpu=config["resources"]["gpus_per_train"],
+    benchmark:
+        f"{OUT}/benchmarks/train/{{method}}_seed{{seed}}.tsv"
     log:
         f"{OUT}/logs/train/{{method}}_seed{{seed}}.log",
     shell:
-        "{params.launcher} train --dataset {params.dataset} --root {params.root:q} --train-split {params.train_split}"
+        "{TRAIN_LAUNCHER} train --dataset {params.dataset} --root {params.root:q} --train-split {params.train_split}"
         " --val-split {params.val_split} --model {params.model:q} --train {params.train:q}"
         " --method {wildcards.method} --attack {params.attack} --attack-params {params.attack_params:q} {params.params_file}"
         " --robust-eps {params.robust_eps:q} --seed {wildcards.seed} --threads {threads}"

@@ -22,10 +22,12 @@ rule tune:
     threads: config["resources"]["threads"]
     resources:
         gpu=1,
+    benchmark:
+        f"{OUT}/benchmarks/tune/{{family}}.tsv"
     log:
         f"{OUT}/logs/tune/{{family}}.log",
     shell:
-        "eroseg tune --checkpoints {input.models} --dataset {params.dataset} --root {params.root:q}"
+        "{EROSEG} tune --checkpoints {input.models} --dataset {params.dataset} --root {params.root:q}"
         " --split {params.split} --family {wildcards.family} --attack {params.attack}"
         " --attack-params {params.base:q} --grid {params.grid:q} --max-images {params.max_images}"
         " --batch-size {params.batch_size} --threads {threads} --out {output} > {log} 2>&1"

@@ -1,0 +1,42 @@
+"""The one number grammar of configs and command lines (eroseg.numbers)."""
+
+import pytest
+
+from eroseg.numbers import eps_label, eps_tag, parse_number, resolve_attack_params
+
+
+@pytest.mark.parametrize("text, eps, expected", [
+    ("8/255", None, 8 / 255), (" 8 / 255 ", None, 8 / 255), ("0.03", None, 0.03), (0.5, None, 0.5),
+    ("eps/4", 0.04, 0.01), ("eps*0.5", 0.04, 0.02), ("eps", 0.04, 0.04), ("1/2", None, 0.5),
+])
+def test_parse_number_forms(text, eps, expected):
+    assert parse_number(text, eps=eps) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("8/0", "divides by zero"), ("8..0/255", "cannot parse"), ("8//255", "cannot parse"),
+    ("eps/4", "no eps"), ("-1", "> 0"), (True, "expected a number"), ("0/0", "divides by zero"),
+])
+def test_parse_number_refuses_with_one_line(text, match):
+    with pytest.raises(ValueError, match=match) as err:
+        parse_number(text, name="evaluation.headline.eps")
+    assert "\n" not in str(err.value) and "evaluation.headline.eps" in str(err.value)
+
+
+def test_budget_above_pixel_range_gets_the_1_over_255_hint():
+    with pytest.raises(ValueError, match=r"did you mean '8/255'"):
+        resolve_attack_params({"eps": 8, "steps": 3})
+    with pytest.raises(ValueError, match="step_size"):
+        resolve_attack_params({"eps": "8/255", "step_size": 2})
+    # eps = 1 (the unbounded gradient-masking check) is allowed
+    assert resolve_attack_params({"eps": 1, "step_size": "eps/4"}) == {"eps": 1.0, "step_size": 0.25}
+
+
+def test_eps_tag_and_label():
+    assert eps_tag("8/255") == "8" and eps_tag(0.5 / 255) == "0.5" and eps_tag(1) == "255"
+    assert eps_label(4 / 255) == "4/255"
+
+
+def test_relative_step_size_by_zero():
+    with pytest.raises(ValueError, match="divides by zero"):
+        parse_number("eps/0", eps=0.03, name="step_size")
