@@ -238,3 +238,18 @@ def test_no_two_seed_rank_pairs_share_a_random_stream():
         stream_seed(-1, "attack")
     with pytest.raises(ValueError, match="unknown random-stream purpose"):
         stream_seed(0, "atack")
+
+
+def test_schema_train_keys_are_the_train_config_fields():
+    """TrainConfig owns the training defaults; the schema checks the same keys (and has no defaults of its own)."""
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+
+    from eroseg.train import TrainConfig
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    train = schema["properties"]["train"]["properties"]
+    assert set(train) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert not [k for k, v in train.items() if "default" in v]
