@@ -21,7 +21,7 @@ import torch
 
 from eroseg.io import read_json, write_json
 from eroseg.metrics import IGNORE_INDEX, ConfusionMatrix, PerImageStats, per_image_stats
-from eroseg.train import batches_by_size
+from eroseg.data.batching import dataset_order, default_num_workers, size_bucketed_batches
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,11 @@ def _stack_padded(arrays: list, fill) -> np.ndarray:
     return out
 
 
+def _reorder(stats: PerImageStats, order: np.ndarray) -> PerImageStats:
+    """Rows of ``stats`` (concatenated batch by batch) put back into dataset order."""
+    return PerImageStats(stats.tp[order], stats.pred[order], stats.label[order])
+
+
 class _Components:
     """Per-image counts of each named part of a composite attack result (SEA's losses, restarts)."""
 
@@ -191,12 +196,14 @@ def evaluate(
     max_images: int | None = None,
     restarts: int = 1,
     components: bool = False,
+    num_workers: int | None = None,
 ) -> dict:
     """Evaluate ``model`` on ``dataset``, clean (``attack=None``) or under ``attack``.
 
     Args:
         model: model taking images in [0, 1].
-        dataset: returns ``(image [3,H,W], label [H,W])``; images of one batch must share a size.
+        dataset: returns ``(image [3,H,W], label [H,W])``; images may differ in size (a batch
+            holds images of one size, gathered across the dataset; results come back in dataset order).
         num_classes: number of classes.
         attack: ``callable(model, images, labels, generator=..., callback=...) -> adv``.
         batch_size: images per batch.
@@ -213,6 +220,7 @@ def evaluate(
             each run's counts are kept as component ``restart_<r>``.
         components: pass ``component_callback(name, adv)`` to the attack (SEA
             calls it once per loss) and keep each component's per-image counts.
+        num_workers: DataLoader workers decoding images (default: 0 on CPU, a few beside a GPU).
 
     Returns:
         dict with ``metrics`` (miou, pixel_acc, per_class_iou), ``per_image``
@@ -231,8 +239,11 @@ def evaluate(
     samples: dict[str, list] = {k: [] for k in ("image", "adv", "label", "pred_clean", "pred_adv")}
     steps: dict[str, list] = {}
     comp_parts: dict[str, list[PerImageStats]] = {}
+    batch_indices: list[list[int]] = []
     t0 = time.perf_counter()
-    for bi, (images, labels) in enumerate(batches_by_size(dataset, batch_size)):
+    workers = default_num_workers(device) if num_workers is None else num_workers
+    for bi, (indices, images, labels) in enumerate(size_bucketed_batches(dataset, batch_size, num_workers=workers)):
+        batch_indices.append(indices)
         images, labels = images.to(device), labels.to(device)
         adv = images
         if attack is not None:
@@ -250,22 +261,23 @@ def evaluate(
         pred = predict(model, adv, amp)
         cm.update(pred, labels)
         parts.append(per_image_stats(pred, labels, num_classes, ignore_index))
-        have = len(samples["image"])
-        if have < num_samples:
-            k = min(num_samples - have, images.shape[0])
-            clean_pred = predict(model, images[:k], amp) if attack is not None else pred[:k]
-            samples["image"].extend(images[:k].float().cpu().numpy())
-            samples["adv"].extend(adv[:k].float().cpu().numpy())
-            samples["label"].extend(labels[:k].cpu().numpy())
+        keep = [j for j, i in enumerate(indices) if i < num_samples]  # the first images of the dataset
+        if keep:
+            clean_pred = predict(model, images[keep], amp) if attack is not None else pred[keep]
+            samples.setdefault("index", []).extend(indices[j] for j in keep)
+            samples["image"].extend(images[keep].float().cpu().numpy())
+            samples["adv"].extend(adv[keep].float().cpu().numpy())
+            samples["label"].extend(labels[keep].cpu().numpy())
             samples["pred_clean"].extend(clean_pred.cpu().numpy())
-            samples["pred_adv"].extend(pred[:k].cpu().numpy())
+            samples["pred_adv"].extend(pred[keep].cpu().numpy())
     seconds = time.perf_counter() - t0
-    per_image = PerImageStats.concat(parts)
+    order = dataset_order(batch_indices)
+    sample_order = np.argsort(samples.pop("index", []), kind="stable")
     return {
         "metrics": cm.compute(),
-        "per_image": per_image,
-        "components": {k: PerImageStats.concat(v) for k, v in comp_parts.items()},
-        "samples": {k: _stack_padded(v, 0.0 if k in ("image", "adv") else ignore_index)
+        "per_image": _reorder(PerImageStats.concat(parts), order),
+        "components": {k: _reorder(PerImageStats.concat(v), order) for k, v in comp_parts.items()},
+        "samples": {k: _stack_padded([v[j] for j in sample_order], 0.0 if k in ("image", "adv") else ignore_index)
                     for k, v in samples.items() if v},
         "steps": {k: np.stack(v) for k, v in steps.items()},
         "seconds": seconds,

@@ -19,14 +19,17 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
+# Snakemake with the plugin's status checks at most 1 s apart (the plugin backs off by 10 s per check).
+FAST_POLL = ROOT / "tests" / "slurm" / "snakemake_fast_poll.py"
 pytestmark = pytest.mark.slurm
-GPU_RULES = ("train", "evaluate_clean", "evaluate_attack", "samples")
+GPU_RULES = ("train", "evaluate", "samples")
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     d = tmp_path_factory.mktemp("slurm")
-    env = dict(os.environ, EROSEG_SLURM_DIR=str(d), EROSEG_SLURM_GPUS="2", EROSEG_SLURM_PORT="6937")
+    env = dict(os.environ, EROSEG_SLURM_DIR=str(d), EROSEG_SLURM_GPUS="2",
+               EROSEG_SLURM_PORT=os.environ.get("EROSEG_SLURM_PORT", "6937"))
     res = subprocess.run(["bash", str(CLUSTER), "start"], capture_output=True, text=True, env=env)
     if res.returncode != 0:
         pytest.skip((res.stderr or res.stdout).strip().splitlines()[-1])
@@ -37,56 +40,92 @@ def cluster(tmp_path_factory):
     subprocess.run(["bash", str(CLUSTER), "stop"], capture_output=True, text=True, env=env)
 
 
-def _snakemake(workdir, env, *args, check=True):
+def _snakemake_cmd(workdir, env, *args, target=()):
+    """The command and environment of a run through the slurm profile, scaled to the test node."""
     env = dict(env, MPLBACKEND="Agg", EROSEG_SLURM_ACCOUNT="", EROSEG_SLURM_PARTITION="debug",
                EROSEG_SLURM_GPU_PARTITION="debug")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    cmd = [sys.executable, "-m", "snakemake", "--directory", str(workdir), "--snakefile", str(ROOT / "Snakefile"),
+    # Targets go before the options, several of which take a list of values.
+    cmd = [sys.executable, str(FAST_POLL), *target, "--directory", str(workdir), "--snakefile", str(ROOT / "Snakefile"),
            "--profile", str(ROOT / "workflow" / "profiles" / "slurm"), "--slurm-no-account",
-           "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
-           "--slurm-keep-successful-logs", "--slurm-logdir", str(workdir / "slurm-logs"),
+           "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
+           "--seconds-between-status-checks", "1",
            # The test node has 2 CPUs and ~19 GB: scale the profile's requests down, keep the GPU request.
            "--set-resources", *[f"{r}:{k}={v}" for r in GPU_RULES for k, v in (("cpus_per_task", 1), ("mem_mb", 2000))],
            *args]
+    return cmd, env
+
+
+def _snakemake(workdir, env, *args, check=True):
+    cmd, env = _snakemake_cmd(workdir, env, "--slurm-keep-successful-logs", "--slurm-logdir",
+                              str(workdir / "slurm-logs"), *args)
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
     if check and res.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{res.stdout[-4000:]}\n{res.stderr[-8000:]}")
     return res
 
 
-def test_dry_run_requests_gpus(tmp_path, cluster):
+def test_dry_run_requests_gpus_and_groups_evaluations(tmp_path, cluster):
     shutil.copytree(ROOT / "config", tmp_path / "config")
-    res = _snakemake(tmp_path, cluster, "-n", "--configfile", "config/tests.yaml")
-    assert res.returncode == 0
+    cfg = yaml.safe_load((tmp_path / "config" / "tests.yaml").read_text())
+    cfg["resources"]["gpus_per_train"] = 2  # above the per-job gpu=1 limit of grouped jobs: still allowed
+    (tmp_path / "config" / "two.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    res = _snakemake(tmp_path, cluster, "-n", "--configfile", "config/two.yaml")
+    out = res.stdout + res.stderr
+    assert re.search(r"train\s+4\b", out) and re.search(r"evaluate\s+4\b", out), out[-3000:]
+    assert "torchrun --standalone --nproc_per_node=2" in out
 
 
 def test_pipeline_through_slurm_matches_local(tmp_path, cluster):
     slurm_dir = tmp_path / "slurm"
     local_dir = tmp_path / "local"
+    # The tests config with one seed: two models (a standard and an adversarially trained one) prove the point.
+    cfg = yaml.safe_load((ROOT / "config" / "tests.yaml").read_text())
+    cfg["seeds"] = [0]
     for d in (slurm_dir, local_dir):
         shutil.copytree(ROOT / "config", d / "config")
+        (d / "config" / "one_seed.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     t0 = time.time()
-    res = _snakemake(slurm_dir, cluster, "--configfile", "config/tests.yaml")
+    # Evaluations grouped two models' worth per SLURM job: the two evaluations and the samples job (3
+    # components) make two SLURM jobs, which run side by side on the node's two GPUs; the data steps make one.
+    res = _snakemake(slurm_dir, cluster, "--configfile", "config/one_seed.yaml", "--group-components", "evaluation=2")
     wall = time.time() - t0
     out = res.stdout + res.stderr
-    ids = set(re.findall(r"SLURM run ID:? *(\d+)|Job \d+ has been submitted with SLURM jobid (\d+)", out))
-    submitted = {i for pair in ids for i in pair if i}
-    logs = list((slurm_dir / "slurm-logs").rglob("*.log"))
-    rules_on_slurm = {p.parent.parent.name if p.parent.name.isdigit() else p.parent.name for p in logs}
-    print(f"SLURM run: {wall:.0f} s, {len(submitted)} jobs submitted, rules {sorted(rules_on_slurm)}")
-    assert submitted, out[-3000:]
-    for rule in ("train", "evaluate_attack", "evaluate_clean"):
-        assert any(rule in str(p) for p in logs), (rule, logs[:5])
+    submitted = re.findall(r"Job \S+ has been submitted with SLURM jobid (\d+)", out)
+    logs = {p.stem: p.relative_to(slurm_dir / "slurm-logs") for p in (slurm_dir / "slurm-logs").rglob("*.log")}
+    print(f"SLURM run: {wall:.0f} s, {len(submitted)} jobs submitted: {sorted(map(str, logs.values()))}")
+    # One SLURM job id per submitted job, each with its own log; the groups are one job each.
+    assert len(submitted) == len(set(submitted)) == len(logs) == 5, (submitted, logs)
+    assert set(submitted) == set(logs)
+    # Log folders: group_<group>_<its rules>, rule_<rule>.
+    tops = sorted(str(p.parts[0]) for p in logs.values())
+    assert tops[0] == "group_data_prepare_synthesize" and tops[3:] == ["rule_train"] * 2, tops
+    assert all(t.startswith("group_evaluation_") for t in tops[1:3]), tops
+    # SLURM ran exactly these jobs, to completion.
+    done = re.findall(r"JobId=(\d+) .*?JobState=(\S+)", (Path(cluster["EROSEG_SLURM_DIR"]) / "log" / "jobcomp.txt")
+                      .read_text())
+    assert {j for j, state in done if j in logs and state == "COMPLETED"} == set(logs)
+    # Each group's one SLURM job ran its evaluations (its log is the job's Snakemake output): 2 + 1 in all.
+    ran = [re.findall(r"^rule (evaluate|samples):", (slurm_dir / "slurm-logs" / p).read_text(), re.M)
+           for p in logs.values() if p.parts[0].startswith("group_evaluation")]
+    assert sorted(len(r) for r in ran) == [1, 2] and sorted(sum(ran, [])) == ["evaluate", "evaluate", "samples"], ran
     # Local rules never went to SLURM.
-    assert not any("aggregate" in str(p) or "figures" in str(p) for p in logs)
+    assert not any("aggregate" in str(p) or "figures" in str(p) for p in logs.values())
     env = dict(os.environ, MPLBACKEND="Agg")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--directory", str(local_dir),
-                    "--snakefile", str(ROOT / "Snakefile"), "--configfile", "config/tests.yaml"],
+                    "--snakefile", str(ROOT / "Snakefile"), "--configfile", "config/one_seed.yaml"],
                    check=True, capture_output=True, env=env, cwd=local_dir)
     a = pd.read_csv(slurm_dir / "results/tests/tables/main_values.csv", index_col=0)
     b = pd.read_csv(local_dir / "results/tests/tables/main_values.csv", index_col=0)
     pd.testing.assert_frame_equal(a, b, atol=1e-6, rtol=0)
+    # Every evaluation, image by image.
+    evals = sorted(p.relative_to(slurm_dir) for p in (slurm_dir / "results/tests/eval").rglob("*.json"))
+    assert len(evals) > 2 * 5 and evals == sorted(p.relative_to(local_dir)
+                                                 for p in (local_dir / "results/tests/eval").rglob("*.json"))
+    for rel in evals:
+        ea, eb = (json.loads((d / rel).read_text()) for d in (slurm_dir, local_dir))
+        assert ea["per_image"] == eb["per_image"], rel
 
 
 def _squeue(env):
@@ -99,23 +138,12 @@ def _squeue(env):
 def test_cancelled_training_job_resumes_from_its_checkpoint(tmp_path, cluster):
     shutil.copytree(ROOT / "config", tmp_path / "config")
     cfg = yaml.safe_load((tmp_path / "config" / "tests.yaml").read_text())
-    cfg["methods"] = {"standard": {"attack": None}}
     cfg["train"].update(epochs=8, checkpoint_every=2)
-    for key in ("sweep", "ablation"):
-        cfg["evaluation"][key]["method"] = "standard"
     (tmp_path / "config" / "kill.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     partial = tmp_path / "results/tests/models/standard/seed0/model.pt.partial"
-    env = dict(cluster, MPLBACKEND="Agg", EROSEG_SLURM_ACCOUNT="", EROSEG_SLURM_PARTITION="debug",
-               EROSEG_SLURM_GPU_PARTITION="debug")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    cmd = [sys.executable, "-m", "snakemake", "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile"),
-           "--profile", str(ROOT / "workflow" / "profiles" / "slurm"), "--slurm-no-account",
-           "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
-           "--set-resources", *[f"{r}:{k}={v}" for r in GPU_RULES for k, v in (("cpus_per_task", 1), ("mem_mb", 2000))],
-           "--configfile", "config/kill.yaml"]
-    # Only what training needs (the evaluations would add minutes, not evidence); the target goes before
-    # the options, which take several values each.
-    cmd[3:3] = ["results/tests/models/standard/seed0/model.pt"]
+    # Only what training needs (the evaluations would add minutes, not evidence).
+    cmd, env = _snakemake_cmd(tmp_path, cluster, "--configfile", "config/kill.yaml",
+                              target=["results/tests/models/standard/seed0/model.pt"])
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
     cancelled = None
     deadline = time.time() + 240

@@ -34,7 +34,8 @@ write_config() {
     mkdir -p "$DIR"/{etc,run,log,spool/ctld,spool/d,munge}
     chmod 700 "$DIR/munge"
     local cpus mem
-    cpus=$(nproc)
+    # Not plain nproc: it honours OMP_NUM_THREADS, which test runs set to 1 (the node then ran one job at a time).
+    cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
     mem=$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.8}' /proc/meminfo)
     # GPUs without devices: plain files stand in for /dev/nvidiaN, so SLURM schedules and
     # accounts GPU requests all the same (task/none: nothing is constrained to them).
