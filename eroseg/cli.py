@@ -9,6 +9,7 @@ what the command receives.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging

@@ -95,7 +95,10 @@ HEAD_STEPS = int(EVAL["headline"]["steps"])
 SEA = EVAL.get("sea")
 TEST_SPLIT = DATASET["test_split"]
 VAL_SPLIT = DATASET["val_split"]
+# Nullable blocks carry no schema defaults (validate() cannot fill defaults into a null); they are set here.
 CHECKS = EVAL.get("checks")
+if CHECKS:
+    CHECKS = {"restarts": None, "max_restart_gain": 1.0, "seeds": "all", **CHECKS}
 TUNE = config.get("tuning") or {}
 TUNED_FAMILIES = list((TUNE.get("grids") or {}))
 if CHECKS:
