@@ -223,7 +223,7 @@ def checks_table(ev: Evals, spec: dict) -> pd.DataFrame:
     ck = spec["checks"]
     rows = []
     for m in spec["methods"]:
-        for seed in ev.seeds(m):
+        for seed in [s for s in ev.seeds(m) if s in ck.get("seeds", ev.seeds(m))]:
             row: dict = {"method": m, "seed": seed}
             ladder = []
             for eps in ck["eps"]:

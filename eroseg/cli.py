@@ -9,6 +9,8 @@ what the command receives.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -168,14 +170,21 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_train(args) -> None:
+    import torch
+
     from eroseg.data import dataset_info
     from eroseg.device import select_device
+    from eroseg.io import check_writable_dir
+    from eroseg.models import model_from_config
+    from eroseg.seeds import stream_seed
     from eroseg.train import TrainConfig, init_distributed, train
 
     cfg = TrainConfig.from_dict(_json_arg(args.train, "--train"))
-    rank, _ = init_distributed()
     model_cfg = _json_arg(args.model, "--model")
     attack_params = _tuned(_json_arg(args.attack_params, "--attack-params"), args.attack_params_file)
+    check_writable_dir(args.out, "checkpoint (--out)")
+    check_writable_dir(args.log, "training log (--log)")
+    rank, _ = init_distributed()
     info = dataset_info(args.dataset)
     device = select_device(args.device)
     attack = _make_attack(args.attack, attack_params, {"amp": cfg.amp})
@@ -185,8 +194,10 @@ def cmd_train(args) -> None:
                                       "steps": cfg.val_robust_steps, "amp": cfg.amp})
     train_set = _dataset(args.dataset, args.root, args.train_split)
     val_set = _dataset(args.dataset, args.root, args.val_split) if args.val_split else None
+    torch.manual_seed(stream_seed(args.seed, "init"))  # the same initial weights in every process
+    model = model_from_config(model_cfg, info.num_classes)
     train(
-        train_set=train_set, val_set=val_set, num_classes=info.num_classes, model_cfg=model_cfg, cfg=cfg,
+        model, train_set=train_set, val_set=val_set, num_classes=info.num_classes, model_cfg=model_cfg, cfg=cfg,
         attack=attack, out=args.out, log_path=args.log, seed=args.seed, device=device,
         meta={"method": args.method, "attack": args.attack, "attack_params": attack_params,
               "dataset": args.dataset, "classes": list(info.classes)},
@@ -233,18 +244,33 @@ def _settings(args) -> list[dict]:
 
 
 def cmd_evaluate(args) -> None:
+    from eroseg.data import dataset_info
+    from eroseg.device import select_device
+    from eroseg.io import check_writable_dir, exclusive_lock
+    from eroseg.models import check_checkpoint_matches
+
+    settings = _settings(args)
+    # Attack parameters and output folders are checked before the model and data are loaded.
+    attacks = [_make_attack(s["attack"], s["params"], {"amp": args.amp}) for s in settings]
+    for s in settings:
+        check_writable_dir(s["out"], f"evaluation output of {s['setting']}")
+    device = select_device(args.device)
+    model, meta = _model_arg(args, device)
+    check_checkpoint_matches(meta, args.dataset, dataset_info(args.dataset).num_classes,
+                             args.checkpoint or f"model factory {args.model_factory}")
+    dataset = _dataset(args.dataset, args.root, args.split)
+    with contextlib.ExitStack() as locks:  # one writer per output: a second evaluate on the same files fails at once
+        for s in settings:
+            locks.enter_context(exclusive_lock(s["out"]))
+        _evaluate_settings(args, settings, attacks, model, meta, dataset, device)
+
+
+def _evaluate_settings(args, settings, attacks, model, meta, dataset, device) -> None:
     import numpy as np
 
-    from eroseg.device import select_device
     from eroseg.evaluate import EvalRecord, evaluate
     from eroseg.io import atomic_path
 
-    settings = _settings(args)
-    # Attack parameters are checked before the model and data are loaded.
-    attacks = [_make_attack(s["attack"], s["params"], {"amp": args.amp}) for s in settings]
-    device = select_device(args.device)
-    model, meta = _model_arg(args, device)
-    dataset = _dataset(args.dataset, args.root, args.split)
     for s, attack in zip(settings, attacks):
         res = evaluate(
             model, dataset, int(meta["num_classes"]), attack=attack, batch_size=args.batch_size, device=device,
@@ -273,33 +299,44 @@ def cmd_attack(args) -> None:
 
     from eroseg.data import dataset_info
     from eroseg.device import select_device
-    from eroseg.export import attack_and_save, folder_images, load_image
-    from eroseg.io import atomic_write_text
+    from eroseg.export import DEFAULT_MAX_PIXELS, SUMMARY_COLUMNS, attack_and_save, folder_images, load_image
+    from eroseg.io import atomic_write_text, check_writable_dir
+    from eroseg.models import check_checkpoint_matches
 
     if bool(args.images) == bool(args.dataset):
         raise ValueError("give either --images FOLDER or --dataset NAME --root ROOT (with --split)")
+    if args.dataset and not args.root:
+        raise ValueError("--dataset needs --root")
+    summary = Path(args.out_dir) / "summary.csv"
+    check_writable_dir(summary, "attack outputs (--out-dir)")
     device = select_device(args.device)
     model, meta = _model_arg(args, device)
     attack = _make_attack(args.attack, _json_arg(args.attack_params, "--attack-params"))
     if args.dataset:
-        if not args.root:
-            raise ValueError("--dataset needs --root")
+        info = dataset_info(args.dataset)
+        check_checkpoint_matches(meta, args.dataset, info.num_classes,
+                                 args.checkpoint or f"model factory {args.model_factory}")
         ds = _dataset(args.dataset, args.root, args.split)
         n = len(ds) if args.max_images is None else min(args.max_images, len(ds))
         ids = getattr(ds, "ids", [f"{i:05d}" for i in range(len(ds))])
-        items = ((str(ids[i]), *ds[i]) for i in range(n))
-        palette = dataset_info(args.dataset).palette
+        items = [(str(ids[i]), lambda i=i: ds[i]) for i in range(n)]
     else:
-        files = folder_images(args.images)[: args.max_images]
-        items = ((f.stem, load_image(f), None) for f in files)
-        palette = dataset_info(meta.get("dataset") or "synthetic").palette
-    rows = attack_and_save(model, items, attack, args.out_dir, palette, device=device, seed=args.seed)
+        info = dataset_info(meta.get("dataset") or "synthetic")
+        items = [(f.stem, lambda f=f: (load_image(f), None)) for f in folder_images(args.images)[: args.max_images]]
+    max_pixels = DEFAULT_MAX_PIXELS.get(device.type, DEFAULT_MAX_PIXELS["cuda"]) if args.max_pixels is None \
+        else args.max_pixels
+    rows = attack_and_save(model, items, attack, args.out_dir, info.palette, device=device, seed=args.seed,
+                           max_pixels=max_pixels, progress=not args.quiet)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["id", "linf", "pixel_acc"])
+    w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS)
     w.writeheader()
     w.writerows(rows)
-    atomic_write_text(Path(args.out_dir) / "summary.csv", buf.getvalue())
-    log.info("attacked %d images -> %s", len(rows), args.out_dir)
+    atomic_write_text(summary, buf.getvalue())
+    skipped = [r["id"] for r in rows if r["skipped"]]
+    if len(skipped) == len(rows):
+        raise ValueError(f"{args.out_dir}: no image attacked; all {len(rows)} skipped (reasons in {summary})")
+    log.info("attacked %d images -> %s%s", len(rows) - len(skipped), args.out_dir,
+             f"; skipped {len(skipped)} (listed in {summary}): {', '.join(skipped[:5])}" if skipped else "")
 
 
 def _tuned(params: dict, path: str | None) -> dict:
@@ -560,6 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--attack-params", default="{}", metavar="JSON",
                    help=f"attack parameters as JSON, e.g. {{\"eps\": \"8/255\", \"steps\": 20}}; {_NUMBER_HELP}")
     s.add_argument("--max-images", type=int, default=None, metavar="N", help="attack the first N images only")
+    s.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="skip images with more pixels (H x W) than this, with a warning (default: 4e6 on a CPU, "
+                        "16e6 on a GPU; 0: no budget)")
     s.add_argument("--seed", type=int, default=0, help="seed of the attack's random start (default: %(default)s)")
     device_arg(s)
     s.add_argument("--out-dir", required=True, metavar="DIR",
@@ -594,15 +634,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup(args)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        # Errors a user can act on: one line, no traceback.
+    except (ValueError, OSError, RuntimeError) as err:
+        # Errors a user can act on (bad input, a file or folder, a full disk, a
+        # locked output, a diverged training run): one line, no traceback.
         if os.environ.get("EROSEG_TRACEBACK"):
             raise
-        log.error("%s", err)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            log.error("no space left on device while writing %s: %s", err.filename or "an output", _one_line(err))
+        else:
+            log.error("%s", _one_line(err))
         return 1
     return 0

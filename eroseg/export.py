@@ -4,23 +4,34 @@ Used by ``eroseg attack``. Adversarial images are saved as 8-bit PNG
 (lossless); note that quantising to 8 bits moves each pixel by at most 0.5/255,
 so a saved image is within ``eps + 0.5/255`` of the original in Linf (the
 tensors returned by the attacks are within eps).
+
+An image that cannot be read, or that is larger than the pixel budget
+(``max_pixels``: an attack keeps several copies of the image's activations, so
+a 3000x3000 image on a CPU would take over 10 GB), is skipped with a warning
+and listed in the summary; the other images are still attacked.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from eroseg.io import atomic_path
+from eroseg.seeds import generator
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+#: Default pixel budget per image (``eroseg attack --max-pixels``), by device type.
+DEFAULT_MAX_PIXELS = {"cpu": 4_000_000, "cuda": 16_000_000}
+SUMMARY_COLUMNS = ["id", "linf", "pixel_acc", "skipped"]
 
 
 def load_image(path: str | Path) -> torch.Tensor:
@@ -62,57 +73,128 @@ def _full_palette(palette: list) -> list:
     return pal
 
 
+def _title_font():
+    from PIL import ImageFont
+
+    return ImageFont.load_default()
+
+
+def _titled(panel: np.ndarray, title: str) -> np.ndarray:
+    """``panel`` (uint8 ``[H, W, 3]``) under a white strip holding ``title`` (widened to fit it)."""
+    from PIL import ImageDraw
+
+    font = _title_font()
+    strip = font.getbbox("Ag")[3] + 4
+    width = max(panel.shape[1], int(font.getlength(title)) + 4)
+    canvas = Image.new("RGB", (width, panel.shape[0] + strip), "white")
+    canvas.paste(Image.fromarray(panel), (0, strip))
+    ImageDraw.Draw(canvas).text((2, 1), title, fill="black", font=font)
+    return np.asarray(canvas)
+
+
+def side_by_side(
+    x: torch.Tensor, adv: torch.Tensor, clean: np.ndarray, pred: np.ndarray, label: np.ndarray | None, pal: list
+) -> np.ndarray:
+    """The picture a person looks at: titled panels image | adversarial | perturbation x k | [label] | predictions.
+
+    The perturbation is shown as ``0.5 + k * (adv - x)``, ``k`` chosen so that
+    the largest change reaches half the range (and named in the panel title).
+    """
+    colour = np.asarray(pal, dtype=np.uint8)
+    delta = adv - x
+    amp = max(1, round(0.5 / max(float(delta.abs().max()), 1e-12)))
+    panels = [(_to_uint8(x), "image"), (_to_uint8(adv), "adversarial"),
+              (_to_uint8(0.5 + amp * delta), f"perturbation x{amp}")]
+    if label is not None:
+        panels.append((colour[label.clip(0, 255)], "label"))
+    panels += [(colour[clean], "prediction (clean)"), (colour[pred], "prediction (adv)")]
+    titled = [_titled(p, t) for p, t in panels]
+    gap = np.full((titled[0].shape[0], 4, 3), 255, dtype=np.uint8)
+    return np.concatenate([p for panel in titled for p in (panel, gap)][:-1], axis=1)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="attack", unit="image", disable=not (enabled and sys.stderr.isatty()),
+                file=sys.stderr)
+
+
+def _skip(name: str, reason: str) -> dict:
+    log.warning("%s: skipped (%s)", name, reason)
+    return {"id": name, "linf": "", "pixel_acc": "", "skipped": reason}
+
+
 def attack_and_save(
     model: torch.nn.Module,
-    items: Iterable[tuple[str, torch.Tensor, torch.Tensor | None]],
+    items: Sequence[tuple[str, Callable[[], tuple[torch.Tensor, torch.Tensor | None]]]],
     attack: Callable,
     out_dir: str | Path,
     palette: list,
     *,
     device: torch.device | str = "cpu",
     seed: int = 0,
-    target_from_prediction: bool = True,
+    max_pixels: int | None = None,
+    progress: bool = False,
 ) -> list[dict]:
     """Attack each image and write ``adv/<id>.png``, ``pred_clean/``, ``pred_adv/`` and ``side_by_side/``.
 
     Args:
         model: model taking images in [0, 1].
-        items: ``(id, image [3,H,W], label [H,W] or None)``. Without a label
-            the clean prediction is attacked (the usual choice for unlabelled images).
+        items: ``(id, load)`` pairs; ``load()`` returns ``(image [3,H,W], label [H,W] or None)``.
+            Without a label the clean prediction is attacked (the usual choice
+            for unlabelled images). An image whose ``load()`` raises ``OSError``
+            or ``ValueError`` (not an image, truncated) is skipped.
         attack: ``callable(model, images, labels, generator=...) -> adv``.
         out_dir: output folder.
         palette: class colours for the prediction PNGs.
         device: torch device.
         seed: seed of the attack's random start.
+        max_pixels: images with more pixels (H x W) are skipped; ``None``: no budget.
+        progress: show a progress bar (on a terminal).
 
     Returns:
-        One dict per image: id, Linf distance, pixel agreement of the adversarial
-        prediction with the label (or with the clean prediction).
+        One dict per item (columns :data:`SUMMARY_COLUMNS`): id, Linf distance,
+        pixel agreement of the adversarial prediction with the label (or with the
+        clean prediction), and for a skipped image the reason (else empty).
     """
     out = Path(out_dir)
     pal = _full_palette(palette)
     rows = []
     model = model.to(device).eval()
-    for i, (name, image, label) in enumerate(items):
-        x = image.unsqueeze(0).to(device)
-        with torch.no_grad():
-            clean = model(x).argmax(1)
-        y = label.unsqueeze(0).to(device) if label is not None else clean
-        g = torch.Generator(device=torch.device(device)).manual_seed(seed * 1_000_003 + i)
-        adv = attack(model, x, y, generator=g)
-        with torch.no_grad():
-            pred = model(adv).argmax(1)
-        valid = y != 255
-        agree = float(((pred == y) & valid).sum() / valid.sum().clamp_min(1))
-        _save_png(_to_uint8(adv[0]), out / "adv" / f"{name}.png")
-        _save_png(clean[0].cpu().numpy(), out / "pred_clean" / f"{name}.png", pal)
-        _save_png(pred[0].cpu().numpy(), out / "pred_adv" / f"{name}.png", pal)
-        colour = np.asarray(pal, dtype=np.uint8)
-        panels = [_to_uint8(x[0]), _to_uint8(adv[0]), colour[clean[0].cpu().numpy()], colour[pred[0].cpu().numpy()]]
-        if label is not None:
-            panels.insert(2, colour[label.cpu().numpy().clip(0, 255)])
-        gap = np.full((panels[0].shape[0], 4, 3), 255, dtype=np.uint8)
-        row = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
-        _save_png(row, out / "side_by_side" / f"{name}.png")
-        rows.append({"id": name, "linf": float((adv - x).abs().max()), "pixel_acc": agree})
+    bar = _progress(len(items), progress)
+    for i, (name, load) in enumerate(items):
+        bar.update(1)
+        try:
+            image, label = load()
+        except (OSError, ValueError) as err:
+            rows.append(_skip(name, f"not readable: {str(err).splitlines()[0]}"))
+            continue
+        h, w = image.shape[-2:]
+        if max_pixels and h * w > max_pixels:
+            rows.append(_skip(name, f"{w}x{h} = {h * w / 1e6:.1f} MP, above the budget of {max_pixels / 1e6:.1f} MP "
+                                    "(--max-pixels; 0 lifts it)"))
+            continue
+        rows.append(_attack_one(model, name, image, label, attack, out, pal, device,
+                                generator(seed, "export", step=i, device=device)))
+    bar.close()
     return rows
+
+
+def _attack_one(model, name, image, label, attack, out: Path, pal: list, device, g: torch.Generator) -> dict:
+    x = image.unsqueeze(0).to(device)
+    with torch.no_grad():
+        clean = model(x).argmax(1)
+    y = label.unsqueeze(0).to(device) if label is not None else clean
+    adv = attack(model, x, y, generator=g)
+    with torch.no_grad():
+        pred = model(adv).argmax(1)
+    valid = y != 255
+    agree = float(((pred == y) & valid).sum() / valid.sum().clamp_min(1))
+    clean_np, pred_np = clean[0].cpu().numpy(), pred[0].cpu().numpy()
+    _save_png(_to_uint8(adv[0]), out / "adv" / f"{name}.png")
+    _save_png(clean_np, out / "pred_clean" / f"{name}.png", pal)
+    _save_png(pred_np, out / "pred_adv" / f"{name}.png", pal)
+    label_np = label.cpu().numpy() if label is not None else None
+    _save_png(side_by_side(x[0], adv[0], clean_np, pred_np, label_np, pal), out / "side_by_side" / f"{name}.png")
+    return {"id": name, "linf": float((adv - x).abs().max()), "pixel_acc": agree, "skipped": ""}

@@ -12,6 +12,8 @@ that a group sharing a results folder on a cluster can read them.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import glob
 import json
 import os
 import tempfile
@@ -84,3 +86,92 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
+
+
+class OutputLockedError(RuntimeError):
+    """Another live process holds the lock of an output path."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on output ``path`` (the file ``<path>.lock``) for the ``with`` block.
+
+    A second writer of the same output fails at once with the holder's pid.
+    The lock is an ``flock``, which the kernel releases when its process
+    exits, even when killed: a lock file left by a dead process does not block.
+
+    Raises:
+        OutputLockedError: another live process holds the lock.
+    """
+    lock_path = Path(path).with_name(Path(path).name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputLockedError(
+                f"{path}: another eroseg process (pid {holder}) is writing this output (lock {lock_path}); "
+                "wait for it to finish or stop it"
+            ) from None
+        # The previous holder may have unlinked the file between our open and flock: retry on the new one.
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield lock_path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock_path.unlink()  # while still locked, so no other process holds the unlinked inode
+        os.close(fd)
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_path` left next to ``path`` when a writer was killed.
+
+    Call it only while holding :func:`exclusive_lock` on ``path`` (no other
+    writer can be using them). Returns the removed files.
+    """
+    path = Path(path)
+    removed = []
+    # atomic_path's names: ".<stem>.<8 random characters>.tmp<suffix>" (tempfile.mkstemp)
+    for tmp in path.parent.glob(f".{glob.escape(path.stem)}.{'?' * 8}.tmp{glob.escape(path.suffix)}"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = "output") -> None:
+    """Fail now, not after hours of work, if the folder of ``path`` cannot be written.
+
+    Creates the folder if needed and writes (then removes) a probe file in it.
+
+    Raises:
+        PermissionError: naming ``what``, the folder and the reason.
+    """
+    folder = Path(path).parent
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise PermissionError(
+            f"{folder}: cannot write the {what} {Path(path).name} there ({blocker} is a file, not a folder); "
+            "choose a writable folder"
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".eroseg-write-probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise PermissionError(
+            f"{folder}: cannot write the {what} {Path(path).name} there ({err.strerror or err}); "
+            "choose a writable folder"
+        ) from None

@@ -17,8 +17,12 @@ atomically and loaded with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
+import difflib
+import errno
+import inspect
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -258,6 +262,7 @@ def create_model(
             f"or any timm model as 'tu-<name>' (full list: segmentation_models_pytorch.encoders.get_encoder_names())"
         )
     weights_name, weights_file = _resolve_encoder_weights(encoder_weights)
+    check_arch_kwargs(smp.MODEL_ARCHITECTURES_MAPPING[arch.lower()], arch_kwargs, encoder)
     kwargs = dict(arch_kwargs)
     for key in ("decoder_channels", "encoder_output_stride"):
         if isinstance(kwargs.get(key), list):
@@ -292,6 +297,38 @@ def create_model(
     return SegmentationModel(net, pad_multiple=pad_multiple)
 
 
+#: Arguments that eroseg sets itself (from model.arch/encoder/encoder_weights and the dataset).
+_RESERVED_KWARGS = {"encoder_name": "model.encoder", "encoder_weights": "model.encoder_weights",
+                    "classes": "the dataset's class count"}
+
+
+def check_arch_kwargs(arch_cls: type, kwargs: dict, encoder: str = "") -> None:
+    """Refuse ``model.kwargs`` that the smp architecture does not take.
+
+    smp architectures forward unknown keyword arguments to the encoder, whose
+    smp implementations drop them silently (a typo such as ``decoder_chanels``
+    would train a model with the default). Names are checked against the
+    architecture's signature; with a timm encoder (``tu-...``) other names are
+    passed on to timm, which checks them itself.
+
+    Raises:
+        ValueError: naming the unknown key and the closest valid name.
+    """
+    params = inspect.signature(arch_cls.__init__).parameters
+    valid = sorted(n for n, p in params.items()
+                   if n != "self" and n not in _RESERVED_KWARGS and p.kind is not p.VAR_KEYWORD)
+    for key in kwargs:
+        if key in _RESERVED_KWARGS:
+            raise ValueError(f"model.kwargs: {key!r} is set by eroseg from {_RESERVED_KWARGS[key]}; remove it")
+        if key in valid or encoder.startswith("tu-"):
+            continue
+        close = difflib.get_close_matches(key, valid, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ValueError(
+            f"model.kwargs: unknown parameter {key!r} for {arch_cls.__name__}; {hint}valid: {', '.join(valid)}"
+        )
+
+
 def model_from_config(cfg: dict, num_classes: int) -> SegmentationModel:
     """Build a model from a model config dict (``arch``, ``encoder``, ``encoder_weights``, ``kwargs``)."""
     return create_model(
@@ -323,7 +360,14 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict, **sta
         **state,
     }
     with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+        try:
+            torch.save(ckpt, tmp)
+        except RuntimeError as err:  # torch reports a full disk as "[enforce fail at inline_container.cc...]"
+            raise OSError(
+                errno.ENOSPC if _low_on_space(tmp) else errno.EIO,
+                f"could not write the checkpoint ({str(err).splitlines()[0]}); is the disk full?",
+                str(path),
+            ) from err
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -340,12 +384,60 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
+def _low_on_space(path: Path, margin: int = 64 * 2**20) -> bool:
+    try:
+        return shutil.disk_usage(path.parent).free < margin
+    except OSError:
+        return False
+
+
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[SegmentationModel, dict]:
-    """Rebuild the model of a checkpoint; returns ``(model in eval mode, meta)``."""
+    """Rebuild the model of a checkpoint; returns ``(model in eval mode, meta)``.
+
+    Raises:
+        ValueError: naming the file, when the metadata lacks the model config or
+            the class count, or when the weights do not fit the model it describes.
+    """
     ckpt = load_checkpoint(path, map_location)
-    meta = ckpt["meta"]
+    meta = ckpt.get("meta")
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict) or "num_classes" not in meta:
+        have = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(
+            f"{path}: checkpoint metadata lacks 'model' (the model config) or 'num_classes' (has: {have}); "
+            "write checkpoints with eroseg.models.save_checkpoint / eroseg train"
+        )
     model_cfg = dict(meta["model"])
     model_cfg["encoder_weights"] = None  # the trained weights below replace any pretrained ones
     model = model_from_config(model_cfg, int(meta["num_classes"]))
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, KeyError) as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(err).__name__)
+        raise ValueError(
+            f"{path}: weights do not match the model its metadata describes "
+            f"({meta['model'].get('arch', 'Unet')}/{meta['model'].get('encoder', 'resnet18')}, "
+            f"{meta['num_classes']} classes): {detail}"
+        ) from None
     return model.to(map_location).eval(), meta
+
+
+def check_checkpoint_matches(meta: dict, dataset_name: str, num_classes: int, path: str | os.PathLike) -> None:
+    """Refuse a checkpoint trained for other classes or another dataset than the data at hand.
+
+    Args:
+        meta: the checkpoint's metadata (from :func:`load_model`).
+        dataset_name: the dataset the checkpoint is about to be used on.
+        num_classes: that dataset's class count.
+        path: the checkpoint file, named in the error.
+
+    Raises:
+        ValueError: naming both datasets and both class counts.
+    """
+    trained_on = meta.get("dataset")
+    classes = int(meta.get("num_classes", -1))
+    if classes != int(num_classes) or (trained_on is not None and trained_on != dataset_name):
+        raise ValueError(
+            f"{path}: checkpoint was trained on {trained_on or 'an unnamed dataset'} with {classes} classes, "
+            f"but the data is {dataset_name} with {num_classes} classes; use a checkpoint trained on {dataset_name}"
+        )

@@ -1,20 +1,29 @@
 """Standard and adversarial training, resumable, with a per-epoch CSV log.
 
 Every method is the same loop with a different :class:`TrainingTask`: the
-task gets a batch, replaces a fraction ``adv_fraction`` of its images by
-adversarial versions (generated with the model in eval mode, so attack passes
-never update batch-norm statistics) and returns the loss of the update, which
-runs in train mode. ``standard`` is the task without an attack.
+task gets a batch, replaces a share of its images by adversarial versions
+(generated with the model in eval mode, so attack passes never update
+batch-norm statistics) and returns the loss of the update, which runs in train
+mode. ``standard`` is the task without an attack.
 
-Determinism and resume: the shuffling of epoch ``e`` and the random numbers of
-step ``s`` (flips, attack random starts) come from generators seeded by
-``(seed, e)`` and ``(seed, e, s)``, not from a global stream, so a run resumed
-from a checkpoint (written atomically at the end of every epoch and every
-``checkpoint_every`` steps) continues exactly where it stopped.
+:func:`train` reads as its named steps: :func:`build_optimizer`,
+:func:`resume_state` (a partial checkpoint is resumed only when everything
+that defines the run matches, see :data:`RUN_IDENTITY`), :func:`train_one_epoch`
+(one :func:`train_step` per batch), :func:`validation_row`,
+:func:`save_partial` (parameters and buffers checked finite first) and
+:func:`finish`.
+
+Determinism and resume: every random number (shuffling, crops, flips, attack
+random starts) comes from a generator seeded by
+:func:`eroseg.seeds.stream_seed` from ``(seed, purpose, epoch, step, rank)``,
+not from a global stream, so a run resumed from a checkpoint (written
+atomically at the end of every epoch and every ``checkpoint_every`` steps)
+continues exactly where it stopped, with the epoch's running loss sums.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -24,7 +33,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -32,15 +41,49 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from eroseg import __version__
-from eroseg.io import atomic_write_text
+from eroseg.io import atomic_write_text, exclusive_lock, remove_stale_temps
 from eroseg.metrics import IGNORE_INDEX, ConfusionMatrix
-from eroseg.models import load_checkpoint, model_from_config, save_checkpoint
+from eroseg.models import load_checkpoint, save_checkpoint
+from eroseg.seeds import generator, stream_seed
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
-    """Raised when the training loss becomes NaN or infinite."""
+class ConfigTypeError(TypeError, ValueError):
+    """A training parameter of the wrong type (a ``ValueError`` too: bad input, reported in one line)."""
+
+
+class TrainingDivergedError(RuntimeError):
+    """Training stopped: a non-finite or exploding loss, or non-finite weights."""
+
+
+class NonFiniteLossError(TrainingDivergedError):
+    """The training loss became NaN or infinite."""
+
+
+class LossExplosionError(TrainingDivergedError):
+    """The training loss rose above ``loss_explosion_factor`` times its running average."""
+
+
+class NonFiniteWeightsError(TrainingDivergedError):
+    """Parameters or buffers became NaN or infinite; no checkpoint was written from them."""
+
+
+#: What defines a run: a partial checkpoint is resumed only if its metadata
+#: agrees on every one of these (the package version included: code that
+#: changed may train differently, so a partial from another version starts over).
+RUN_IDENTITY = ("model", "train", "method", "attack", "attack_params", "seed", "dataset", "num_classes", "version")
+
+# Types each TrainConfig field accepts (the annotations are strings here).
+_FIELD_TYPES = {
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+    "str": ((str,), "a string"),
+    "list": ((list, tuple), "a list"),
+    "list | None": ((list, tuple, type(None)), "a list or null"),
+    "int | None": ((int, type(None)), "an integer or null"),
+}
 
 
 @dataclass
@@ -67,6 +110,9 @@ class TrainConfig:
             trains on whole images, which must then share one size.
         scale_range: ``[low, high]`` random rescale factors (with ``crop_size``).
         checkpoint_every: also checkpoint every N optimiser steps (0: epoch ends only).
+        loss_explosion_factor: stop training when a step's loss exceeds this
+            multiple of the running (exponential moving) average of the loss;
+            0 disables the check (a non-finite loss always stops training).
         val_batch_size: batch size of the per-epoch validation, which the first
             process runs alone (``None``: the per-process training batch). Validation runs on whole images; consecutive images
             of one size share a batch, so mixed sizes (VOC, ADE20K) work with
@@ -95,6 +141,7 @@ class TrainConfig:
     crop_size: list | None = None
     scale_range: list = field(default_factory=lambda: [1.0, 1.0])
     checkpoint_every: int = 0
+    loss_explosion_factor: float = 1000.0
     val_batch_size: int | None = None
     val_robust_images: int = 32
     val_robust_steps: int = 3
@@ -114,7 +161,22 @@ class TrainConfig:
         cfg.validate()
         return cfg
 
+    def _check_types(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            types, expected = _FIELD_TYPES[str(f.type)]
+            if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+                raise ConfigTypeError(
+                    f"training parameter {f.name!r}: expected {expected}, got {value!r} ({type(value).__name__})"
+                )
+        for name, kind, expected in (("crop_size", int, "integers"), ("scale_range", (int, float), "numbers")):
+            value = getattr(self, name)
+            if value is not None and any(isinstance(v, bool) or not isinstance(v, kind) for v in value):
+                raise ConfigTypeError(f"training parameter {name!r}: expected a list of {expected}, got {value!r}")
+
     def validate(self) -> None:
+        """Check types and ranges; errors name the parameter and what was expected."""
+        self._check_types()
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -129,6 +191,8 @@ class TrainConfig:
             raise ValueError(f"crop_size must be [height, width] of positive integers, got {self.crop_size!r}")
         if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise ValueError(f"scale_range must be [low, high] with 0 < low <= high, got {self.scale_range!r}")
+        if self.loss_explosion_factor < 0 or (0 < self.loss_explosion_factor <= 1):
+            raise ValueError(f"loss_explosion_factor must be 0 (off) or > 1, got {self.loss_explosion_factor}")
         if self.schedule not in ("poly", "constant"):
             raise ValueError(f"schedule must be 'poly' or 'constant', got {self.schedule!r}")
 
@@ -141,8 +205,8 @@ class TrainingTask:
         attack: ``callable(model, images, labels, generator=...) -> adv`` or
             ``None`` for standard training.
         adv_fraction: fraction of the batch replaced by adversarial images;
-            the first ``round(adv_fraction * B)`` images of the (shuffled)
-            batch are attacked.
+            the first ``adversarial_counts(adv_fraction, B)[0]`` images of the
+            (shuffled) batch are attacked unless the call gives ``n_adv``.
         clean_weight: loss weight of clean images.
         adv_weight: loss weight of adversarial images.
         ignore_index: void label.
@@ -170,9 +234,21 @@ class TrainingTask:
         self.ignore_index = ignore_index
         self.amp = amp
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None) -> dict:
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None,
+        n_adv: int | None = None,
+    ) -> dict:
+        """The update's loss on ``images`` whose first ``n_adv`` are replaced by adversarial versions.
+
+        ``n_adv`` is this process's share of the global batch's adversarial
+        images (see :func:`adversarial_counts`); by default the share of a
+        single process with this batch.
+        """
         b = images.shape[0]
-        n_adv = int(round(self.adv_fraction * b))
+        if self.attack is None:
+            n_adv = 0
+        elif n_adv is None:
+            n_adv = adversarial_counts(self.adv_fraction, b)[0]
         adv_mask = torch.zeros(b, dtype=torch.bool, device=images.device)
         if n_adv > 0:
             # The attack sets eval mode itself (and restores train mode in
@@ -194,10 +270,32 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
 
-def _step_generator(seed: int, epoch: int, step: int, device: torch.device) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed((seed * 1_000_003 + epoch * 10_007 + step) % (2**63))
-    return g
+def adversarial_counts(adv_fraction: float, global_batch: int, world: int = 1) -> list[int]:
+    """How many adversarial images each of ``world`` processes puts in its share of a global batch.
+
+    The adversarial share is defined on the global batch: the counts add up to
+    exactly ``round(adv_fraction * global_batch)`` (halves rounded up), and to
+    at least 1 when ``adv_fraction > 0``, so that adversarial training never
+    silently trains on clean images only (a batch of 1 per process used to get
+    ``round(0.5) == 0``). The count is spread evenly, lower ranks taking the
+    remainder, so that every process attacks about as many images.
+
+    Args:
+        adv_fraction: fraction in [0, 1].
+        global_batch: images per optimiser step over all processes.
+        world: number of processes; ``global_batch`` must be a multiple of it.
+
+    Returns:
+        ``world`` counts, each at most ``global_batch // world``.
+    """
+    if not 0.0 <= adv_fraction <= 1.0:
+        raise ValueError(f"adv_fraction must be in [0, 1], got {adv_fraction}")
+    if world < 1 or global_batch < 1 or global_batch % world:
+        raise ValueError(f"global batch {global_batch} must be a positive multiple of the {world} processes")
+    total = math.floor(adv_fraction * global_batch + 0.5)
+    if adv_fraction > 0:
+        total = max(total, 1)
+    return [total // world + (1 if r < total % world else 0) for r in range(world)]
 
 
 def lr_at(cfg: TrainConfig, it: int, total: int) -> float:
@@ -261,8 +359,8 @@ class KeyedAugment(torch.utils.data.Dataset):
 
     def __getitem__(self, key: int):
         image, label = self.base[key % len(self.base)]
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + 7_919 * key) % (2**63))
-        return self.make(g)(image, label)
+        epoch, index = divmod(key, len(self.base))
+        return self.make(generator(self.seed, "augment", epoch=epoch, step=index))(image, label)
 
 
 def _dist_info() -> tuple[int, int]:
@@ -299,34 +397,10 @@ def _evaluate_robust(model, dataset, batch_size, device, num_classes, attack, se
     cm = ConfusionMatrix(num_classes)
     for i, (images, labels) in enumerate(batches_by_size(dataset, batch_size)):
         images, labels = images.to(device), labels.to(device)
-        adv = attack(model, images, labels, generator=_step_generator(seed, -1, i, device))
+        adv = attack(model, images, labels, generator=generator(seed, "val_robust", step=i, device=device))
         with torch.no_grad():
             cm.update(model(adv).argmax(1), labels)
     return cm.compute()
-
-
-class _Progress:
-    """A progress line on a terminal, plain log lines otherwise."""
-
-    def __init__(self, total: int, desc: str, enabled: bool):
-        self.total, self.desc, self.enabled = total, desc, enabled
-        self.tty = enabled and sys.stderr.isatty()
-        self.n = 0
-
-    def update(self, loss: float, ips: float) -> None:
-        self.n += 1
-        if not self.enabled:
-            return
-        msg = f"{self.desc} {self.n}/{self.total} loss {loss:.4f} {ips:.1f} img/s"
-        if self.tty:
-            sys.stderr.write("\r" + msg)
-            sys.stderr.flush()
-        elif self.n == self.total or self.n % max(1, self.total // 4) == 0:
-            log.info(msg)
-
-    def close(self) -> None:
-        if self.tty:
-            sys.stderr.write("\n")
 
 
 def init_distributed() -> tuple[int, int]:
@@ -343,7 +417,380 @@ def init_distributed() -> tuple[int, int]:
     return _dist_info()
 
 
+@dataclass
+class TrainState:
+    """Where a run stands; stored in the partial checkpoint, so that a resumed run continues exactly.
+
+    Attributes:
+        epoch: 0-based epoch under way (or next to run).
+        step: optimiser steps of that epoch already done.
+        rows: log rows of the finished epochs.
+        loss_sum: sum of the step losses of the epoch under way.
+        loss_n: number of those steps (with ``loss_sum``, the epoch's logged loss
+            covers the whole epoch even when it was resumed half-way).
+        seen: images of the epoch under way (all processes).
+        seconds: training seconds of the epoch under way (without the time a
+            run spent stopped).
+        running_loss: exponential moving average of the step loss, the
+            reference of the loss-explosion check.
+    """
+
+    epoch: int = 0
+    step: int = 0
+    rows: list = field(default_factory=list)
+    loss_sum: float = 0.0
+    loss_n: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+    running_loss: float | None = None
+
+    def start_epoch(self, epoch: int) -> None:
+        """Move to the start of ``epoch`` with empty running sums."""
+        self.epoch, self.step = epoch, 0
+        self.loss_sum, self.loss_n, self.seen, self.seconds = 0.0, 0, 0, 0.0
+
+
+@dataclass
+class _Run:
+    """What the steps of one :func:`train` call share; built once by :func:`_build_run`."""
+
+    model: nn.Module  # the plain module: checkpoints, validation and attacks use it
+    train_model: nn.Module  # the same module, wrapped in DDP under torchrun
+    opt: torch.optim.Optimizer
+    task: TrainingTask
+    cfg: TrainConfig
+    train_set: torch.utils.data.Dataset
+    seed: int
+    device: torch.device
+    rank: int
+    world: int
+    steps_per_epoch: int
+    n_adv: int  # this process's adversarial images per step
+    partial: Path
+    meta: dict
+    max_steps: int | None = None
+    steps_done: int = 0  # optimiser steps taken in this call
+
+    @property
+    def local_bs(self) -> int:
+        return self.cfg.batch_size // self.world
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.cfg.epochs
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (with momentum) or AdamW over the trainable parameters; the lr follows :func:`lr_at`."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device, world: int) -> nn.Module:
+    if world > 1 and device.type == "cuda":
+        # Batch statistics over the global batch, as one process would compute them.
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    if cfg.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _build_run(model, train_set, num_classes, model_cfg, cfg, attack, out, seed, device, meta, max_steps) -> _Run:
+    rank, world = _dist_info()
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
+    steps_per_epoch = len(train_set) // cfg.batch_size
+    if steps_per_epoch < 1:
+        raise ValueError(f"training set has {len(train_set)} images, fewer than one batch of {cfg.batch_size}")
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if cfg.crop_size is not None:
+        train_set = KeyedAugment(train_set, cfg.crop_size, cfg.scale_range, seed)
+    model = _prepare_model(model, cfg, device, world)
+    train_model = model
+    if world > 1:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    task = TrainingTask(
+        train_model, attack, adv_fraction=cfg.adv_fraction, clean_weight=cfg.clean_weight,
+        adv_weight=cfg.adv_weight, amp=cfg.amp,
+        attack_model=model,  # attack the plain module: DDP must only see the update's backward
+    )
+    meta = {**(meta or {}), "model": model_cfg, "num_classes": num_classes, "train": asdict(cfg), "seed": seed,
+            "version": __version__}
+    return _Run(
+        model=model, train_model=train_model, opt=build_optimizer(model, cfg), task=task, cfg=cfg,
+        train_set=train_set, seed=seed, device=device, rank=rank, world=world, steps_per_epoch=steps_per_epoch,
+        n_adv=adversarial_counts(task.adv_fraction, cfg.batch_size, world)[rank],
+        partial=out.with_name(out.name + ".partial"), meta=meta, max_steps=max_steps,
+    )
+
+
+# ------------------------------------------------------------------- resume
+def _describe_change(key: str, old, new) -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new), key=str):
+            if old.get(k) != new.get(k):
+                return _describe_change(f"{key}.{k}", old.get(k), new.get(k))
+    return f"{key} differs ({old!r} in the checkpoint, {new!r} now)"
+
+
+def identity_difference(old_meta: dict, meta: dict) -> str | None:
+    """The fields of :data:`RUN_IDENTITY` in which two checkpoints' metadata differ (the first described); else None."""
+    differ = [key for key in RUN_IDENTITY if old_meta.get(key) != meta.get(key)]
+    if not differ:
+        return None
+    also = f" (and {', '.join(differ[1:])})" if len(differ) > 1 else ""
+    return _describe_change(differ[0], old_meta.get(differ[0]), meta.get(differ[0])) + also
+
+
+def _set_aside(partial: Path, reason: str) -> None:
+    target = partial.with_name(f"{partial.name}.set-aside-{time.strftime('%Y%m%d-%H%M%S')}")
+    n = 1
+    while target.exists():
+        n += 1
+        target = target.with_name(f"{target.name.rsplit('~', 1)[0]}~{n}")
+    os.replace(partial, target)
+    log.warning("%s not resumed: %s; set aside as %s, training starts over", partial, reason, target.name)
+
+
+def _why_not_resumable(run: _Run) -> tuple[dict | None, str | None]:
+    try:
+        ckpt = load_checkpoint(run.partial, map_location="cpu")
+    except ValueError as err:
+        return None, f"not readable ({err})"
+    reason = identity_difference(ckpt.get("meta") or {}, run.meta)
+    if reason is None and "train_state" not in ckpt:
+        reason = "written by an older eroseg without the training state"
+    bad = _non_finite(ckpt["state_dict"]) if reason is None else []
+    if bad:
+        reason = f"its weights are not finite ({', '.join(bad[:3])})"
+    return ckpt, reason
+
+
+def resume_state(run: _Run) -> TrainState:
+    """Load ``run``'s partial checkpoint into the model and optimiser if it belongs to this run.
+
+    A partial checkpoint whose metadata differs in any field of
+    :data:`RUN_IDENTITY`, or that is unreadable or not finite, is renamed
+    (``<partial>.set-aside-<time>``, never deleted) with one log line saying
+    why, and the run starts over.
+    """
+    if not run.partial.exists():
+        return TrainState()
+    ckpt, reason = _why_not_resumable(run)
+    if run.world > 1:
+        dist.barrier()  # every process has read the partial before the first one moves it
+    if reason is not None:
+        if run.rank == 0:
+            _set_aside(run.partial, reason)
+        return TrainState()
+    run.model.load_state_dict(ckpt["state_dict"])
+    run.opt.load_state_dict(ckpt["optimizer"])
+    state = TrainState(**ckpt["train_state"])
+    log.info("resuming %s at epoch %d/%d, step %d/%d", run.partial, state.epoch + 1, run.cfg.epochs,
+             state.step + 1, run.steps_per_epoch)
+    return state
+
+
+# ---------------------------------------------------------------- one epoch
+def epoch_batches(run: _Run, epoch: int) -> list[list[int]]:
+    """This process's sample indices for every step of ``epoch`` (its slice of each global batch)."""
+    n = len(run.train_set)
+    perm = torch.randperm(n, generator=generator(run.seed, "shuffle", epoch=epoch)).tolist()
+    if run.cfg.crop_size is not None:
+        perm = [epoch * n + i for i in perm]  # keys of KeyedAugment
+    b, lo = run.cfg.batch_size, run.rank * run.local_bs
+    return [perm[i * b:(i + 1) * b][lo:lo + run.local_bs] for i in range(run.steps_per_epoch)]
+
+
+def _flip(run: _Run, epoch: int, step: int, images: torch.Tensor, labels: torch.Tensor):
+    # Drawn for the global batch and sliced, so N processes flip what one process would.
+    g = generator(run.seed, "flip", epoch=epoch, step=step)
+    lo = run.rank * run.local_bs
+    flip = (torch.rand(run.cfg.batch_size, generator=g) < run.cfg.hflip)[lo:lo + run.local_bs].to(run.device)
+    images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+    labels = torch.where(flip.view(-1, 1, 1), labels.flip(-1), labels)
+    return images, labels
+
+
+def _global_mean(value: torch.Tensor, world: int) -> float:
+    if world > 1:
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        value /= world
+    return float(value)
+
+
+def _last_finite_checkpoint(partial: Path) -> str:
+    if partial.exists():
+        return f"the last finite checkpoint is kept at {partial}"
+    return "no checkpoint was written yet"
+
+
+def check_loss(loss: float, state: TrainState, cfg: TrainConfig, partial: Path) -> None:
+    """Stop training on a non-finite loss or one above ``loss_explosion_factor`` x its running average.
+
+    The running average counts as at least 0.01, so that an ordinary batch
+    after a near-perfect fit is not taken for an explosion.
+
+    Raises:
+        NonFiniteLossError, LossExplosionError: naming the 1-based epoch and
+            step and the last finite checkpoint.
+    """
+    where = f"epoch {state.epoch + 1}, step {state.step + 1}"
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(f"non-finite loss ({loss}) at {where}; {_last_finite_checkpoint(partial)}")
+    factor = cfg.loss_explosion_factor
+    if factor and state.running_loss is not None and loss > factor * max(state.running_loss, 0.01):
+        raise LossExplosionError(
+            f"loss {loss:.4g} at {where} is above {factor:g} x its running average {state.running_loss:.4g} "
+            f"(train.loss_explosion_factor; lower the learning rate, or raise the factor or set it to 0); "
+            f"{_last_finite_checkpoint(partial)}"
+        )
+
+
+def train_step(run: _Run, state: TrainState, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """One optimiser step on this process's share of a global batch; returns the global mean loss."""
+    cfg, epoch, step = run.cfg, state.epoch, state.step
+    # Any global-RNG use (dropout) is a function of the step too, so a resumed run repeats it.
+    torch.manual_seed(stream_seed(run.seed, "global", epoch=epoch, step=step, rank=run.rank))
+    images = images.to(run.device, non_blocking=True)
+    labels = labels.to(run.device, non_blocking=True)
+    if cfg.hflip > 0:
+        images, labels = _flip(run, epoch, step, images, labels)
+    if cfg.channels_last and run.device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    for group in run.opt.param_groups:
+        group["lr"] = lr_at(cfg, epoch * run.steps_per_epoch + step, run.total_steps)
+    g = generator(run.seed, "attack", epoch=epoch, step=step, rank=run.rank, device=run.device)
+    res = run.task(images, labels, generator=g, n_adv=run.n_adv)
+    loss = _global_mean(res["loss"].detach(), run.world)
+    check_loss(loss, state, cfg, run.partial)
+    run.opt.zero_grad(set_to_none=True)
+    res["loss"].backward()
+    run.opt.step()
+    return loss
+
+
+def _progress_bar(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not (enabled and sys.stderr.isatty()), leave=False,
+                file=sys.stderr, unit="step")
+
+
+def train_one_epoch(run: _Run, state: TrainState, progress: bool) -> None:
+    """Run the steps of epoch ``state.epoch`` from ``state.step`` on (until ``run.max_steps``), updating ``state``."""
+    cfg = run.cfg
+    local = epoch_batches(run, state.epoch)[state.step:]
+    loader = torch.utils.data.DataLoader(
+        run.train_set, batch_sampler=local, num_workers=cfg.num_workers, collate_fn=_collate,
+        persistent_workers=False, pin_memory=run.device.type == "cuda",
+    )
+    bar = _progress_bar(len(local), f"epoch {state.epoch + 1}/{cfg.epochs}", progress and run.rank == 0)
+    t0, seconds_before = time.perf_counter(), state.seconds
+    try:
+        for images, labels in loader:
+            loss = train_step(run, state, images, labels)
+            state.running_loss = loss if state.running_loss is None else 0.9 * state.running_loss + 0.1 * loss
+            state.step += 1
+            state.loss_sum += loss
+            state.loss_n += 1
+            state.seen += cfg.batch_size
+            state.seconds = seconds_before + time.perf_counter() - t0
+            run.steps_done += 1
+            bar.update(1)
+            bar.set_postfix_str(f"loss {state.loss_sum / state.loss_n:.4f}", refresh=False)
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < run.steps_per_epoch:
+                save_partial(run, state, f"epoch {state.epoch + 1}, step {state.step}")
+            if run.max_steps is not None and run.steps_done >= run.max_steps:
+                break
+    finally:
+        bar.close()
+
+
+# ------------------------------------------------------- validation, saving
+def validation_row(run: _Run, val_set, num_classes: int, robust_attack: Callable | None) -> dict:
+    """Clean val mIoU and pixel accuracy, and the small robust val mIoU (first process only)."""
+    cfg = run.cfg
+    val_bs = cfg.val_batch_size or run.local_bs
+    clean = _evaluate_clean(run.model, val_set, val_bs, run.device, num_classes, cfg.amp)
+    row = {"val_miou": clean["miou"], "val_pixel_acc": clean["pixel_acc"]}
+    if robust_attack is not None and cfg.val_robust_steps > 0 and cfg.val_robust_images > 0:
+        subset = torch.utils.data.Subset(val_set, range(min(cfg.val_robust_images, len(val_set))))
+        rob = _evaluate_robust(run.model, subset, val_bs, run.device, num_classes, robust_attack, run.seed)
+        row["robust_val_miou"] = rob["miou"]
+    return row
+
+
+def format_row(row: dict, epochs: int) -> str:
+    """One log line per epoch: ``epoch 2/10: loss 0.4512, lr 0.0045, val mIoU 0.6123, ..., 12.3 s``."""
+    parts = [f"loss {row['loss']:.4f}", f"lr {row['lr']:.4g}"]
+    for key, label in (("val_miou", "val mIoU"), ("val_pixel_acc", "val pixel acc"),
+                       ("robust_val_miou", "robust val mIoU")):
+        if key in row:
+            parts.append(f"{label} {row[key]:.4f}")
+    parts += [f"{row['images_per_s']:.1f} img/s", f"{row['epoch_s']:.1f} s"]
+    return f"epoch {row['epoch']}/{epochs}: " + ", ".join(parts)
+
+
+def _non_finite(tensors: dict) -> list[str]:
+    return [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def save_partial(run: _Run, state: TrainState, where: str) -> None:
+    """Write the partial checkpoint (first process) once every parameter and buffer is checked finite.
+
+    Raises:
+        NonFiniteWeightsError: naming ``where`` and the last finite checkpoint, which is left as it is.
+    """
+    bad = _non_finite(run.model.state_dict())
+    n_bad = torch.tensor([len(bad)], device=run.device)
+    if run.world > 1:
+        dist.all_reduce(n_bad)  # every process stops, not only the one that sees it
+    if int(n_bad):
+        raise NonFiniteWeightsError(
+            f"{len(bad)} parameter/buffer tensors are not finite at {where} ({', '.join(bad[:3])}); "
+            f"no checkpoint was written from them; {_last_finite_checkpoint(run.partial)}"
+        )
+    if run.rank == 0:
+        save_checkpoint(run.partial, run.model, run.meta, optimizer=run.opt.state_dict(), train_state=asdict(state))
+
+
+def end_epoch(run: _Run, state: TrainState, val_set, num_classes: int, robust_attack, log_path: Path) -> None:
+    """Log the finished epoch (row, log line, CSV) and checkpoint the start of the next one."""
+    epoch = state.epoch
+    row = {
+        "epoch": epoch + 1,
+        "step": (epoch + 1) * run.steps_per_epoch,
+        "loss": state.loss_sum / max(state.loss_n, 1),
+        "lr": run.opt.param_groups[0]["lr"],
+        "images_per_s": state.seen / max(state.seconds, 1e-9),
+        "epoch_s": state.seconds,
+    }
+    if val_set is not None and run.rank == 0:
+        row.update(validation_row(run, val_set, num_classes, robust_attack))
+    state.rows.append(row)
+    if run.rank == 0:
+        log.info("%s", format_row(row, run.cfg.epochs))
+        _write_log(log_path, state.rows)
+    state.start_epoch(epoch + 1)
+    save_partial(run, state, f"the end of epoch {epoch + 1}")
+
+
+def finish(run: _Run, out: Path) -> None:
+    """Rename the (checked) partial checkpoint of the last epoch to ``out``."""
+    if run.rank == 0:
+        os.replace(run.partial, out)
+    if run.world > 1:
+        dist.barrier()
+
+
 def train(
+    model: nn.Module,
     *,
     train_set: torch.utils.data.Dataset,
     val_set: torch.utils.data.Dataset | None,
@@ -360,188 +807,57 @@ def train(
     progress: bool = True,
     max_steps: int | None = None,
 ) -> dict:
-    """Train a model (resuming from ``out``'s partial checkpoint if one exists).
+    """Train ``model`` (resuming from ``out``'s partial checkpoint if it belongs to this run).
 
     Args:
+        model: the model to train, freshly built (e.g. by
+            :func:`eroseg.models.model_from_config` after seeding with
+            ``stream_seed(seed, "init")``); it is moved to ``device``.
         train_set: training dataset returning ``(image [3,H,W] in [0,1], label [H,W])``.
         val_set: validation dataset for the per-epoch log (or ``None``).
         num_classes: number of classes.
-        model_cfg: model config (see :func:`eroseg.models.model_from_config`).
+        model_cfg: the model's config, stored in the checkpoint so that
+            :func:`eroseg.models.load_model` can rebuild it.
         cfg: shared training hyper-parameters.
         attack: the training attack, ``callable(model, images, labels, generator=...)``,
             or ``None`` for standard training.
         out: final checkpoint path. The partial checkpoint ``<out>.partial``
             is written every epoch (and every ``checkpoint_every`` steps) and
             renamed to ``out`` when training ends, so ``out`` exists only for a
-            finished run.
+            finished run. ``<out>.lock`` keeps a second writer out.
         log_path: per-epoch CSV log.
-        seed: run seed (model init, shuffling, augmentation, attacks).
+        seed: run seed (shuffling, augmentation, attacks), in [0, 2**32).
         device: torch device.
-        meta: extra metadata stored in the checkpoint (method name, attack...).
+        meta: extra metadata stored in the checkpoint (method, attack,
+            attack_params, dataset, classes); part of the run's identity.
         robust_attack: attack for the small per-epoch robust val mIoU.
-        progress: show progress.
+        progress: show a progress bar (on a terminal).
         max_steps: stop after this many optimiser steps in this call (tests
             use it to simulate an interruption); the partial checkpoint is kept.
 
     Returns:
-        The final log row.
+        The final log row (``{"interrupted": True, ...}`` when stopped by ``max_steps``).
+
+    Raises:
+        OutputLockedError: another process is writing ``out``.
+        TrainingDivergedError: non-finite or exploding loss, or non-finite weights.
     """
-    device = torch.device(device)
-    out = Path(out)
-    partial = out.with_name(out.name + ".partial")
-    log_path = Path(log_path)
-    rank, world = _dist_info()
-    if cfg.batch_size % world:
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} processes")
-    local_bs = cfg.batch_size // world
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-    torch.manual_seed(seed)
-    model = model_from_config(model_cfg, num_classes)
-    if world > 1 and device.type == "cuda":
-        # Batch statistics over the global batch, as one process would compute them.
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = model.to(device)
-    if cfg.channels_last and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    n = len(train_set)
-    if cfg.crop_size is not None:
-        train_set = KeyedAugment(train_set, cfg.crop_size, cfg.scale_range, seed)
-    steps_per_epoch = n // cfg.batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(f"training set has {n} images, fewer than one batch of {cfg.batch_size}")
-    total = steps_per_epoch * cfg.epochs
-    meta = {
-        **(meta or {}),
-        "model": model_cfg,
-        "num_classes": num_classes,
-        "train": asdict(cfg),
-        "seed": seed,
-        "version": __version__,
-    }
-
-    start_epoch, start_step, rows = 0, 0, []
-    if partial.exists():
-        ckpt = load_checkpoint(partial, map_location="cpu")
-        if ckpt["meta"].get("train") != meta["train"] or ckpt["meta"].get("model") != model_cfg:
-            raise ValueError(
-                f"{partial}: partial checkpoint was written with other settings; delete it to start over"
-            )
-        model.load_state_dict(ckpt["state_dict"])
-        opt.load_state_dict(ckpt["optimizer"])
-        start_epoch, start_step = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
-        rows = [dict(zip(LOG_COLUMNS, r)) for r in ckpt.get("log_rows", [])]
-        rows = [{k: (float(v) if k not in ("epoch", "step") else int(v)) for k, v in r.items()} for r in rows]
-        log.info("resuming %s from epoch %d step %d", partial, start_epoch, start_step)
-
-    train_model: nn.Module = model
-    if world > 1:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    task = TrainingTask(
-        train_model,
-        attack,
-        adv_fraction=cfg.adv_fraction,
-        clean_weight=cfg.clean_weight,
-        adv_weight=cfg.adv_weight,
-        amp=cfg.amp,
-        attack_model=model,  # attack the plain module: DDP must only see the update's backward
-    )
-
-    def save(epoch: int, step_in_epoch: int) -> None:
-        if rank != 0:
-            return
-        log_rows = [[float(r.get(k, float("nan")) if r.get(k, "") != "" else float("nan")) for k in LOG_COLUMNS] for r in rows]
-        save_checkpoint(
-            partial, model, meta,
-            optimizer=opt.state_dict(), epoch=epoch, step_in_epoch=step_in_epoch, log_rows=log_rows,
-        )
-
-    steps_this_call = 0
-    last_row: dict = rows[-1] if rows else {}
-    for epoch in range(start_epoch, cfg.epochs):
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist()
-        if cfg.crop_size is not None:
-            perm = [epoch * n + i for i in perm]  # keys of KeyedAugment
-        batches = [perm[i * cfg.batch_size:(i + 1) * cfg.batch_size] for i in range(steps_per_epoch)]
-        first = start_step if epoch == start_epoch else 0
-        local = [b[rank * local_bs:(rank + 1) * local_bs] for b in batches[first:]]
-        loader = torch.utils.data.DataLoader(
-            train_set, batch_sampler=local, num_workers=cfg.num_workers, collate_fn=_collate,
-            persistent_workers=False, pin_memory=device.type == "cuda",
-        )
-        bar = _Progress(len(local), f"epoch {epoch + 1}/{cfg.epochs}", progress and rank == 0)
-        t0, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
-        for step, (images, labels) in enumerate(loader, start=first):
-            it = epoch * steps_per_epoch + step
-            # Flips are drawn for the global batch and sliced, so that N processes
-            # see the same augmentation as one process with the same global batch.
-            g_flip = torch.Generator().manual_seed((seed * 1_000_003 + epoch * 10_007 + step) % (2**63))
-            g = _step_generator(seed + 7 * rank, epoch, step, device)
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            if cfg.hflip > 0:
-                flip = (torch.rand(cfg.batch_size, generator=g_flip) < cfg.hflip)[rank * local_bs:(rank + 1) * local_bs]
-                flip = flip.to(device)
-                images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
-                labels = torch.where(flip.view(-1, 1, 1), labels.flip(-1), labels)
-            if cfg.channels_last and device.type == "cuda":
-                images = images.contiguous(memory_format=torch.channels_last)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(cfg, it, total)
-            res = task(images, labels, generator=g)
-            loss = res["loss"]
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}; "
-                    f"the last good checkpoint is kept at {partial if partial.exists() else '(none yet)'}"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            seen += images.shape[0] * world
-            loss_sum += float(loss.detach())
-            loss_n += 1
-            steps_this_call += 1
-            bar.update(loss_sum / loss_n, seen / max(time.perf_counter() - t0, 1e-9))
-            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps_per_epoch:
-                save(epoch, step + 1)
-            if max_steps is not None and steps_this_call >= max_steps:
-                bar.close()
-                save(epoch, step + 1) if step + 1 < steps_per_epoch else save(epoch + 1, 0)
-                return {"interrupted": True, "epoch": epoch, "step": step + 1}
-        bar.close()
-        epoch_s = time.perf_counter() - t0
-        row = {
-            "epoch": epoch + 1,
-            "step": (epoch + 1) * steps_per_epoch,
-            "loss": loss_sum / max(loss_n, 1),
-            "lr": opt.param_groups[0]["lr"],
-            "images_per_s": seen / max(epoch_s, 1e-9),
-            "epoch_s": epoch_s,
-        }
-        if val_set is not None and rank == 0:
-            val_bs = cfg.val_batch_size or local_bs
-            clean = _evaluate_clean(model, val_set, val_bs, device, num_classes, cfg.amp)
-            row.update(val_miou=clean["miou"], val_pixel_acc=clean["pixel_acc"])
-            if robust_attack is not None and cfg.val_robust_steps > 0 and cfg.val_robust_images > 0:
-                subset = torch.utils.data.Subset(val_set, range(min(cfg.val_robust_images, len(val_set))))
-                rob = _evaluate_robust(model, subset, val_bs, device, num_classes, robust_attack, seed)
-                row["robust_val_miou"] = rob["miou"]
-        rows.append(row)
-        last_row = row
-        if rank == 0:
-            log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
-            _write_log(log_path, rows)
-        save(epoch + 1, 0)
-    if rank == 0:
-        os.replace(partial, out) if partial.exists() else save_checkpoint(out, model, meta)
-    if world > 1:
-        dist.barrier()
-    return last_row
+    out, log_path = Path(out), Path(log_path)
+    with contextlib.ExitStack() as stack:
+        if _dist_info()[0] == 0:
+            stack.enter_context(exclusive_lock(out))
+            for path in (out, out.with_name(out.name + ".partial"), log_path):
+                remove_stale_temps(path)  # left by killed writers; the lock says none is alive
+        run = _build_run(model, train_set, num_classes, model_cfg, cfg, attack, out, seed, torch.device(device),
+                         meta, max_steps)
+        state = resume_state(run)
+        while state.epoch < cfg.epochs:
+            train_one_epoch(run, state, progress)
+            if state.step < run.steps_per_epoch:  # stopped by max_steps half-way
+                save_partial(run, state, f"epoch {state.epoch + 1}, step {state.step}")
+                return {"interrupted": True, "epoch": state.epoch, "step": state.step}
+            end_epoch(run, state, val_set, num_classes, robust_attack, log_path)
+            if run.max_steps is not None and run.steps_done >= run.max_steps and state.epoch < cfg.epochs:
+                return {"interrupted": True, "epoch": state.epoch, "step": 0}
+        finish(run, out)
+    return state.rows[-1]

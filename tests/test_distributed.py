@@ -12,7 +12,7 @@ from eroseg.models import SegmentationModel, load_checkpoint
 MODEL = {"arch": "tiny"}
 
 
-def _tiny_model(cfg, num_classes):
+def _tiny_model(num_classes=2):
     # No batch norm: on CPU there is no SyncBatchNorm, so per-process BN statistics would
     # legitimately differ from one process's; the comparison is about gradient averaging,
     # sharding and augmentation.
@@ -28,7 +28,7 @@ def _train(out, log):
     from tests.test_train import Toy
 
     cfg = t.TrainConfig.from_dict(dict(epochs=2, batch_size=4, lr=0.05, hflip=0.5, amp=False, val_robust_steps=0))
-    t.train(train_set=Toy(16), val_set=None, num_classes=2, model_cfg=MODEL, cfg=cfg, attack=None,
+    t.train(_tiny_model(), train_set=Toy(16), val_set=None, num_classes=2, model_cfg=MODEL, cfg=cfg, attack=None,
             out=out, log_path=log, seed=3, progress=False)
 
 
@@ -39,9 +39,6 @@ def _worker(rank, port, out, log):
     from eroseg.train import init_distributed
 
     init_distributed()
-    import eroseg.train as t
-
-    t.model_from_config = _tiny_model  # a spawned process of its own: nothing to restore
     try:
         _train(out, log)
     finally:
@@ -57,14 +54,11 @@ def _free_port():
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not available")
 def test_two_process_gloo_matches_single_process(tmp_path, monkeypatch):
     monkeypatch.chdir(os.path.dirname(os.path.dirname(__file__)))
-    import eroseg.train as t
-
-    monkeypatch.setattr(t, "model_from_config", _tiny_model)  # restored after the test
     _train(tmp_path / "single.pt", tmp_path / "single.csv")
     mp.spawn(_worker, args=(_free_port(), str(tmp_path / "ddp.pt"), str(tmp_path / "ddp.csv")), nprocs=2)
     a = load_checkpoint(tmp_path / "single.pt")["state_dict"]
     b = load_checkpoint(tmp_path / "ddp.pt")["state_dict"]
-    moved = max(float((a[k] - _tiny_model(None, 2).state_dict()[k]).abs().max()) for k in a)
+    moved = max(float((a[k] - _tiny_model().state_dict()[k]).abs().max()) for k in a)
     assert moved > 1e-3, "training did not move the weights; the comparison would be vacuous"
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), (k, float((a[k] - b[k]).abs().max()))

@@ -40,7 +40,10 @@ def test_training_bf16_channels_last(tmp_path):
     cfg = TrainConfig.from_dict(dict(epochs=1, batch_size=4, amp=True, channels_last=True, val_robust_steps=1,
                                      val_robust_images=4))
     atk = create_attack("eroseg", eps=8 / 255, step_size=2 / 255, steps=2, amp=True)
-    row = train(train_set=Toy(16, size=32), val_set=Toy(8, size=32, seed=1), num_classes=2,
+    from eroseg.models import model_from_config
+
+    model_cfg = {"arch": "Unet", "encoder": "resnet18", "kwargs": {"encoder_depth": 3, "decoder_channels": [8, 8, 8]}}
+    row = train(model_from_config(model_cfg, 2), train_set=Toy(16, size=32), val_set=Toy(8, size=32, seed=1), num_classes=2,
                 model_cfg={"arch": "Unet", "encoder": "resnet18", "kwargs": {"encoder_depth": 3,
                                                                               "decoder_channels": [8, 8, 8]}},
                 cfg=cfg, attack=atk, out=tmp_path / "m.pt", log_path=tmp_path / "m.csv", device="cuda",

@@ -323,7 +323,7 @@ def test_shipped_config_matches_schema(name):
     assert list(cfg) == list(default)  # same keys as the default config
     assert cfg["dataset"]["name"] == name and cfg["dataset"]["root"] == env and cfg["run"] == name
     assert cfg["model"]["arch"] == "DeepLabV3" and cfg["model"]["encoder"] == "resnet50"
-    assert cfg["resources"] == {"threads": 8, "gpus_per_train": 1}
+    assert cfg["resources"] == {"threads": 8, "gpus_per_train": 1, "jobs_per_gpu": 1}
     assert cfg["evaluation"]["headline"]["steps"] == 20 and 100 in cfg["evaluation"]["sweep"]["steps"]
     validate(dict(cfg), str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
 
@@ -395,6 +395,7 @@ def test_cityscapes_end_to_end(trees, tmp_path):
         sweep={"method": "standard", "attacks": ["pgd"], "eps": ["8/255"], "steps": [1]},
         ablation={"method": "standard", "variants": {"pgd": "pgd"}},
         samples={"method": "standard", "attack": "pgd", "n": 2},
+        sea=None, sea_plus=[], checks=None, claims=None,
     )
     cfg["figures"] = {"dpi": 40}
     cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -95,16 +95,16 @@ def test_second_dry_run_has_nothing_to_do(workdir):
 def test_choices_use_val_and_reported_numbers_use_test(workdir):
     """The tuning stage and the per-epoch log read the val split only; every evaluation reads the test split."""
     res = snakemake(workdir, "-n", "-p", "--forceall", "--configfile", "config/tests.yaml")
-    cmds = [line.strip() for line in res.stdout.splitlines() if line.strip().startswith("eroseg ")]
-    kinds = {c.split()[1] for c in cmds}
+    cmds = [line.strip().split(" -m eroseg ", 1)[1] for line in res.stdout.splitlines() if " -m eroseg " in line]
+    kinds = {c.split()[0] for c in cmds}
     assert {"tune", "evaluate", "train"} <= kinds, kinds
     for c in cmds:
         split = re.search(r"--split (\S+)", c)
-        if c.startswith("eroseg tune"):
+        if c.startswith("tune"):
             assert split.group(1) == "val", c
-        elif c.startswith("eroseg evaluate"):
+        elif c.startswith("evaluate"):
             assert split.group(1) == "test", c
-        elif c.startswith("eroseg train"):
+        elif c.startswith("train"):
             assert re.search(r"--val-split (\S+)", c).group(1) == "val", c
             assert "test" not in re.search(r"--train-split (\S+)", c).group(1), c
 
@@ -186,7 +186,8 @@ def test_slurm_profile_dry_run_requests_gpus(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout + res.stderr
     blocks: dict[str, list[str]] = {}
-    for m in re.finditer(r"^(?:local)?rule (\w+):\n((?:    .*\n)+)", out, flags=re.M):
+    # Jobs of a group (the profile groups the evaluations) are printed indented under "Group job".
+    for m in re.finditer(r"^ *(?:local)?rule (\w+):\n((?: {4,}.*\n)+)", out, flags=re.M):
         blocks.setdefault(m.group(1), []).append(m.group(2))
     for rule in ("train", "tune", "evaluate", "samples"):
         assert blocks.get(rule), (rule, out[-2000:])
@@ -200,7 +201,8 @@ def test_slurm_profile_dry_run_requests_gpus(tmp_path):
     (tmp_path / "config" / "two.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     res = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile"),
-         "--profile", str(ROOT / "workflow" / "profiles" / "slurm"), "--configfile", "config/two.yaml"],
+         "--profile", str(ROOT / "workflow" / "profiles" / "slurm"), "--configfile", "config/two.yaml",
+         "--resources", "gpu=2"],  # the profile caps each submitted job at gpu=1 (grouped evaluations share one)
         capture_output=True, text=True, env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     train_blocks = re.findall(r"^rule train:\n((?:    .*\n)+)", res.stdout + res.stderr, flags=re.M)

@@ -152,6 +152,7 @@ class VOCSegmentation(torch.utils.data.Dataset):
         # ~10k ids, and network file systems make each stat slow.
         img_names = set(os.listdir(img_root)) if img_root.is_dir() else set()
         lbl_names = set(os.listdir(lbl_root)) if lbl_root.is_dir() else set()
+        first_line: dict[str, int] = {}
         for lineno, entry in enumerate(entries, 1):
             fields = entry.split()
             if len(fields) == 2:  # SBD style: "<image path> <label path>" relative to root
@@ -186,6 +187,12 @@ class VOCSegmentation(torch.utils.data.Dataset):
                 raise DatasetError(
                     f"{self.list_file}: line {lineno} is {entry!r}; expected one id, or an image path and a label path"
                 )
+            if sample_id in first_line:
+                raise DatasetError(
+                    f"{self.list_file}: sample id {sample_id!r} is listed twice (entries {first_line[sample_id]} "
+                    f"and {lineno}); each sample must appear once in a split"
+                )
+            first_line[sample_id] = lineno
             self.ids.append(sample_id)
             self._images.append(image)
             self._labels.append(label)

@@ -95,7 +95,10 @@ HEAD_STEPS = int(EVAL["headline"]["steps"])
 SEA = EVAL.get("sea")
 TEST_SPLIT = DATASET["test_split"]
 VAL_SPLIT = DATASET["val_split"]
+# Nullable blocks carry no schema defaults (validate() cannot fill defaults into a null); they are set here.
 CHECKS = EVAL.get("checks")
+if CHECKS:
+    CHECKS = {"restarts": None, "max_restart_gain": 1.0, "seeds": "all", **CHECKS}
 TUNE = config.get("tuning") or {}
 TUNED_FAMILIES = list((TUNE.get("grids") or {}))
 if CHECKS:
@@ -159,7 +162,7 @@ def model_settings(method, seed):
     """Every (setting, eps tag, steps) evaluated on one model, without duplicates."""
     head = eps_tag(HEAD_EPS)
     out = {(a, head, steps_of(a, HEAD_STEPS)) for a in EVAL["main_attacks"] + ([SEA] if SEA else [])}
-    if CHECKS:
+    if CHECKS and (CHECKS["seeds"] == "all" or seed == SEEDS[0]):
         out |= {(CHECKS["setting"], eps_tag(e), int(CHECKS["steps"])) for e in CHECK_EPS}
         if CHECKS.get("restarts"):
             out.add((CHECKS["restarts"], head, steps_of(CHECKS["restarts"], HEAD_STEPS)))
@@ -298,7 +301,7 @@ def aggregate_spec():
         "sea_plus": EVAL.get("sea_plus") or [],
         "worst_case": EVAL.get("worst_case") or EVAL["main_attacks"],
         "worst_case_rule": EVAL["worst_case_rule"],
-        "checks": {**CHECKS, "eps": CHECK_EPS} if CHECKS else None,
+        "checks": {**CHECKS, "eps": CHECK_EPS, "seeds": SEEDS if CHECKS["seeds"] == "all" else SEEDS[:1]} if CHECKS else None,
         "claims": claims,
         "sweep": {"method": EVAL["sweep"]["method"], "attacks": EVAL["sweep"]["attacks"]},
         "ablation": {"method": EVAL["ablation"]["method"], "attacks": [[k, v] for k, v in EVAL["ablation"]["variants"].items()]},
