@@ -37,6 +37,9 @@ def _unknown_keys(cfg, schema, where=""):
 _unknown_keys(config, yaml.safe_load(SCHEMA.read_text()))
 validate(config, schema="../schemas/config.schema.yaml")
 
+# GPU slots per GPU for eroseg.device (several light jobs may share a GPU), unless the user set it.
+os.environ.setdefault("EROSEG_JOBS_PER_GPU", str(config["resources"].get("jobs_per_gpu", 1)))
+
 # Rules run the package with the interpreter Snakemake runs under, so a Snakemake started as
 # .venv/bin/snakemake (venv not activated) finds it too.
 EROSEG = f"{shlex.quote(sys.executable)} -m eroseg"
