@@ -143,22 +143,23 @@ def test_changing_figure_style_reruns_no_evaluation(workdir):
     assert _changed(workdir, "style", lambda c: c["figures"].update(dpi=61)) == {"figures": 1, "all": 1}
 
 
-def test_bad_config_names_the_key(tmp_path):
+def _dry_run_with_train(tmp_path: Path, **train) -> subprocess.CompletedProcess:
+    """A dry run of the tests config with ``train`` keys set as given (not checked for success)."""
     shutil.copytree(ROOT / "config", tmp_path / "config")
     cfg = yaml.safe_load((tmp_path / "config" / "tests.yaml").read_text())
-    cfg["train"]["epochs"] = 0
+    cfg["train"].update(train)
     (tmp_path / "config" / "bad.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    res = snakemake(tmp_path, "-n", "--configfile", "config/bad.yaml", check=False)
+    return snakemake(tmp_path, "-n", "--configfile", "config/bad.yaml", check=False)
+
+
+def test_bad_config_names_the_key(tmp_path):
+    res = _dry_run_with_train(tmp_path, epochs=0)
     assert res.returncode != 0
     assert "epochs" in res.stdout + res.stderr
 
 
 def test_unknown_config_key_names_itself_and_the_closest_valid_key(tmp_path):
-    shutil.copytree(ROOT / "config", tmp_path / "config")
-    cfg = yaml.safe_load((tmp_path / "config" / "tests.yaml").read_text())
-    cfg["train"]["batchsize"] = 3
-    (tmp_path / "config" / "bad.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    res = snakemake(tmp_path, "-n", "--configfile", "config/bad.yaml", check=False)
+    res = _dry_run_with_train(tmp_path, batchsize=3)
     assert res.returncode != 0
     assert "config key train.batchsize: unknown; did you mean train.batch_size?" in res.stdout + res.stderr
 
