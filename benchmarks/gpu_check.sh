@@ -9,19 +9,24 @@
 #   4. the GPU tests (pytest -m gpu).
 # Each step has its own time limit so that one slow step does not hide the others.
 # Usage: OUT=some/folder bash benchmarks/gpu_check.sh
+# Knobs (environment): PIPELINE_LIMIT, BATCH_LIMIT, STARTUP_LIMIT, TEST_LIMIT (seconds per step), SKIP
+# (steps to leave out, e.g. SKIP="2 4"), SNAKEMAKE_ARGS (extra snakemake
+# arguments), BATCH_IMAGES, BATCH_ARGS (default --amp; "--threads 16" for fp32).
 set -u
 OUT=${OUT:-gpu_check_out}
 mkdir -p "$OUT"
 export MPLBACKEND=Agg PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
+want() { [[ " ${SKIP:-} " != *" $1 "* ]]; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
+if want 1; then
 echo "== 1. embedded default through the gpu profile"
 nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits -lms 500 > "$OUT/smi.csv" &
 smi=$!
 t0=$(date +%s.%N)
-timeout "${PIPELINE_LIMIT:-300}" snakemake --profile workflow/profiles/gpu > "$OUT/snakemake.log" 2>&1
+timeout "${PIPELINE_LIMIT:-300}" snakemake --profile workflow/profiles/gpu ${SNAKEMAKE_ARGS:-} > "$OUT/snakemake.log" 2>&1
 rc=$?
 t1=$(date +%s.%N)
 kill "$smi" 2>/dev/null
@@ -39,14 +44,21 @@ if util:
 PYEOF
 grep -c "^localrule\|^rule " "$OUT/snakemake.log" | sed 's/^/jobs started: /'
 tail -3 "$OUT/snakemake.log"
-tar czf "$OUT/tables.tgz" results/synthetic/tables results/synthetic/benchmarks 2>/dev/null
+tar czf "$OUT/tables.tgz" results/synthetic/tables results/synthetic/benchmarks results/synthetic/logs 2>/dev/null
 
+fi
+if want 2; then
 echo "== 2. batched whole-image evaluation at VOC sizes"
-timeout "${BATCH_LIMIT:-150}" $PY benchmarks/bench_eval_batching.py --device cuda --scale 1 --images 96 \
-    --batch 16 --arch DeepLabV3 --encoder resnet50 --classes 21 --amp
+timeout "${BATCH_LIMIT:-150}" $PY benchmarks/bench_eval_batching.py --device cuda --scale 1 \
+    --images "${BATCH_IMAGES:-96}" --batch 16 --arch DeepLabV3 --encoder resnet50 --classes 21 ${BATCH_ARGS:---amp}
 
+fi
+if want 3; then
 echo "== 3. start-up cost"
 timeout "${STARTUP_LIMIT:-45}" $PY benchmarks/bench_startup.py --repeat 3
 
+fi
+if want 4; then
 echo "== 4. GPU tests"
 timeout "${TEST_LIMIT:-90}" $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py tests/test_attacks_gpu.py 2>&1 | tail -15
+fi
