@@ -67,14 +67,14 @@ def main() -> None:
     model = create_model(args.arch, args.encoder, args.classes).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
     h, w = args.crop
-    images = torch.rand(args.batch, 3, h, w, device=device)
-    labels = torch.randint(0, args.classes, (args.batch, h, w), device=device)
+    batch = {"images": torch.rand(args.batch, 3, h, w, device=device),
+             "labels": torch.randint(0, args.classes, (args.batch, h, w), device=device)}
     at_attack = create_attack("eroseg", eps=8 / 255, step_size=2 / 255, steps=args.at_steps, amp=amp)
     tasks = {"standard": TrainingTask(model, None, amp=amp),
              f"eroseg_at (K={args.at_steps})": TrainingTask(model, at_attack, adv_fraction=0.5, amp=amp)}
 
     def train_step(task):
-        res = task(images, labels)
+        res = task(batch["images"], batch["labels"])
         opt.zero_grad(set_to_none=True)
         res["loss"].backward()
         opt.step()
@@ -83,7 +83,7 @@ def main() -> None:
     for name, task in tasks.items():
         train_step(task)  # warm-up (cudnn autotuning)
         train_ms[name] = _timed(lambda: train_step(task), device, args.repeats)
-    del images, labels
+    batch.clear()  # free the training batch before the evaluation part
 
     eh, ew = args.eval_size
     x = torch.rand(args.eval_batch, 3, eh, ew, device=device)

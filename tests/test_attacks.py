@@ -28,40 +28,16 @@ from eroseg.attacks.eroseg import (
 )
 from eroseg.attacks.segpgd import segpgd_lambda, segpgd_weights
 
-C = 4  # classes of the toy task
-SIZE = 32
-EPS = {"linf": 8 / 255, "l2": 1.5}  # L2 1.5 over 3x32x32 values: an rms of 0.027 per value
-NAMES = ["fgsm", "pgd", "segpgd", "cospgd", "eroseg"]
+from tests.conftest import ATTACK_NAMES as NAMES
+from tests.conftest import TOY_CLASSES as C
+from tests.conftest import TOY_EPS as EPS
+from tests.conftest import TOY_SIZE as SIZE
+from tests.conftest import ToyNet as Tiny
+from tests.conftest import attack_params as params
+from tests.conftest import toy_batch
+
 ITERATIVE = NAMES[1:]
 CASES = [(a, n) for a in NAMES for n in ("linf", "l2")]
-
-
-# ------------------------------------------------------------------ toy task
-def toy_batch(n, size=SIZE, seed=0):
-    """Four classes laid out as shifted quadrants, each with its own colour plus noise; row 0 and a 3x3 block void."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    base = (yy >= size // 2).long() * 2 + (xx >= size // 2).long()
-    shifts = torch.randint(-size // 4, size // 4 + 1, (n, 2), generator=g)
-    labels = torch.stack([torch.roll(base, (int(a), int(b)), dims=(0, 1)) for a, b in shifts])
-    # Colours 0.05 apart with noise 0.02: learnable in seconds, yet within reach of eps = 8/255.
-    colours = torch.tensor([[0.4, 0.4, 0.4], [0.45, 0.4, 0.4], [0.4, 0.45, 0.4], [0.4, 0.4, 0.45]])
-    images = colours[labels].permute(0, 3, 1, 2) + 0.02 * torch.randn(n, 3, size, size, generator=g)
-    labels[:, 0, :] = 255
-    labels[:, 10:13, 20:23] = 255
-    return images.clamp(0, 1), labels
-
-
-class Tiny(nn.Module):
-    """3 -> C channels; the [0, 1] -> standardised normalisation lives inside, as the model contract says."""
-
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
-                                 nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, C, 1))
-
-    def forward(self, x):
-        return self.net((x - 0.42) / 0.05)
 
 
 @pytest.fixture(scope="module")
@@ -82,15 +58,6 @@ def trained():
         acc = pixel_accuracy_per_image(model(x), y).mean()
     assert acc > 0.9, f"toy model did not learn (pixel accuracy {acc:.2f}); the strength tests would be meaningless"
     return model, x, y
-
-
-def params(name, norm="linf", **kw):
-    eps = EPS[norm]
-    p = dict(eps=eps, norm=norm)
-    if name != "fgsm":
-        p.update(step_size=eps / 4, steps=5)
-    p.update(kw)
-    return p
 
 
 def make(name, norm="linf", **kw):

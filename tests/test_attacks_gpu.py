@@ -5,7 +5,10 @@ import torch
 
 from eroseg.attacks import create_attack
 from eroseg.attacks.eroseg import eroseg_masks, masked_quantile
-from tests.test_attacks import NAMES, Tiny, params, toy_batch
+from tests.conftest import ATTACK_NAMES as NAMES
+from tests.conftest import ToyNet as Tiny
+from tests.conftest import attack_params as params
+from tests.conftest import toy_batch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 

@@ -13,7 +13,7 @@ from eroseg.cli import main, parse_number
 from eroseg.data import generate_synthetic
 from eroseg.models import create_model, save_checkpoint
 
-MODEL_CFG = {"arch": "Unet", "encoder": "resnet18", "kwargs": {"encoder_depth": 3, "decoder_channels": [8, 8, 8]}}
+from tests.conftest import TINY_UNET as MODEL_CFG
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ def _tiny_model(num_classes=2):
 
 def _train(out, log):
     import eroseg.train as t
-    from tests.test_train import Toy
+    from tests.conftest import HalfSplit as Toy
 
     cfg = t.TrainConfig.from_dict(dict(epochs=2, batch_size=4, lr=0.05, hflip=0.5, amp=False, val_robust_steps=0))
     t.train(_tiny_model(), train_set=Toy(16), val_set=None, num_classes=2, model_cfg=MODEL, cfg=cfg, attack=None,

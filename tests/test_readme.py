@@ -37,7 +37,7 @@ import pytest
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, snakemake_env
 README = ROOT / "README.md"
 
 #: Commands not run: a fragment of the command -> why. The first matching fragment wins.
@@ -195,10 +195,8 @@ def run_snakemake(snippet: Snippet, workdir: Path) -> subprocess.CompletedProces
     argv = _argv(snippet)[1:]
     if "--configfile" not in argv:
         argv += ["--configfile", "config/tests.yaml"]  # the embedded default takes about 15 minutes
-    env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=str(ROOT))
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    res = subprocess.run([sys.executable, "-m", "snakemake", *argv], cwd=workdir, env=env, capture_output=True,
-                         text=True)
+    res = subprocess.run([sys.executable, "-m", "snakemake", *argv], cwd=workdir,
+                         env=snakemake_env(PYTHONPATH=str(ROOT)), capture_output=True, text=True)
     if res.returncode != 0:
         raise AssertionError(f"README.md:{snippet.line}: snakemake {' '.join(argv)} failed:\n"
                              f"{res.stdout[-3000:]}\n{res.stderr[-5000:]}")

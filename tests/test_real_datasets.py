@@ -37,7 +37,7 @@ from eroseg.data import (
 )
 from eroseg.data.cityscapes import CITYSCAPES_LABEL_TO_TRAIN
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, snakemake_cmd, snakemake_env
 H, W = 32, 64  # fixture image size (every image of a tree has the same size, so batches can stack)
 
 
@@ -328,12 +328,6 @@ def test_shipped_config_matches_schema(name):
     validate(dict(cfg), str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
 
 
-def _env():
-    env = dict(os.environ, MPLBACKEND="Agg")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
 def _small_config(name: str, root: Path, workdir: Path) -> Path:
     """The shipped config of ``name`` pointed at ``root``, with a tiny model and sizes."""
     cfg = yaml.safe_load((ROOT / "config" / CONFIGS[name][0]).read_text())
@@ -351,9 +345,9 @@ def _small_config(name: str, root: Path, workdir: Path) -> Path:
 
 
 def _snakemake(workdir: Path, configfile: Path, *args: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "snakemake", *args, "--snakefile", str(ROOT / "Snakefile"),
-           "--directory", str(workdir), "--configfile", str(configfile)]
-    return subprocess.Popen(cmd, cwd=workdir, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cmd = snakemake_cmd(workdir, *args, "--configfile", str(configfile))
+    return subprocess.Popen(cmd, cwd=workdir, env=snakemake_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
 
 @pytest.fixture(scope="module")

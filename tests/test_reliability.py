@@ -24,7 +24,7 @@ from eroseg.models import (SegmentationModel, check_checkpoint_matches, create_m
 from eroseg.train import (RUN_IDENTITY, LossExplosionError, NonFiniteWeightsError, TrainConfig, TrainingTask,
                           adversarial_counts, train)
 
-UNET = {"arch": "Unet", "encoder": "resnet18", "kwargs": {"encoder_depth": 3, "decoder_channels": [8, 8, 8]}}
+from tests.conftest import TINY_UNET as UNET
 TINY = {"arch": "tiny"}
 REPO = Path(__file__).resolve().parents[1]  # metadata only: these tests pass the model itself
 

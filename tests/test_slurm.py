@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, snakemake_cmd, snakemake_env
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 # Snakemake with the plugin's status checks at most 1 s apart (the plugin backs off by 10 s per check).
 FAST_POLL = ROOT / "tests" / "slurm" / "snakemake_fast_poll.py"
@@ -89,11 +89,9 @@ def test_pipeline_through_slurm_matches_local(tmp_path, cluster, request):
         (d / "config" / "one_seed.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     # The local reference runs beside the SLURM run: the SLURM run mostly waits (submission, status checks,
     # Snakemake starting inside each job), so the two overlap well on a small machine.
-    env = dict(os.environ, MPLBACKEND="Agg")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    local = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", "--directory", str(local_dir),
-                              "--snakefile", str(ROOT / "Snakefile"), "--configfile", "config/one_seed.yaml"],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=local_dir)
+    local = subprocess.Popen(snakemake_cmd(local_dir, "--cores", "2", "--configfile", "config/one_seed.yaml"),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=snakemake_env(),
+                             cwd=local_dir)
     request.addfinalizer(lambda: local.poll() is None and (local.kill(), local.wait()))
     t0 = time.time()
     # Groups: the data steps make one SLURM job, the tuning of every family one, and the evaluations (one

@@ -8,33 +8,14 @@ import torch
 from eroseg.models import load_checkpoint, load_model, model_from_config
 from eroseg.train import NonFiniteLossError, TrainConfig, TrainingTask, train
 
-MODEL = {"arch": "Unet", "encoder": "resnet18", "kwargs": {"encoder_depth": 3, "decoder_channels": [8, 8, 8]}}
+from tests.conftest import TINY_UNET as MODEL
+from tests.conftest import HalfSplit as Toy
 
 
 def unet(num_classes=2, seed=0):
     """The tiny U-Net of MODEL, initialised from ``seed``."""
     torch.manual_seed(seed)
     return model_from_config(MODEL, num_classes)
-
-
-class Toy(torch.utils.data.Dataset):
-    """Left half class 0, right half class 1, colours noisy: learnable in a few steps."""
-
-    def __init__(self, n=16, size=16, seed=0, nan_at=None):
-        g = torch.Generator().manual_seed(seed)
-        self.labels = torch.zeros(n, size, size, dtype=torch.long)
-        self.labels[:, :, size // 2:] = 1
-        self.labels[:, 0, 0] = 255
-        base = torch.where(self.labels.unsqueeze(1) == 1, 0.7, 0.3).float().expand(n, 3, size, size)
-        self.images = (base + 0.1 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1)
-        if nan_at is not None:
-            self.images[nan_at] = float("nan")
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.images[i], self.labels[i]
 
 
 def noise_attack(model, images, labels, generator=None):

@@ -1,9 +1,7 @@
 """The Snakemake workflow end to end on config/tests.yaml, and what reruns after a change."""
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,23 +10,12 @@ import pandas as pd
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT, copy_configs, run_snakemake, snakemake_cmd, snakemake_env
+
 pytestmark = pytest.mark.workflow
 
 
-def _env():
-    env = dict(os.environ, MPLBACKEND="Agg")
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "--directory", str(workdir),
-           "--snakefile", str(ROOT / "Snakefile"), *args]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=workdir)
-    if check and res.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{res.stdout[-4000:]}\n{res.stderr[-6000:]}")
-    return res
+snakemake = run_snakemake
 
 
 def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
@@ -47,7 +34,7 @@ def workdir(tmp_path_factory) -> Path:
     wd = tmp_path_factory.mktemp("wf")
     # The Snakefile resolves workflow/ and the package sources relative to itself; configs are
     # copied so each test can change its own copy.
-    shutil.copytree(ROOT / "config", wd / "config")
+    copy_configs(wd)
     snakemake(wd, "--configfile", "config/tests.yaml")
     return wd
 
@@ -145,7 +132,7 @@ def test_changing_figure_style_reruns_no_evaluation(workdir):
 
 def _dry_run_with_train(tmp_path: Path, **train) -> subprocess.CompletedProcess:
     """A dry run of the tests config with ``train`` keys set as given (not checked for success)."""
-    shutil.copytree(ROOT / "config", tmp_path / "config")
+    copy_configs(tmp_path)
     cfg = yaml.safe_load((tmp_path / "config" / "tests.yaml").read_text())
     cfg["train"].update(train)
     (tmp_path / "config" / "bad.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -166,11 +153,9 @@ def test_unknown_config_key_names_itself_and_the_closest_valid_key(tmp_path):
 
 def test_rules_run_the_package_with_snakemakes_own_interpreter(tmp_path):
     """A Snakemake started from a venv that is not activated (eroseg not on PATH) still finds the package."""
-    shutil.copytree(ROOT / "config", tmp_path / "config")
-    env = dict(_env(), PATH="/usr/bin:/bin")
-    res = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--directory", str(tmp_path),
-                          "--snakefile", str(ROOT / "Snakefile"), "--configfile", "config/tests.yaml"],
-                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    copy_configs(tmp_path)
+    res = run_snakemake(tmp_path, "-n", "-p", "--configfile", "config/tests.yaml", check=False,
+                        env=dict(snakemake_env(), PATH="/usr/bin:/bin"))
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"{sys.executable} -m eroseg synthesize" in res.stdout
 
@@ -178,12 +163,11 @@ def test_rules_run_the_package_with_snakemakes_own_interpreter(tmp_path):
 def test_slurm_profile_dry_run_requests_gpus(tmp_path):
     """The slurm profile (plugin installed) plans every GPU rule with a GPU request; local rules stay local."""
     pytest.importorskip("snakemake_executor_plugin_slurm", reason="snakemake-executor-plugin-slurm not installed")
-    shutil.copytree(ROOT / "config", tmp_path / "config")
-    env = dict(_env(), EROSEG_SLURM_ACCOUNT="acct", EROSEG_SLURM_PARTITION="cpu", EROSEG_SLURM_GPU_PARTITION="gpu")
-    res = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile"),
-         "--profile", str(ROOT / "workflow" / "profiles" / "slurm"), "--configfile", "config/tests.yaml"],
-        capture_output=True, text=True, env=env, cwd=tmp_path)
+    copy_configs(tmp_path)
+    env = snakemake_env(EROSEG_SLURM_ACCOUNT="acct", EROSEG_SLURM_PARTITION="cpu", EROSEG_SLURM_GPU_PARTITION="gpu")
+    profile = str(ROOT / "workflow" / "profiles" / "slurm")
+    res = subprocess.run(snakemake_cmd(tmp_path, "-n", "--profile", profile, "--configfile", "config/tests.yaml"),
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout + res.stderr
     blocks: dict[str, list[str]] = {}
@@ -200,10 +184,8 @@ def test_slurm_profile_dry_run_requests_gpus(tmp_path):
     cfg = yaml.safe_load((tmp_path / "config" / "tests.yaml").read_text())
     cfg["resources"]["gpus_per_train"] = 2
     (tmp_path / "config" / "two.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    res = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile"),
-         "--profile", str(ROOT / "workflow" / "profiles" / "slurm"), "--configfile", "config/two.yaml",
-         "--resources", "gpu=2"],  # the profile caps each submitted job at gpu=1 (grouped evaluations share one)
+    res = subprocess.run(  # the profile caps each submitted job at gpu=1 (grouped evaluations share one)
+        snakemake_cmd(tmp_path, "-n", "--profile", profile, "--configfile", "config/two.yaml", "--resources", "gpu=2"),
         capture_output=True, text=True, env=env, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     train_blocks = re.findall(r"^rule train:\n((?:    .*\n)+)", res.stdout + res.stderr, flags=re.M)
