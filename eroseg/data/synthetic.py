@@ -34,7 +34,6 @@ import os
 import shutil
 import time
 import uuid
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -638,15 +637,4 @@ def generate_synthetic(
     return root
 
 
-def dataset_crc(root: str | os.PathLike) -> int:
-    """CRC32 over every file of a dataset folder (names and bytes, sorted); for determinism checks."""
-    crc = 0
-    root = Path(root)
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        crc = zlib.crc32(path.relative_to(root).as_posix().encode(), crc)
-        crc = zlib.crc32(path.read_bytes(), crc)
-    return crc
-
-
-__all__ = ["FORMAT_VERSION", "SPLITS", "SYNTHETIC_CLASSES", "SYNTHETIC_PALETTE", "dataset_crc", "generate_synthetic",
-           "render_scene"]
+__all__ = ["FORMAT_VERSION", "SPLITS", "SYNTHETIC_CLASSES", "SYNTHETIC_PALETTE", "generate_synthetic", "render_scene"]

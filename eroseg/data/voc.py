@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from eroseg.data.errors import IGNORE_INDEX, DatasetError, DatasetNotFoundError
-from eroseg.data.reader import SegmentationReader, image_to_tensor
+from eroseg.data.reader import SegmentationReader
 from eroseg.data.transforms import JointTransform
 
 #: The 21 PASCAL VOC classes; index = class id in the label PNGs.
@@ -178,4 +178,4 @@ class VOCSegmentation(SegmentationReader):
             self._add(sample_id, image, label)
 
 
-__all__ = ["IGNORE_INDEX", "IMAGE_SUFFIXES", "VOC_CLASSES", "VOCSegmentation", "image_to_tensor", "voc_palette"]
+__all__ = ["IGNORE_INDEX", "IMAGE_SUFFIXES", "VOC_CLASSES", "VOCSegmentation", "voc_palette"]
