@@ -86,8 +86,8 @@ class SegmentationReader(torch.utils.data.Dataset):
         """Sample ``index``'s image as float32 ``[3, H, W]`` in [0, 1] (no transform; greyscale is expanded)."""
         path = self._images[index]
         try:
-            with Image.open(path) as im:
-                return image_to_tensor(im)
+            with Image.open(path) as image:
+                return image_to_tensor(image)
         except OSError as err:
             raise DatasetError(f"{path}: cannot read image ({err})") from err
 
@@ -99,9 +99,9 @@ class SegmentationReader(torch.utils.data.Dataset):
         """
         path = self._labels[index]
         try:
-            with Image.open(path) as im:
-                check_label_mode(im.mode, path)
-                return np.asarray(im, dtype=np.uint8)
+            with Image.open(path) as image:
+                check_label_mode(image.mode, path)
+                return np.asarray(image, dtype=np.uint8)
         except DatasetError:
             raise
         except OSError as err:

@@ -125,8 +125,8 @@ class VOCSegmentation(SegmentationReader):
         return path
 
     def _read_list(self, image_dir: str, label_dir: str) -> None:
-        lines = [ln.strip() for ln in self.list_file.read_text().splitlines()]
-        entries = [ln for ln in lines if ln and not ln.startswith("#")]
+        lines = [line.strip() for line in self.list_file.read_text().splitlines()]
+        entries = [line for line in lines if line and not line.startswith("#")]
         if not entries:
             raise DatasetError(f"{self.list_file}: split list is empty; expected one sample id per line")
         img_root, lbl_root = self.root / image_dir, self.root / label_dir
