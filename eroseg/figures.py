@@ -271,6 +271,98 @@ def plot_erosion(steps: dict, out_dir: Path, title: str, dpi: int, max_panels: i
     return _save(fig, out_dir, "erosion", dpi)
 
 
+def _sweep_figures(frame: pd.DataFrame, sweep: dict, attacks: list[str], headline_eps: float, headline_steps: int,
+                   out_dir: Path, dpi: int) -> list[Path]:
+    """``robust_vs_steps`` and ``robust_vs_eps`` of the sweep's method (placeholders where a sweep has one value)."""
+    method = sweep.get("method", "standard")
+    eps_fixed = round(float(sweep.get("eps_fixed", headline_eps / 255)) * 255, 3)
+    steps_fixed = int(sweep.get("steps_fixed", headline_steps))
+    base = frame[(frame.method == method) & (frame.setting.isin(attacks))]
+    base = base.assign(setting=pd.Categorical(base.setting, [a for a in attacks if a in set(base.setting)],
+                                              ordered=True))
+    base = base.sort_values("setting")
+    clean_rows = frame[(frame.method == method) & (frame.setting == "clean")]
+    clean = float(clean_rows["miou"].mean()) if len(clean_rows) else None
+    written: list[Path] = []
+    by_steps = base[base.eps_255 == eps_fixed]
+    if by_steps["steps"].nunique() >= 2:
+        written += plot_sweep(by_steps, "steps", out_dir, "robust_vs_steps",
+                              f"{method}: mIoU vs attack steps (eps {eps_fixed:g}/255)", "attack steps (iterations)",
+                              dpi, clean=clean)
+    else:
+        written += _placeholder(out_dir, "robust_vs_steps", "fewer than two step counts evaluated", dpi)
+    by_eps = base[base.steps == steps_fixed].assign(eps_255=lambda d: d.eps_255)
+    if by_eps["eps_255"].nunique() >= 2:
+        written += plot_sweep(by_eps, "eps_255", out_dir, "robust_vs_eps",
+                              f"{method}: mIoU vs eps ({steps_fixed} steps)", "perturbation budget eps (pixel scale)",
+                              dpi, clean=clean)
+    else:
+        written += _placeholder(out_dir, "robust_vs_eps", "fewer than two eps values evaluated", dpi)
+    return written
+
+
+def _per_class_figure(evals: list[str], spec: dict, default_method: str, default_attacks: list[str],
+                      headline_eps: float, headline_steps: int, classes: list[str], out_dir: Path,
+                      dpi: int) -> list[Path]:
+    """``per_class_iou``: the clean and headline-budget evaluations of one method (and seed), one of each setting."""
+    per_class = spec.get("per_class") or {}
+    method = per_class.get("method", default_method)
+    attacks = per_class.get("attacks") or default_attacks
+    chosen = []
+    for p in evals:
+        d = read_json(p)
+        params = d.get("attack_params") or {}
+        if d.get("method") != method or d.get("seed") != per_class.get("seed", d.get("seed")):
+            continue
+        own_steps = spec.get("steps_of", {}).get(d["setting"], headline_steps)
+        if d["setting"] == "clean" or (
+            d["setting"] in attacks
+            and round(params.get("eps", 0) * 255, 3) == headline_eps
+            and int(params.get("steps", 0)) == own_steps
+        ):
+            if all(c["setting"] != d["setting"] for c in chosen):
+                chosen.append(d)
+    order = ["clean", *attacks]
+    chosen.sort(key=lambda d: order.index(d["setting"]) if d["setting"] in order else len(order))
+    if not chosen:
+        return _placeholder(out_dir, "per_class_iou", f"no evaluation of method {method}", dpi)
+    return plot_per_class(chosen, classes, out_dir,
+                          f"{method}: per-class IoU, eps {headline_eps:g}/255, {headline_steps} steps", dpi)
+
+
+def _training_figure(logs: list[str], out_dir: Path, dpi: int) -> list[Path]:
+    """``training_curves`` from the training logs, each at ``.../<method>/seed<k>/log.csv``."""
+    frames = {}
+    for p in logs:
+        path = Path(p)
+        frames[f"{path.parent.parent.name}/{path.parent.name}"] = pd.read_csv(path)
+    return plot_training(frames, out_dir, dpi) if frames else _placeholder(out_dir, "training_curves", "no logs", dpi)
+
+
+def _qualitative_figure(samples: list[str], spec: dict, classes: list[str], palette, out_dir: Path,
+                        dpi: int) -> list[Path]:
+    """``qualitative``: the first sample file's images, perturbations and predictions."""
+    if not samples:
+        return _placeholder(out_dir, "qualitative", "no samples", dpi)
+    with np.load(samples[0]) as z:
+        arrays = {k: z[k] for k in z.files}
+    if "image" not in arrays:
+        return _placeholder(out_dir, "qualitative", "sample file holds no images", dpi)
+    return plot_qualitative(arrays, classes, palette, out_dir, spec.get("qualitative_title", Path(samples[0]).stem),
+                            dpi)
+
+
+def _erosion_figure(steps: str | None, spec: dict, out_dir: Path, dpi: int) -> list[Path]:
+    """``erosion``: EroSeg's per-step masks, from an ``.npz`` with ``step_fooled`` (and ``step_attacked``)."""
+    if not steps:
+        return _placeholder(out_dir, "erosion", "no EroSeg run recorded", dpi)
+    with np.load(steps) as z:
+        step_masks = {k: z[k] for k in z.files if k.startswith("step_")}
+    if "step_fooled" not in step_masks:
+        return _placeholder(out_dir, "erosion", "no per-step masks recorded", dpi)
+    return plot_erosion(step_masks, out_dir, spec.get("erosion_title", "EroSeg: erosion over iterations"), dpi)
+
+
 def make_figures(*, evals: list[str], logs: list[str], samples: list[str], steps: str | None, spec: dict,
                  out_dir: str | Path) -> list[Path]:
     """Write every figure; returns the written paths.
@@ -291,85 +383,19 @@ def make_figures(*, evals: list[str], logs: list[str], samples: list[str], steps
     out_dir = Path(out_dir)
     dpi = int(spec.get("dpi", 120))
     info = dataset_info(spec.get("dataset", "synthetic"))
-    written: list[Path] = []
-    df = Evals.load(evals).frame() if evals else pd.DataFrame(columns=["method", "setting", "eps_255", "steps", "miou"])
-    head = spec.get("headline", {})
-    h_eps = round(float(head.get("eps", 8 / 255)) * 255, 3)
-    h_steps = int(head.get("steps", 20))
-
+    classes = list(info.classes)
+    frame = (Evals.load(evals).frame() if evals
+             else pd.DataFrame(columns=["method", "setting", "eps_255", "steps", "miou"]))
+    headline = spec.get("headline", {})
+    headline_eps = round(float(headline.get("eps", 8 / 255)) * 255, 3)
+    headline_steps = int(headline.get("steps", 20))
     sweep = spec.get("sweep") or {}
-    sm = sweep.get("method", "standard")
-    sa = sweep.get("attacks") or sorted(set(df["setting"]) - {"clean"})
-    e_fixed = round(float(sweep.get("eps_fixed", h_eps / 255)) * 255, 3)
-    s_fixed = int(sweep.get("steps_fixed", h_steps))
-    base = df[(df.method == sm) & (df.setting.isin(sa))]
-    base = base.assign(setting=pd.Categorical(base.setting, [a for a in sa if a in set(base.setting)], ordered=True))
-    base = base.sort_values("setting")
-    clean_rows = df[(df.method == sm) & (df.setting == "clean")]
-    clean = float(clean_rows["miou"].mean()) if len(clean_rows) else None
-    by_steps = base[base.eps_255 == e_fixed]
-    if by_steps["steps"].nunique() >= 2:
-        written += plot_sweep(by_steps, "steps", out_dir, "robust_vs_steps",
-                              f"{sm}: mIoU vs attack steps (eps {e_fixed:g}/255)", "attack steps (iterations)", dpi,
-                              clean=clean)
-    else:
-        written += _placeholder(out_dir, "robust_vs_steps", "fewer than two step counts evaluated", dpi)
-    by_eps = base[base.steps == s_fixed].assign(eps_255=lambda d: d.eps_255)
-    if by_eps["eps_255"].nunique() >= 2:
-        written += plot_sweep(by_eps, "eps_255", out_dir, "robust_vs_eps",
-                              f"{sm}: mIoU vs eps ({s_fixed} steps)", "perturbation budget eps (pixel scale)", dpi,
-                              clean=clean)
-    else:
-        written += _placeholder(out_dir, "robust_vs_eps", "fewer than two eps values evaluated", dpi)
+    sweep_attacks = sweep.get("attacks") or sorted(set(frame["setting"]) - {"clean"})
 
-    pc = spec.get("per_class") or {}
-    pm = pc.get("method", sm)
-    chosen = []
-    for p in evals:
-        d = read_json(p)
-        params = d.get("attack_params") or {}
-        if d.get("method") != pm or d.get("seed") != pc.get("seed", d.get("seed")):
-            continue
-        own_steps = spec.get("steps_of", {}).get(d["setting"], h_steps)
-        if d["setting"] == "clean" or (
-            d["setting"] in (pc.get("attacks") or sa)
-            and round(params.get("eps", 0) * 255, 3) == h_eps
-            and int(params.get("steps", 0)) == own_steps
-        ):
-            if all(c["setting"] != d["setting"] for c in chosen):
-                chosen.append(d)
-    order = ["clean", *(pc.get("attacks") or sa)]
-    chosen.sort(key=lambda d: order.index(d["setting"]) if d["setting"] in order else len(order))
-    if chosen:
-        written += plot_per_class(chosen, list(info.classes), out_dir,
-                                  f"{pm}: per-class IoU, eps {h_eps:g}/255, {h_steps} steps", dpi)
-    else:
-        written += _placeholder(out_dir, "per_class_iou", f"no evaluation of method {pm}", dpi)
-
-    frames = {}
-    for p in logs:
-        path = Path(p)
-        frames[f"{path.parent.parent.name}/{path.parent.name}"] = pd.read_csv(path)
-    written += plot_training(frames, out_dir, dpi) if frames else _placeholder(out_dir, "training_curves", "no logs", dpi)
-
-    if samples:
-        with np.load(samples[0]) as z:
-            s = {k: z[k] for k in z.files}
-        if "image" in s:
-            written += plot_qualitative(s, list(info.classes), info.palette, out_dir,
-                                        spec.get("qualitative_title", Path(samples[0]).stem), dpi)
-        else:
-            written += _placeholder(out_dir, "qualitative", "sample file holds no images", dpi)
-    else:
-        written += _placeholder(out_dir, "qualitative", "no samples", dpi)
-
-    if steps:
-        with np.load(steps) as z:
-            st = {k: z[k] for k in z.files if k.startswith("step_")}
-        if "step_fooled" in st:
-            written += plot_erosion(st, out_dir, spec.get("erosion_title", "EroSeg: erosion over iterations"), dpi)
-        else:
-            written += _placeholder(out_dir, "erosion", "no per-step masks recorded", dpi)
-    else:
-        written += _placeholder(out_dir, "erosion", "no EroSeg run recorded", dpi)
+    written = _sweep_figures(frame, sweep, sweep_attacks, headline_eps, headline_steps, out_dir, dpi)
+    written += _per_class_figure(evals, spec, sweep.get("method", "standard"), sweep_attacks, headline_eps,
+                                 headline_steps, classes, out_dir, dpi)
+    written += _training_figure(logs, out_dir, dpi)
+    written += _qualitative_figure(samples, spec, classes, info.palette, out_dir, dpi)
+    written += _erosion_figure(steps, spec, out_dir, dpi)
     return written

@@ -253,3 +253,33 @@ def test_transform_in_reader(two_images):
     ds = VOCSegmentation(two_images, "train", transform=RandomHorizontalFlip(1.0))
     _, label = ds[0]
     assert label[0, 0] == IGNORE_INDEX and label[2, 0] == 7
+
+
+# ------------------------------------------------------------- reader base
+def test_reader_base_gives_a_subclass_everything_but_layout_and_mapping(two_images):
+    """A reader that only lists its files and maps its ids gets loading, checks, transform and repr."""
+    from eroseg.data.reader import SegmentationReader
+
+    class Shifted(SegmentationReader):  # stores class id + 1, 0 for void, as ADE20K does
+        def __init__(self, root, **kwargs):
+            super().__init__(root, "train", **kwargs)
+            for sid in ("a", "b"):
+                self._add(sid, self.root / "JPEGImages" / f"{sid}.png", self.root / f"{sid}_shifted.png")
+
+        def load_label(self, index):
+            raw = self._read_label(index).astype(np.int64)
+            return np.where(raw == 0, IGNORE_INDEX, raw - 1)
+
+    stored = np.array([[1, 1, 0, 3, 3, 3]] * 4)  # classes 0 and 2, void in column 2
+    for sid in ("a", "b"):
+        _write_label(two_images / f"{sid}_shifted.png", stored, mode="L")
+    ds = Shifted(two_images, num_classes=3)
+    assert len(ds) == 2 and ds.ids == ["a", "b"] and ds.label_path(1) == two_images / "b_shifted.png"
+    assert repr(ds) == f"Shifted(root={str(two_images)!r}, split='train', n=2)"
+    image, label = ds[0]
+    assert image.dtype == torch.float32 and image.shape == (3, 4, 6) and float(image[0].min()) == 1.0
+    assert label.dtype == torch.int64 and label[0].tolist() == [0, 0, IGNORE_INDEX, 2, 2, 2]
+    with pytest.raises(DatasetError, match=r"b_shifted\.png: label value 2 out of range"):
+        Shifted(two_images, num_classes=2)[1]  # the mapped ids are checked against num_classes
+    flipped = Shifted(two_images, transform=RandomHorizontalFlip(1.0))[0][1]
+    assert flipped[0].tolist() == [2, 2, 2, IGNORE_INDEX, 0, 0]

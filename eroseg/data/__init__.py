@@ -8,7 +8,9 @@ A reader also provides ``ids`` (sample ids), ``image_path(i)``,
 ``label_path(i)`` and ``load_label(i)`` (int64 numpy array of class ids after
 any id mapping); :func:`prepare_dataset` validates through these, so a new
 dataset (Cityscapes, ADE20K, ...) only needs a reader with this interface and
-a :class:`DatasetInfo` added with :func:`register_dataset`.
+a :class:`DatasetInfo` added with :func:`register_dataset`. Subclassing
+:class:`eroseg.data.reader.SegmentationReader` gives all of it but the
+folder layout and the label mapping.
 """
 
 from __future__ import annotations

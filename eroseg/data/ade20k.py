@@ -14,16 +14,12 @@ greyscale: 0 is "other objects" (void) and 1..150 are the 150 classes;
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Callable
 
 import numpy as np
-import torch
-from PIL import Image
 
-from eroseg.data.checks import check_label_mode, check_label_size, check_label_values
 from eroseg.data.errors import IGNORE_INDEX, DatasetError, DatasetNotFoundError
-from eroseg.data.voc import image_to_tensor
+from eroseg.data.reader import SegmentationReader
+from eroseg.data.transforms import JointTransform
 
 #: The 150 SceneParsing classes in the benchmark's order (``objectInfo150``,
 #: first name of each entry); index = annotation value - 1.
@@ -99,10 +95,8 @@ LAYOUT = (
 _LUT = np.full(256, IGNORE_INDEX, np.int64)
 _LUT[1:NUM_ADE20K_CLASSES + 1] = np.arange(NUM_ADE20K_CLASSES)
 
-Transform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
-
-class ADE20K(torch.utils.data.Dataset):
+class ADE20K(SegmentationReader):
     """A split of ADE20K (SceneParsing release), labels mapped to class ids 0..149.
 
     All files of the split are located when the dataset is built, so a
@@ -128,13 +122,10 @@ class ADE20K(torch.utils.data.Dataset):
         root: str | os.PathLike,
         split: str = "train",
         *,
-        transform: Transform | None = None,
+        transform: JointTransform | None = None,
         num_classes: int | None = None,
     ) -> None:
-        self.root = Path(root)
-        self.split = split
-        self.transform = transform
-        self.num_classes = num_classes
+        super().__init__(root, split, transform=transform, num_classes=num_classes)
         if split not in SPLIT_FOLDERS:
             raise DatasetError(
                 f"{self.root}: ADE20K has no split {split!r}; expected one of {', '.join(SPLIT_FOLDERS)} "
@@ -142,9 +133,6 @@ class ADE20K(torch.utils.data.Dataset):
             )
         if not self.root.is_dir():
             raise DatasetNotFoundError(f"{self.root}: ADE20K root not found; expected {LAYOUT}")
-        self.ids: list[str] = []
-        self._images: list[Path] = []
-        self._labels: list[Path] = []
         self._scan(SPLIT_FOLDERS[split])
 
     def _scan(self, folder: str) -> None:
@@ -169,35 +157,13 @@ class ADE20K(torch.utils.data.Dataset):
                 raise DatasetNotFoundError(
                     f"{label}: annotation of image {image_dir / name} not found; expected {LAYOUT}"
                 )
-            self.ids.append(stem)
-            self._images.append(image_dir / name)
-            self._labels.append(label)
+            self._add(stem, image_dir / name, label)
         if not self.ids:
             raise DatasetError(
                 f"{image_dir}: no images ({'/'.join(IMAGE_SUFFIXES)}) in split {self.split!r}; expected {LAYOUT}"
             )
 
-    # ------------------------------------------------------------------ access
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def image_path(self, index: int) -> Path:
-        """Path of sample ``index``'s image."""
-        return self._images[index]
-
-    def label_path(self, index: int) -> Path:
-        """Path of sample ``index``'s annotation PNG."""
-        return self._labels[index]
-
-    def load_image(self, index: int) -> torch.Tensor:
-        """Sample ``index``'s image as float32 ``[3, H, W]`` in [0, 1] (greyscale images are expanded)."""
-        path = self._images[index]
-        try:
-            with Image.open(path) as im:
-                return image_to_tensor(im)
-        except OSError as err:
-            raise DatasetError(f"{path}: cannot read image ({err})") from err
-
+    # ------------------------------------------------------------------ labels
     def load_label(self, index: int) -> np.ndarray:
         """Sample ``index``'s label map: int64 ``[H, W]``, class ids 0..149, 255 void (annotation value 0).
 
@@ -205,15 +171,8 @@ class ADE20K(torch.utils.data.Dataset):
             DatasetError: the file is not a greyscale/palette PNG, cannot be
                 read, or holds a value above 150.
         """
-        path = self._labels[index]
-        try:
-            with Image.open(path) as im:
-                check_label_mode(im.mode, path)
-                raw = np.asarray(im, dtype=np.uint8)
-        except DatasetError:
-            raise
-        except OSError as err:
-            raise DatasetError(f"{path}: cannot read label ({err})") from err
+        path = self.label_path(index)
+        raw = self._read_label(index)
         bad = raw > NUM_ADE20K_CLASSES
         if bad.any():
             raise DatasetError(
@@ -221,21 +180,6 @@ class ADE20K(torch.utils.data.Dataset):
                 f"expected 0 (other/void) or 1..{NUM_ADE20K_CLASSES} (the SceneParsing classes)"
             )
         return _LUT[raw]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.load_image(index)
-        label = self.load_label(index)
-        path = self._labels[index]
-        check_label_size(label.shape, tuple(image.shape[1:]), path)
-        if self.num_classes is not None:
-            check_label_values(label, self.num_classes, path)
-        label_t = torch.from_numpy(label)
-        if self.transform is not None:
-            image, label_t = self.transform(image, label_t)
-        return image, label_t
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, n={len(self)})"
 
 
 __all__ = ["ADE20K", "ADE20K_CLASSES", "ADE20K_PALETTE", "NUM_ADE20K_CLASSES", "ade20k_palette"]

@@ -16,16 +16,12 @@ other id (void, and the classes not evaluated such as ``parking`` or
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from typing import Callable
 
 import numpy as np
-import torch
-from PIL import Image
 
-from eroseg.data.checks import check_label_mode, check_label_size, check_label_values
 from eroseg.data.errors import IGNORE_INDEX, DatasetError, DatasetNotFoundError
-from eroseg.data.voc import image_to_tensor
+from eroseg.data.reader import SegmentationReader
+from eroseg.data.transforms import JointTransform
 
 #: The 19 Cityscapes evaluation classes; index = train id.
 CITYSCAPES_CLASSES: tuple[str, ...] = (
@@ -125,10 +121,8 @@ LAYOUT = (
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
 
-Transform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
-
-class Cityscapes(torch.utils.data.Dataset):
+class Cityscapes(SegmentationReader):
     """A split of Cityscapes with fine annotations, labels mapped to the 19 train ids.
 
     All files of the split are located when the dataset is built, so a
@@ -155,18 +149,12 @@ class Cityscapes(torch.utils.data.Dataset):
         root: str | os.PathLike,
         split: str = "train",
         *,
-        transform: Transform | None = None,
+        transform: JointTransform | None = None,
         num_classes: int | None = None,
     ) -> None:
-        self.root = Path(root)
-        self.split = split
-        self.transform = transform
-        self.num_classes = num_classes
+        super().__init__(root, split, transform=transform, num_classes=num_classes)
         if not self.root.is_dir():
             raise DatasetNotFoundError(f"{self.root}: Cityscapes root not found; expected {LAYOUT}")
-        self.ids: list[str] = []
-        self._images: list[Path] = []
-        self._labels: list[Path] = []
         self._scan()
 
     def _scan(self) -> None:
@@ -201,36 +189,14 @@ class Cityscapes(torch.utils.data.Dataset):
                     raise DatasetNotFoundError(
                         f"{label}: label of image {city_dir / name} not found; expected {LAYOUT}"
                     )
-                self.ids.append(sample_id)
-                self._images.append(city_dir / name)
-                self._labels.append(label)
+                self._add(sample_id, city_dir / name, label)
         if not self.ids:
             raise DatasetError(
                 f"{image_split}: no *{IMAGE_SUFFIX} images in any city folder of split {self.split!r}; "
                 f"expected {LAYOUT}"
             )
 
-    # ------------------------------------------------------------------ access
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def image_path(self, index: int) -> Path:
-        """Path of sample ``index``'s image."""
-        return self._images[index]
-
-    def label_path(self, index: int) -> Path:
-        """Path of sample ``index``'s ``labelIds`` PNG."""
-        return self._labels[index]
-
-    def load_image(self, index: int) -> torch.Tensor:
-        """Sample ``index``'s image as float32 ``[3, H, W]`` in [0, 1] (no transform)."""
-        path = self._images[index]
-        try:
-            with Image.open(path) as im:
-                return image_to_tensor(im)
-        except OSError as err:
-            raise DatasetError(f"{path}: cannot read image ({err})") from err
-
+    # ------------------------------------------------------------------ labels
     def load_label(self, index: int) -> np.ndarray:
         """Sample ``index``'s label map in train ids: int64 ``[H, W]``, 0..18, 255 void.
 
@@ -238,15 +204,8 @@ class Cityscapes(torch.utils.data.Dataset):
             DatasetError: the file is not a greyscale/palette PNG, cannot be
                 read, or holds a value that is not a Cityscapes label id.
         """
-        path = self._labels[index]
-        try:
-            with Image.open(path) as im:
-                check_label_mode(im.mode, path)
-                raw = np.asarray(im, dtype=np.uint8)
-        except DatasetError:
-            raise
-        except OSError as err:
-            raise DatasetError(f"{path}: cannot read label ({err})") from err
+        path = self.label_path(index)
+        raw = self._read_label(index)
         known = _KNOWN[raw]
         if not known.all():
             bad = raw[~known]
@@ -255,21 +214,6 @@ class Cityscapes(torch.utils.data.Dataset):
                 "the label ids 0..33 of a *_gtFine_labelIds.png (not the color, instanceIds or labelTrainIds file)"
             )
         return _LUT[raw]
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.load_image(index)
-        label = self.load_label(index)
-        path = self._labels[index]
-        check_label_size(label.shape, tuple(image.shape[1:]), path)
-        if self.num_classes is not None:
-            check_label_values(label, self.num_classes, path)
-        label_t = torch.from_numpy(label)
-        if self.transform is not None:
-            image, label_t = self.transform(image, label_t)
-        return image, label_t
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, n={len(self)})"
 
 
 __all__ = ["CITYSCAPES_CLASSES", "CITYSCAPES_LABEL_TO_TRAIN", "CITYSCAPES_PALETTE", "Cityscapes"]

@@ -56,6 +56,49 @@ def _csv_text(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
     return buf.getvalue()
 
 
+def _check_splits(splits: Sequence[str], frequency_split: str | None) -> tuple[list[str], str]:
+    """The split list and the split to count class frequencies on (``train`` if listed, else the first split)."""
+    splits = list(splits)
+    if not splits:
+        raise ValueError("prepare_dataset: splits is empty; expected at least one split name (e.g. train val)")
+    if len(set(splits)) != len(splits):
+        raise ValueError(f"prepare_dataset: splits {splits} lists a split twice")
+    if frequency_split is None:
+        frequency_split = "train" if "train" in splits else splits[0]
+    elif frequency_split not in splits:
+        raise ValueError(f"prepare_dataset: frequency_split {frequency_split!r} is not one of splits {splits}")
+    return splits, frequency_split
+
+
+def _validate_split(dataset, split: str, root: Path, num_classes: int, pixels: np.ndarray | None) -> list[tuple]:
+    """Open and check every sample of one split; returns its manifest rows.
+
+    Args:
+        dataset: the split's reader (built with ``num_classes=None``).
+        split: the split's name, for the manifest.
+        root: dataset root; manifest paths are relative to it.
+        num_classes: number of classes of the dataset.
+        pixels: per-class pixel counts, added to in place; None where the
+            split's class frequencies are not counted.
+
+    Raises:
+        DatasetError: at the first bad sample, naming its file and the problem.
+    """
+    rows = []
+    for i in range(len(dataset)):
+        image_path, label_path = Path(dataset.image_path(i)), Path(dataset.label_path(i))
+        height_width = _image_size(image_path)
+        label = dataset.load_label(i)
+        check_label_size(label.shape, height_width, label_path)
+        check_label_values(label, num_classes, label_path)
+        valid = label[label != IGNORE_INDEX]
+        if pixels is not None:
+            pixels += np.bincount(valid.ravel(), minlength=num_classes)[:num_classes]
+        rows.append((split, dataset.ids[i], _relative(image_path, root), _relative(label_path, root),
+                     height_width[0], height_width[1], int(valid.size)))
+    return rows
+
+
 def prepare_dataset(
     dataset_name: str,
     root: str | os.PathLike,
@@ -92,53 +135,34 @@ def prepare_dataset(
     from eroseg.data import dataset_info, get_dataset  # the registry imports this module
 
     info = dataset_info(dataset_name)
-    splits = list(splits)
-    if not splits:
-        raise ValueError("prepare_dataset: splits is empty; expected at least one split name (e.g. train val)")
-    if len(set(splits)) != len(splits):
-        raise ValueError(f"prepare_dataset: splits {splits} lists a split twice")
-    if frequency_split is None:
-        frequency_split = "train" if "train" in splits else splits[0]
-    elif frequency_split not in splits:
-        raise ValueError(f"prepare_dataset: frequency_split {frequency_split!r} is not one of splits {splits}")
-
+    splits, frequency_split = _check_splits(splits, frequency_split)
     root = Path(root)
     start = time.perf_counter()
-    n = info.num_classes
-    pixels = np.zeros(n, np.int64)
+    num_classes = info.num_classes
+    pixels = np.zeros(num_classes, np.int64)
     rows: list[tuple] = []
     samples: dict[str, int] = {}
     for split in splits:
         # num_classes=None: values are checked here, where the message can name the split.
-        ds = get_dataset(dataset_name, root, split, num_classes=None)
-        for i in range(len(ds)):
-            image_path, label_path = Path(ds.image_path(i)), Path(ds.label_path(i))
-            hw = _image_size(image_path)
-            label = ds.load_label(i)
-            check_label_size(label.shape, hw, label_path)
-            check_label_values(label, n, label_path)
-            valid = label[label != IGNORE_INDEX]
-            if split == frequency_split:
-                pixels += np.bincount(valid.ravel(), minlength=n)[:n]
-            rows.append((split, ds.ids[i], _relative(image_path, root), _relative(label_path, root), hw[0], hw[1],
-                         int(valid.size)))
-        samples[split] = len(ds)
-        log.info("%s: split %s: %d samples valid", root, split, len(ds))
+        dataset = get_dataset(dataset_name, root, split, num_classes=None)
+        rows += _validate_split(dataset, split, root, num_classes, pixels if split == frequency_split else None)
+        samples[split] = len(dataset)
+        log.info("%s: split %s: %d samples valid", root, split, len(dataset))
 
     total = int(pixels.sum())
     freq_rows = [
-        (c, info.classes[c], int(pixels[c]), f"{(pixels[c] / total if total else 0.0):.6f}") for c in range(n)
+        (c, info.classes[c], int(pixels[c]), f"{(pixels[c] / total if total else 0.0):.6f}") for c in range(num_classes)
     ]
     atomic_write_text(manifest_path, _csv_text(MANIFEST_COLUMNS, rows))
     atomic_write_text(frequencies_path, _csv_text(FREQUENCY_COLUMNS, freq_rows))
-    absent = [info.classes[c] for c in range(n) if pixels[c] == 0]
+    absent = [info.classes[c] for c in range(num_classes) if pixels[c] == 0]
     if absent:
         log.warning("%s: classes without any pixel in split %s: %s", root, frequency_split, ", ".join(absent))
     log.info("%s: validated %d samples in %.1f s", root, len(rows), time.perf_counter() - start)
     return {
         "dataset": dataset_name,
         "root": str(root),
-        "num_classes": n,
+        "num_classes": num_classes,
         "samples": samples,
         "frequency_split": frequency_split,
         "class_pixels": [int(v) for v in pixels],

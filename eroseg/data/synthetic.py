@@ -34,7 +34,7 @@ import os
 import shutil
 import time
 import uuid
-import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -153,234 +153,316 @@ def _pick(rng: np.random.Generator, where: np.ndarray) -> tuple[float, float] | 
     return k // w + 0.5, k % w + 0.5
 
 
-def _render(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one scene; returns ``(uint8 [H,W,3] image, uint8 [H,W] label)``."""
-    cv = _Canvas(h, w)
-    yy, xx = cv.yy, cv.xx
-    u = h / 64.0  # object size unit: sizes below are in pixels of a 64-pixel-high image
+#: An object's drawing step: paints it with instance id ``k`` (its rank, far to near).
+_Draw = Callable[[int], None]
 
-    # ---- sky above a slightly tilted horizon
-    hy = rng.uniform(0.1, 0.55) * h  # wide range: "the top rows are sky" is a weak cue, not a rule
+
+@dataclass(frozen=True)
+class _Scene:
+    """The background layout that the objects are placed on (drawn first).
+
+    Attributes:
+        height: image height in pixels.
+        unit: object size unit (``height / 64``): sizes are given in pixels of a 64-pixel-high image.
+        horizon_y: horizon row at the image centre.
+        slope: horizon tilt (rows per column).
+        horizon: horizon row of every column, ``[1, W]``.
+        sky: ``[H, W]`` mask of the sky (above the horizon).
+        below: ``[H, W]`` mask of the pixels strictly on the ground, not on the horizon line.
+        sky_rgb: the sky's base colour (water, windows and car glass mirror it).
+    """
+
+    height: int
+    unit: float
+    horizon_y: float
+    slope: float
+    horizon: np.ndarray
+    sky: np.ndarray
+    below: np.ndarray
+    sky_rgb: np.ndarray
+
+    def depth(self, base_y: float) -> float:
+        """Size factor of an object standing on row ``base_y``: nearer the bottom = nearer the viewer = bigger."""
+        return 0.35 + 0.65 * float(np.clip((base_y - self.horizon_y) / (self.height - self.horizon_y), 0, 1))
+
+
+def _draw_sky(rng: np.random.Generator, canvas: _Canvas) -> _Scene:
+    """Sky above a slightly tilted horizon (blue or overcast, hazy, with clouds); returns the layout."""
+    h, w, y, x = canvas.h, canvas.w, canvas.yy, canvas.xx
+    horizon_y = rng.uniform(0.1, 0.55) * h  # wide range: "the top rows are sky" is a weak cue, not a rule
     slope = rng.uniform(-0.08, 0.08)
-    horizon = hy + slope * (xx - w / 2)  # [1, W]
-    sky = np.broadcast_to(yy < horizon, (h, w))
+    horizon = horizon_y + slope * (x - w / 2)  # [1, W]
+    sky = np.broadcast_to(y < horizon, (h, w))
     overcast = rng.random() < 0.5
     if overcast:  # grey sky: overlaps with roads, walls and grey cars
         sky_rgb = _grey(rng.uniform(0.55, 0.8), rng, 0.02)
     else:
         sky_rgb = np.array([0.40, 0.60, 0.90], np.float32) + rng.normal(0, 0.05, 3).astype(np.float32)
-    haze = 0.8 + 0.3 * np.clip(yy / hy, 0, 1.3)  # lighter towards the horizon
+    haze = 0.8 + 0.3 * np.clip(y / horizon_y, 0, 1.3)  # lighter towards the horizon
     cloud = np.clip((_smooth_noise(rng, h, w, 0.25 * h) - rng.uniform(0.1, 0.8)) * 1.5, 0, 0.85)[..., None]
     sky_field = (sky_rgb * haze[..., None]) * (1 - cloud) + np.float32(0.92) * cloud
-    cv.paint(sky, SKY, sky_field)
+    canvas.paint(sky, SKY, sky_field)
+    below = (y > horizon + 1.0) & ~sky  # strictly on the ground, not on the horizon line
+    return _Scene(h, h / 64.0, horizon_y, slope, horizon, sky, below, sky_rgb)
 
-    # ---- grass (green, or dry and yellowish) below it, with blotches of dirt
+
+def _draw_grass(rng: np.random.Generator, canvas: _Canvas, scene: _Scene) -> None:
+    """Grass (green, or dry and yellowish) below the horizon, with blotches of dirt."""
+    h, w = canvas.h, canvas.w
     dry = rng.random() < 0.3
     base = [0.55, 0.50, 0.30] if dry else [0.30, 0.52, 0.20]
     grass_rgb = np.array(base, np.float32) + rng.normal(0, 0.04, 3).astype(np.float32)
-    tex = 1 + 0.18 * _smooth_noise(rng, h, w, 0.12 * h) + 0.08 * _smooth_noise(rng, h, w, 0.04 * h)
+    texture = 1 + 0.18 * _smooth_noise(rng, h, w, 0.12 * h) + 0.08 * _smooth_noise(rng, h, w, 0.04 * h)
     dirt = np.clip(_smooth_noise(rng, h, w, 0.15 * h) - rng.uniform(0.3, 1.0), 0, 0.7)[..., None]
-    grass_field = (grass_rgb * tex[..., None]) * (1 - dirt) + np.float32([0.45, 0.35, 0.22]) * dirt
-    cv.paint(~sky, GRASS, grass_field)
-    below = (yy > horizon + 1.0) & ~sky  # strictly on the ground, not on the horizon line
+    grass_field = (grass_rgb * texture[..., None]) * (1 - dirt) + np.float32([0.45, 0.35, 0.22]) * dirt
+    canvas.paint(~scene.sky, GRASS, grass_field)
 
-    # ---- a lake: the same colour family as the sky (it mirrors it), with ripples
-    if rng.random() < 0.45:
-        gh = h - hy
-        cy, cx = hy + rng.uniform(0.2, 0.7) * gh, rng.uniform(0.1, 0.9) * w
-        ry, rx = rng.uniform(0.05, 0.14) * h, rng.uniform(0.15, 0.4) * w
-        edge = 1 + 0.35 * _smooth_noise(rng, h, w, 0.1 * h)
-        lake = ((((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2) < edge) & below
-        water_rgb = sky_rgb * rng.uniform(0.75, 1.0) + rng.normal(0, 0.04, 3).astype(np.float32)
-        ripple = 1 + 0.07 * np.sin(yy * rng.uniform(1.2, 2.5) / u + rng.uniform(0, 6.3) + 0.4 * np.sin(xx * 0.3 / u))
-        cv.paint(lake, WATER, water_rgb, shade=ripple)
 
-    # ---- a road: perspective (towards a vanishing point) or a band across the view
-    if rng.random() < 0.8:
-        road_rgb = _grey(rng.uniform(0.3, 0.6), rng)
-        mark_rgb = np.float32([0.9, 0.9, 0.85]) if rng.random() < 0.7 else np.float32([0.9, 0.8, 0.3])
-        if rng.random() < 0.55:
-            vx = rng.uniform(0.15, 0.85) * w
-            vy = hy + slope * (vx - w / 2)
-            bx, half_bottom = vx + rng.uniform(-0.35, 0.35) * w, rng.uniform(0.18, 0.45) * w
-            t = np.clip((yy - vy) / (h - vy), 0, None)  # 0 at the vanishing point, 1 at the bottom
-            centre, half = vx + t * (bx - vx), t * half_bottom
-            road = (yy > vy + 1.0) & (np.abs(xx - centre) < half)
-            dashes = (np.floor(6 * np.log(t + 0.02)) % 2 == 0)
-            marking = road & (np.abs(xx - centre) < np.maximum(0.5, 0.04 * half)) & dashes
+def _draw_lake(rng: np.random.Generator, canvas: _Canvas, scene: _Scene) -> None:
+    """Maybe a lake: the same colour family as the sky (it mirrors it), with ripples."""
+    if rng.random() >= 0.45:
+        return
+    h, w, y, x, unit = canvas.h, canvas.w, canvas.yy, canvas.xx, scene.unit
+    ground_h = h - scene.horizon_y
+    centre_y, centre_x = scene.horizon_y + rng.uniform(0.2, 0.7) * ground_h, rng.uniform(0.1, 0.9) * w
+    radius_y, radius_x = rng.uniform(0.05, 0.14) * h, rng.uniform(0.15, 0.4) * w
+    edge = 1 + 0.35 * _smooth_noise(rng, h, w, 0.1 * h)
+    lake = ((((y - centre_y) / radius_y) ** 2 + ((x - centre_x) / radius_x) ** 2) < edge) & scene.below
+    water_rgb = scene.sky_rgb * rng.uniform(0.75, 1.0) + rng.normal(0, 0.04, 3).astype(np.float32)
+    ripple = 1 + 0.07 * np.sin(y * rng.uniform(1.2, 2.5) / unit + rng.uniform(0, 6.3) + 0.4 * np.sin(x * 0.3 / unit))
+    canvas.paint(lake, WATER, water_rgb, shade=ripple)
+
+
+def _draw_road(rng: np.random.Generator, canvas: _Canvas, scene: _Scene) -> None:
+    """Maybe a road with lane markings: perspective (towards a vanishing point) or a band across the view."""
+    if rng.random() >= 0.8:
+        return
+    h, w, y, x, unit = canvas.h, canvas.w, canvas.yy, canvas.xx, scene.unit
+    road_rgb = _grey(rng.uniform(0.3, 0.6), rng)
+    mark_rgb = np.float32([0.9, 0.9, 0.85]) if rng.random() < 0.7 else np.float32([0.9, 0.8, 0.3])
+    if rng.random() < 0.55:
+        vanish_x = rng.uniform(0.15, 0.85) * w
+        vanish_y = scene.horizon_y + scene.slope * (vanish_x - w / 2)
+        bottom_x, half_bottom = vanish_x + rng.uniform(-0.35, 0.35) * w, rng.uniform(0.18, 0.45) * w
+        t = np.clip((y - vanish_y) / (h - vanish_y), 0, None)  # 0 at the vanishing point, 1 at the bottom
+        centre, half = vanish_x + t * (bottom_x - vanish_x), t * half_bottom
+        road = (y > vanish_y + 1.0) & (np.abs(x - centre) < half)
+        dashes = (np.floor(6 * np.log(t + 0.02)) % 2 == 0)
+        marking = road & (np.abs(x - centre) < np.maximum(0.5, 0.04 * half)) & dashes
+    else:
+        ground_h = h - scene.horizon_y
+        top = scene.horizon_y + rng.uniform(0.2, 0.6) * ground_h
+        thick = rng.uniform(0.12, 0.25) * h
+        yrel = y - rng.uniform(-0.1, 0.1) * (x - w / 2) - top
+        road = (yrel >= 0) & (yrel < thick) & scene.below
+        period = max(4.0, 6 * unit)
+        marking = road & (np.abs(yrel - thick / 2) < max(0.5, 0.6 * unit)) & ((x // period) % 2 == 0)
+    road_texture = 1 + 0.08 * _smooth_noise(rng, h, w, 0.06 * h)
+    canvas.paint(road, ROAD, road_rgb, shade=road_texture)
+    canvas.paint(marking, ROAD, mark_rgb)
+
+
+def _plan_house(rng: np.random.Generator, canvas: _Canvas, scene: _Scene, base_y: float, centre_x: float) -> _Draw:
+    """A house standing at ``(base_y, centre_x)``: wall + roof (+ windows, door)."""
+    y, x, unit = canvas.yy, canvas.xx, scene.unit
+    scale = scene.depth(base_y)
+    wall_w, wall_h = rng.uniform(12, 24) * unit * scale, rng.uniform(8, 14) * unit * scale
+    roof_h, over = rng.uniform(0.35, 0.7) * wall_h, rng.uniform(0, 0.15) * wall_w
+    wall_rgb = _grey(rng.uniform(0.4, 0.85), rng, 0.04)
+    roof_rgb = (np.float32([0.55, 0.22, 0.15]) if rng.random() < 0.6 else _grey(0.3, rng)) \
+        + rng.normal(0, 0.04, 3).astype(np.float32)
+    win_rgb = scene.sky_rgb * 0.8 if rng.random() < 0.4 else np.float32([0.15, 0.18, 0.25])
+    n_win = int(rng.integers(1, 4))
+
+    def house(k: int) -> None:
+        top = base_y - wall_h
+        canvas.paint(_rect(canvas, top, base_y, centre_x - wall_w / 2, centre_x + wall_w / 2), HOUSE, wall_rgb, k)
+        apex = top - roof_h
+        roof = (y >= apex) & (y < top) & (np.abs(x - centre_x) < (wall_w / 2 + over) * (y - apex) / roof_h)
+        canvas.paint(roof, HOUSE, roof_rgb, k)
+        for j in range(n_win):
+            window_x = centre_x - wall_w / 2 + wall_w * (j + 0.5) / n_win
+            canvas.paint(_rect(canvas, top + 0.25 * wall_h, top + 0.5 * wall_h, window_x - 0.09 * wall_w,
+                               window_x + 0.09 * wall_w), HOUSE, win_rgb, k)
+        canvas.paint(_rect(canvas, base_y - 0.45 * wall_h, base_y, centre_x - 0.07 * wall_w, centre_x + 0.07 * wall_w),
+                     HOUSE, roof_rgb * 0.7, k)
+
+    return house
+
+
+def _plan_tree(rng: np.random.Generator, canvas: _Canvas, scene: _Scene, base_y: float, centre_x: float) -> _Draw:
+    """A tree standing at ``(base_y, centre_x)``: trunk + crown (round or conifer), the crown green like the grass."""
+    h, w, y, x, unit = canvas.h, canvas.w, canvas.yy, canvas.xx, scene.unit
+    scale = scene.depth(base_y)
+    trunk_w, trunk_h = max(1.0, rng.uniform(1.5, 2.5) * unit * scale), rng.uniform(4, 8) * unit * scale
+    crown_rgb = (np.float32([0.30, 0.52, 0.20]) * rng.uniform(0.7, 1.05)
+                 + rng.normal(0, 0.04, 3).astype(np.float32))
+    trunk_rgb = np.float32([0.38, 0.26, 0.16]) + rng.normal(0, 0.03, 3).astype(np.float32)
+    conifer = rng.random() < 0.35
+    radius = rng.uniform(4, 8) * unit * scale
+    stretch = rng.uniform(0.9, 1.3)
+    leaves = 1 + 0.2 * _smooth_noise(rng, h, w, max(1.5, 0.05 * h))
+    wobble = 0.15 * _smooth_noise(rng, h, w, max(1.5, 0.08 * h))
+
+    def tree(k: int) -> None:
+        canvas.paint(_rect(canvas, base_y - trunk_h, base_y, centre_x - trunk_w / 2, centre_x + trunk_w / 2), TREE,
+                     trunk_rgb, k)
+        if conifer:
+            crown_h = 2.2 * radius * stretch
+            bottom, apex = base_y - 0.5 * trunk_h, base_y - 0.5 * trunk_h - crown_h
+            crown = (y >= apex) & (y < bottom) & (np.abs(x - centre_x) < 0.8 * radius * (y - apex) / crown_h)
         else:
-            gh = h - hy
-            y0 = hy + rng.uniform(0.2, 0.6) * gh
-            thick = rng.uniform(0.12, 0.25) * h
-            yrel = yy - rng.uniform(-0.1, 0.1) * (xx - w / 2) - y0
-            road = (yrel >= 0) & (yrel < thick) & below
-            period = max(4.0, 6 * u)
-            marking = road & (np.abs(yrel - thick / 2) < max(0.5, 0.6 * u)) & ((xx // period) % 2 == 0)
-        road_tex = 1 + 0.08 * _smooth_noise(rng, h, w, 0.06 * h)
-        cv.paint(road, ROAD, road_rgb, shade=road_tex)
-        cv.paint(marking, ROAD, mark_rgb)
+            radius_y = radius * stretch
+            centre_y = base_y - trunk_h - 0.7 * radius_y
+            crown = ((y - centre_y) / radius_y) ** 2 + ((x - centre_x) / radius) ** 2 < 1 + wobble
+        canvas.paint(crown, TREE, crown_rgb, k, shade=leaves)
 
-    stuff = cv.label.copy()  # placement reads the background, not objects drawn so far
+    return tree
 
-    def depth(yb: float) -> float:
-        # nearer the bottom of the image = nearer the viewer = bigger
-        return 0.35 + 0.65 * float(np.clip((yb - hy) / (h - hy), 0, 1))
 
-    objects: list[tuple[float, Callable[[int], None]]] = []
-    grass_far = (stuff == GRASS) & below & (yy < hy + 0.5 * (h - hy))
+def _car_colour(rng: np.random.Generator) -> np.ndarray:
+    """A car body colour, most often one the background also has (grey road, blue sky, green grass)."""
+    kind = rng.random()
+    if kind < 0.45:  # grey like the road and the walls
+        return _grey(rng.uniform(0.2, 0.85), rng)
+    if kind < 0.65:  # blue like the sky and the water
+        return np.float32([0.25, 0.40, 0.75]) + rng.normal(0, 0.05, 3).astype(np.float32)
+    if kind < 0.8:
+        return np.float32([0.70, 0.15, 0.12]) + rng.normal(0, 0.05, 3).astype(np.float32)
+    if kind < 0.9:  # green like the grass and the trees
+        return np.float32([0.28, 0.50, 0.22]) + rng.normal(0, 0.05, 3).astype(np.float32)
+    return np.float32([0.85, 0.75, 0.30]) + rng.normal(0, 0.05, 3).astype(np.float32)
 
-    # ---- houses: wall + roof (+ windows, door), on the far part of the grass
+
+def _plan_car(rng: np.random.Generator, canvas: _Canvas, scene: _Scene, on_road: np.ndarray,
+              base_y: float) -> _Draw | None:
+    """A car on row ``base_y`` of the road, sized to fit the road's width there; None where the road is too narrow."""
+    y, x, unit = canvas.yy, canvas.xx, scene.unit
+    cols = np.flatnonzero(on_road[int(base_y)])
+    left, right = float(cols.min()), float(cols.max()) + 1.0
+    scale = scene.depth(base_y)
+    car_w = min(rng.uniform(11, 17) * unit * scale, 0.9 * (right - left))
+    if car_w < 3:
+        return None
+    centre_x = rng.uniform(left + car_w / 2, right - car_w / 2)
+    body_rgb = _car_colour(rng)
+    body_h, cab_h = car_w * rng.uniform(0.28, 0.36), car_w * rng.uniform(0.2, 0.28)
+    cab_w, cab_dx = car_w * rng.uniform(0.5, 0.65), car_w * rng.uniform(-0.1, 0.1)
+    glass_rgb = scene.sky_rgb * 0.7 if rng.random() < 0.5 else np.float32([0.2, 0.24, 0.3])
+
+    def car(k: int) -> None:
+        wheel_r = max(0.7, 0.12 * car_w)
+        body_bottom = base_y - 0.6 * wheel_r
+        body_top = body_bottom - body_h
+        canvas.paint(_rect(canvas, body_top, body_bottom, centre_x - car_w / 2, centre_x + car_w / 2), CAR, body_rgb,
+                     k)
+        cab_top = body_top - cab_h
+        cab = (y >= cab_top) & (y < body_top) & \
+            (np.abs(x - centre_x - cab_dx) < cab_w / 2 - 0.5 * (body_top - y))
+        canvas.paint(cab, CAR, body_rgb, k)
+        glass = (y >= cab_top + 0.25 * cab_h) & (y < body_top) & \
+            (np.abs(x - centre_x - cab_dx) < cab_w / 2 - 0.5 * (body_top - y) - 0.12 * cab_w)
+        canvas.paint(glass, CAR, glass_rgb, k)
+        for side in (-1, 1):
+            canvas.paint(_ellipse(canvas, base_y - wheel_r, centre_x + side * 0.3 * car_w, wheel_r, wheel_r), CAR,
+                         np.float32([0.08, 0.08, 0.08]), k)
+
+    return car
+
+
+def _plan_person(rng: np.random.Generator, canvas: _Canvas, scene: _Scene, base_y: float, centre_x: float) -> _Draw:
+    """A small person standing at ``(base_y, centre_x)``: legs, shirt of any colour, head."""
+    scale = scene.depth(base_y)
+    person_h = max(5.0, rng.uniform(10, 15) * scene.unit * scale)
+    person_w = max(2.0, 0.33 * person_h)
+    shirt = rng.uniform(0.1, 0.9, 3).astype(np.float32)
+    legs_rgb = np.float32([0.15, 0.2, 0.4]) if rng.random() < 0.5 else _grey(rng.uniform(0.1, 0.4), rng)
+    skin = np.float32([0.85, 0.65, 0.5]) * rng.uniform(0.6, 1.05)
+
+    def person(k: int) -> None:
+        head_r = max(0.8, 0.13 * person_h)
+        canvas.paint(_rect(canvas, base_y - 0.45 * person_h, base_y, centre_x - 0.4 * person_w,
+                           centre_x + 0.4 * person_w), PERSON, legs_rgb, k)
+        canvas.paint(_rect(canvas, base_y - person_h + 1.8 * head_r, base_y - 0.45 * person_h,
+                           centre_x - person_w / 2, centre_x + person_w / 2), PERSON, shirt, k)
+        canvas.paint(_ellipse(canvas, base_y - person_h + head_r, centre_x, head_r, head_r), PERSON, skin, k)
+
+    return person
+
+
+def _plan_objects(rng: np.random.Generator, canvas: _Canvas, scene: _Scene) -> list[tuple[float, _Draw]]:
+    """Place the objects on the background; returns ``(base row, draw)`` pairs in placement order.
+
+    Houses stand on the far part of the grass, trees on the grass, cars only
+    on the road, people on grass or road.
+    """
+    y = canvas.yy
+    stuff = canvas.label.copy()  # placement reads the background, not objects drawn so far
+    objects: list[tuple[float, _Draw]] = []
+    grass_far = (stuff == GRASS) & scene.below & (y < scene.horizon_y + 0.5 * (canvas.h - scene.horizon_y))
     for _ in range(rng.integers(0, 3)):
         at = _pick(rng, grass_far)
         if at is None:
             break
-        yb, xc = at
-        s = depth(yb)
-        ww, wh = rng.uniform(12, 24) * u * s, rng.uniform(8, 14) * u * s
-        rh, over = rng.uniform(0.35, 0.7) * wh, rng.uniform(0, 0.15) * ww
-        wall_rgb = _grey(rng.uniform(0.4, 0.85), rng, 0.04)
-        roof_rgb = (np.float32([0.55, 0.22, 0.15]) if rng.random() < 0.6 else _grey(0.3, rng)) \
-            + rng.normal(0, 0.04, 3).astype(np.float32)
-        win_rgb = sky_rgb * 0.8 if rng.random() < 0.4 else np.float32([0.15, 0.18, 0.25])
-        n_win = int(rng.integers(1, 4))
-
-        def house(k, yb=yb, xc=xc, ww=ww, wh=wh, rh=rh, over=over, wall_rgb=wall_rgb, roof_rgb=roof_rgb,
-                  win_rgb=win_rgb, n_win=n_win):
-            top = yb - wh
-            cv.paint(_rect(cv, top, yb, xc - ww / 2, xc + ww / 2), HOUSE, wall_rgb, k)
-            apex = top - rh
-            roof = (yy >= apex) & (yy < top) & (np.abs(xx - xc) < (ww / 2 + over) * (yy - apex) / rh)
-            cv.paint(roof, HOUSE, roof_rgb, k)
-            for j in range(n_win):
-                wx = xc - ww / 2 + ww * (j + 0.5) / n_win
-                cv.paint(_rect(cv, top + 0.25 * wh, top + 0.5 * wh, wx - 0.09 * ww, wx + 0.09 * ww),
-                         HOUSE, win_rgb, k)
-            cv.paint(_rect(cv, yb - 0.45 * wh, yb, xc - 0.07 * ww, xc + 0.07 * ww), HOUSE, roof_rgb * 0.7, k)
-
-        objects.append((yb, house))
-
-    # ---- trees: trunk + crown (round or conifer), crowns green like the grass
-    on_grass = (stuff == GRASS) & below
+        objects.append((at[0], _plan_house(rng, canvas, scene, *at)))
+    on_grass = (stuff == GRASS) & scene.below
     for _ in range(rng.integers(0, 5)):
         at = _pick(rng, on_grass)
         if at is None:
             break
-        yb, xc = at
-        s = depth(yb)
-        tw, th = max(1.0, rng.uniform(1.5, 2.5) * u * s), rng.uniform(4, 8) * u * s
-        crown_rgb = (np.float32([0.30, 0.52, 0.20]) * rng.uniform(0.7, 1.05)
-                     + rng.normal(0, 0.04, 3).astype(np.float32))
-        trunk_rgb = np.float32([0.38, 0.26, 0.16]) + rng.normal(0, 0.03, 3).astype(np.float32)
-        conifer = rng.random() < 0.35
-        r = rng.uniform(4, 8) * u * s
-        stretch = rng.uniform(0.9, 1.3)
-        leaves = 1 + 0.2 * _smooth_noise(rng, h, w, max(1.5, 0.05 * h))
-        wobble = 0.15 * _smooth_noise(rng, h, w, max(1.5, 0.08 * h))
-
-        def tree(k, yb=yb, xc=xc, tw=tw, th=th, crown_rgb=crown_rgb, trunk_rgb=trunk_rgb, conifer=conifer,
-                 r=r, stretch=stretch, leaves=leaves, wobble=wobble):
-            cv.paint(_rect(cv, yb - th, yb, xc - tw / 2, xc + tw / 2), TREE, trunk_rgb, k)
-            if conifer:
-                ch = 2.2 * r * stretch
-                bottom, apex = yb - 0.5 * th, yb - 0.5 * th - ch
-                crown = (yy >= apex) & (yy < bottom) & (np.abs(xx - xc) < 0.8 * r * (yy - apex) / ch)
-            else:
-                ry = r * stretch
-                cy = yb - th - 0.7 * ry
-                crown = ((yy - cy) / ry) ** 2 + ((xx - xc) / r) ** 2 < 1 + wobble
-            cv.paint(crown, TREE, crown_rgb, k, shade=leaves)
-
-        objects.append((yb, tree))
-
-    # ---- cars: only on the road, sized to fit the road's width at their row
+        objects.append((at[0], _plan_tree(rng, canvas, scene, *at)))
     on_road = stuff == ROAD
     if on_road.any():
         for _ in range(rng.integers(0, 4)):
-            at = _pick(rng, on_road & below)
+            at = _pick(rng, on_road & scene.below)
             if at is None:
                 break
-            yb, _x = at
-            cols = np.flatnonzero(on_road[int(yb)])
-            left, right = float(cols.min()), float(cols.max()) + 1.0
-            s = depth(yb)
-            cw = min(rng.uniform(11, 17) * u * s, 0.9 * (right - left))
-            if cw < 3:
-                continue
-            xc = rng.uniform(left + cw / 2, right - cw / 2)
-            kind = rng.random()
-            if kind < 0.45:  # grey like the road and the walls
-                body_rgb = _grey(rng.uniform(0.2, 0.85), rng)
-            elif kind < 0.65:  # blue like the sky and the water
-                body_rgb = np.float32([0.25, 0.40, 0.75]) + rng.normal(0, 0.05, 3).astype(np.float32)
-            elif kind < 0.8:
-                body_rgb = np.float32([0.70, 0.15, 0.12]) + rng.normal(0, 0.05, 3).astype(np.float32)
-            elif kind < 0.9:  # green like the grass and the trees
-                body_rgb = np.float32([0.28, 0.50, 0.22]) + rng.normal(0, 0.05, 3).astype(np.float32)
-            else:
-                body_rgb = np.float32([0.85, 0.75, 0.30]) + rng.normal(0, 0.05, 3).astype(np.float32)
-            bh, ch = cw * rng.uniform(0.28, 0.36), cw * rng.uniform(0.2, 0.28)
-            cab_w, cab_dx = cw * rng.uniform(0.5, 0.65), cw * rng.uniform(-0.1, 0.1)
-            glass_rgb = sky_rgb * 0.7 if rng.random() < 0.5 else np.float32([0.2, 0.24, 0.3])
-
-            def car(k, yb=yb, xc=xc, cw=cw, bh=bh, ch=ch, cab_w=cab_w, cab_dx=cab_dx, body_rgb=body_rgb,
-                    glass_rgb=glass_rgb):
-                wr = max(0.7, 0.12 * cw)
-                body_bottom = yb - 0.6 * wr
-                body_top = body_bottom - bh
-                cv.paint(_rect(cv, body_top, body_bottom, xc - cw / 2, xc + cw / 2), CAR, body_rgb, k)
-                cab_top = body_top - ch
-                cab = (yy >= cab_top) & (yy < body_top) & \
-                    (np.abs(xx - xc - cab_dx) < cab_w / 2 - 0.5 * (body_top - yy))
-                cv.paint(cab, CAR, body_rgb, k)
-                glass = (yy >= cab_top + 0.25 * ch) & (yy < body_top) & \
-                    (np.abs(xx - xc - cab_dx) < cab_w / 2 - 0.5 * (body_top - yy) - 0.12 * cab_w)
-                cv.paint(glass, CAR, glass_rgb, k)
-                for side in (-1, 1):
-                    cv.paint(_ellipse(cv, yb - wr, xc + side * 0.3 * cw, wr, wr), CAR,
-                             np.float32([0.08, 0.08, 0.08]), k)
-
-            objects.append((yb, car))
-
-    # ---- people: small, standing on grass or road, clothes of any colour
-    on_foot = ((stuff == GRASS) | (stuff == ROAD)) & below
+            car = _plan_car(rng, canvas, scene, on_road, at[0])
+            if car is not None:
+                objects.append((at[0], car))
+    on_foot = ((stuff == GRASS) | (stuff == ROAD)) & scene.below
     for _ in range(rng.integers(0, 4)):
         at = _pick(rng, on_foot)
         if at is None:
             break
-        yb, xc = at
-        s = depth(yb)
-        ph = max(5.0, rng.uniform(10, 15) * u * s)
-        pw = max(2.0, 0.33 * ph)
-        shirt = rng.uniform(0.1, 0.9, 3).astype(np.float32)
-        legs_rgb = np.float32([0.15, 0.2, 0.4]) if rng.random() < 0.5 else _grey(rng.uniform(0.1, 0.4), rng)
-        skin = np.float32([0.85, 0.65, 0.5]) * rng.uniform(0.6, 1.05)
+        objects.append((at[0], _plan_person(rng, canvas, scene, *at)))
+    return objects
 
-        def person(k, yb=yb, xc=xc, ph=ph, pw=pw, shirt=shirt, legs_rgb=legs_rgb, skin=skin):
-            hr = max(0.8, 0.13 * ph)
-            cv.paint(_rect(cv, yb - 0.45 * ph, yb, xc - 0.4 * pw, xc + 0.4 * pw), PERSON, legs_rgb, k)
-            cv.paint(_rect(cv, yb - ph + 1.8 * hr, yb - 0.45 * ph, xc - pw / 2, xc + pw / 2), PERSON, shirt, k)
-            cv.paint(_ellipse(cv, yb - ph + hr, xc, hr, hr), PERSON, skin, k)
 
-        objects.append((yb, person))
+def _photometric(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """Colour cast, brightness, contrast (haze, dusk) and per-pixel noise; returns the uint8 image.
 
-    # far to near, so nearer objects occlude farther ones (stable sort keeps the draw order reproducible)
-    objects.sort(key=lambda o: o[0])
-    for k, (_yb, draw) in enumerate(objects, 1):
-        draw(k)
-
-    label = cv.label
-    label[cv.void_band()] = IGNORE_INDEX
-
-    # ---- photometric: colour cast, brightness, contrast (haze, dusk), per-pixel noise.
-    # Low contrast in part of the scenes keeps the class colours within a few multiples of an
-    # 8/255 perturbation of each other, as in real dim or hazy photographs, so that a standard
-    # model is clearly vulnerable (DESIGN.md: PGD-20 at 8/255 must remove half its mIoU).
-    img = cv.img * (1 + rng.normal(0, 0.05, 3)).astype(np.float32) * np.float32(rng.uniform(0.75, 1.2))
+    Low contrast in part of the scenes keeps the class colours within a few
+    multiples of an 8/255 perturbation of each other, as in real dim or hazy
+    photographs, so that a standard model is clearly vulnerable (DESIGN.md:
+    PGD-20 at 8/255 must remove half its mIoU).
+    """
+    img = img * (1 + rng.normal(0, 0.05, 3)).astype(np.float32) * np.float32(rng.uniform(0.75, 1.2))
     mean = img.mean(axis=(0, 1), keepdims=True)
     img = mean + np.float32(rng.uniform(0.4, 1.0)) * (img - mean)
     img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(rng.uniform(0.025, 0.06))
-    image = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
-    return image, label
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _render(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one scene; returns ``(uint8 [H,W,3] image, uint8 [H,W] label)``.
+
+    Every step draws from ``rng`` in a fixed order, so the order of the calls
+    below is part of what a seed produces (see :data:`FORMAT_VERSION`).
+    """
+    canvas = _Canvas(h, w)
+    scene = _draw_sky(rng, canvas)
+    _draw_grass(rng, canvas, scene)
+    _draw_lake(rng, canvas, scene)
+    _draw_road(rng, canvas, scene)
+    objects = _plan_objects(rng, canvas, scene)
+    # far to near, so nearer objects occlude farther ones (stable sort keeps the draw order reproducible)
+    objects.sort(key=lambda o: o[0])
+    for k, (_base_y, draw) in enumerate(objects, 1):
+        draw(k)
+    label = canvas.label
+    label[canvas.void_band()] = IGNORE_INDEX
+    return _photometric(rng, canvas.img), label
 
 
 def render_scene(seed: int, split: str, index: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -555,15 +637,4 @@ def generate_synthetic(
     return root
 
 
-def dataset_crc(root: str | os.PathLike) -> int:
-    """CRC32 over every file of a dataset folder (names and bytes, sorted); for determinism checks."""
-    crc = 0
-    root = Path(root)
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        crc = zlib.crc32(path.relative_to(root).as_posix().encode(), crc)
-        crc = zlib.crc32(path.read_bytes(), crc)
-    return crc
-
-
-__all__ = ["FORMAT_VERSION", "SPLITS", "SYNTHETIC_CLASSES", "SYNTHETIC_PALETTE", "dataset_crc", "generate_synthetic",
-           "render_scene"]
+__all__ = ["FORMAT_VERSION", "SPLITS", "SYNTHETIC_CLASSES", "SYNTHETIC_PALETTE", "generate_synthetic", "render_scene"]

@@ -15,14 +15,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
-import torch
-from PIL import Image
-
-from eroseg.data.checks import check_label_mode, check_label_size, check_label_values
 from eroseg.data.errors import IGNORE_INDEX, DatasetError, DatasetNotFoundError
+from eroseg.data.reader import SegmentationReader
+from eroseg.data.transforms import JointTransform
 
 #: The 21 PASCAL VOC classes; index = class id in the label PNGs.
 VOC_CLASSES: tuple[str, ...] = (
@@ -32,8 +28,6 @@ VOC_CLASSES: tuple[str, ...] = (
 
 #: Image suffixes tried, in order, for ``JPEGImages/<id>``.
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".png", ".jpeg")
-
-Transform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
@@ -65,13 +59,7 @@ def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
     return palette
 
 
-def image_to_tensor(image: Image.Image) -> torch.Tensor:
-    """Convert a PIL image to a float32 ``[3, H, W]`` tensor in [0, 1]."""
-    arr = np.array(image.convert("RGB"), dtype=np.uint8)  # a writable copy; torch warns on read-only arrays
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous().float().div_(255.0)
-
-
-class VOCSegmentation(torch.utils.data.Dataset):
+class VOCSegmentation(SegmentationReader):
     """A split of a dataset in the PASCAL VOC layout.
 
     All files of the split are located when the dataset is built, so a
@@ -104,24 +92,18 @@ class VOCSegmentation(torch.utils.data.Dataset):
         split: str = "train",
         *,
         list_file: str | os.PathLike | None = None,
-        transform: Transform | None = None,
+        transform: JointTransform | None = None,
         num_classes: int | None = None,
         image_dir: str = "JPEGImages",
         label_dir: str = "SegmentationClass",
     ) -> None:
-        self.root = Path(root)
-        self.split = split
-        self.transform = transform
-        self.num_classes = num_classes
+        super().__init__(root, split, transform=transform, num_classes=num_classes)
         if not self.root.is_dir():
             raise DatasetNotFoundError(
                 f"{self.root}: dataset root not found; expected a folder in the PASCAL VOC layout "
                 "(JPEGImages/, SegmentationClass/, ImageSets/Segmentation/<split>.txt)"
             )
         self.list_file = self._list_path(list_file)
-        self.ids: list[str] = []
-        self._images: list[Path] = []
-        self._labels: list[Path] = []
         self._read_list(image_dir, label_dir)
 
     # ----------------------------------------------------------------- building
@@ -143,8 +125,8 @@ class VOCSegmentation(torch.utils.data.Dataset):
         return path
 
     def _read_list(self, image_dir: str, label_dir: str) -> None:
-        lines = [ln.strip() for ln in self.list_file.read_text().splitlines()]
-        entries = [ln for ln in lines if ln and not ln.startswith("#")]
+        lines = [line.strip() for line in self.list_file.read_text().splitlines()]
+        entries = [line for line in lines if line and not line.startswith("#")]
         if not entries:
             raise DatasetError(f"{self.list_file}: split list is empty; expected one sample id per line")
         img_root, lbl_root = self.root / image_dir, self.root / label_dir
@@ -193,61 +175,7 @@ class VOCSegmentation(torch.utils.data.Dataset):
                     f"and {lineno}); each sample must appear once in a split"
                 )
             first_line[sample_id] = lineno
-            self.ids.append(sample_id)
-            self._images.append(image)
-            self._labels.append(label)
-
-    # ------------------------------------------------------------------ access
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def image_path(self, index: int) -> Path:
-        """Path of sample ``index``'s image."""
-        return self._images[index]
-
-    def label_path(self, index: int) -> Path:
-        """Path of sample ``index``'s label PNG."""
-        return self._labels[index]
-
-    def load_image(self, index: int) -> torch.Tensor:
-        """Sample ``index``'s image as float32 ``[3, H, W]`` in [0, 1] (no transform)."""
-        path = self._images[index]
-        try:
-            with Image.open(path) as im:
-                return image_to_tensor(im)
-        except OSError as err:
-            raise DatasetError(f"{path}: cannot read image ({err})") from err
-
-    def load_label(self, index: int) -> np.ndarray:
-        """Sample ``index``'s label map as an int64 ``[H, W]`` array (class ids, 255 void).
-
-        Raises:
-            DatasetError: the file is not a palette/greyscale PNG or cannot be read.
-        """
-        path = self._labels[index]
-        try:
-            with Image.open(path) as im:
-                check_label_mode(im.mode, path)
-                return np.array(im, dtype=np.int64)
-        except DatasetError:
-            raise
-        except OSError as err:
-            raise DatasetError(f"{path}: cannot read label ({err})") from err
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.load_image(index)
-        label = self.load_label(index)
-        path = self._labels[index]
-        check_label_size(label.shape, tuple(image.shape[1:]), path)
-        if self.num_classes is not None:
-            check_label_values(label, self.num_classes, path)
-        label_t = torch.from_numpy(label)
-        if self.transform is not None:
-            image, label_t = self.transform(image, label_t)
-        return image, label_t
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, n={len(self)})"
+            self._add(sample_id, image, label)
 
 
-__all__ = ["IGNORE_INDEX", "IMAGE_SUFFIXES", "VOC_CLASSES", "VOCSegmentation", "image_to_tensor", "voc_palette"]
+__all__ = ["IGNORE_INDEX", "IMAGE_SUFFIXES", "VOC_CLASSES", "VOCSegmentation", "voc_palette"]
