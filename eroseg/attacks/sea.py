@@ -72,7 +72,7 @@ def _tagged(callback: Callable[[dict], None] | None, name: str) -> Callable[[dic
 
 
 def _keep_better(best_adv: torch.Tensor | None, best_score: torch.Tensor | None, adv: torch.Tensor,
-                score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                 score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image, the result with the lower score (the better for the attack): ``(adv, score)`` so far.
 
     ``best_adv`` None (the first component): copies of ``adv`` and ``score``.
