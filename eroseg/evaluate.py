@@ -157,11 +157,12 @@ class _Components:
         return st
 
 
-def _run_attack(model, images, labels, attack, *, seed, bi, restarts, components, callback, parts) -> torch.Tensor:
+def _run_attack(model, images, labels, attack, *, seed, batch_index, restarts, components, callback,
+                parts) -> torch.Tensor:
     """One batch under ``attack``; with restarts, per image the run with the lowest pixel accuracy (ties: first)."""
     best = best_acc = None
     for r in range(restarts):
-        kwargs: dict[str, Any] = {"generator": _generator(seed, bi, images.device, r)}
+        kwargs: dict[str, Any] = {"generator": _generator(seed, batch_index, images.device, r)}
         if callback is not None and r == 0:
             kwargs["callback"] = callback
         if components:
@@ -193,7 +194,7 @@ def _attack_batch(model, images, labels, attack, component_stats: dict[str, list
                   ignore_index, amp, seed, batch_index, restarts, components, callback) -> torch.Tensor:
     """:func:`_run_attack` on one batch; appends each component's per-image counts to ``component_stats``."""
     parts = _Components(model, labels, num_classes, ignore_index, amp)
-    adv = _run_attack(model, images, labels, attack, seed=seed, bi=batch_index, restarts=restarts,
+    adv = _run_attack(model, images, labels, attack, seed=seed, batch_index=batch_index, restarts=restarts,
                       components=components, callback=callback, parts=parts)
     for name, stats in parts.parts.items():
         component_stats.setdefault(name, []).append(stats)
