@@ -456,182 +456,230 @@ def _dataset_names() -> list[str]:
 _NUMBER_HELP = "numbers as 0.03, '8/255' or (step_size only) 'eps/4'"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from eroseg import __version__
-
-    p = argparse.ArgumentParser(prog="eroseg", description=__doc__.splitlines()[0])
-    p.add_argument("--version", action="version", version=f"eroseg {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-    datasets = _LazyChoices(_dataset_names)
-    attacks = _LazyChoices(_attack_names)
-    attacks_or_none = _LazyChoices(_attack_names, extra=("none",))
-
-    def common(sp, threads=True):
-        sp.add_argument("--quiet", action="store_true", help="log warnings only (no progress, no info lines)")
-        if threads:
-            sp.add_argument("--threads", type=int, default=None, metavar="N",
+def _common_args(parser, threads=True) -> None:
+    """Add ``--quiet`` and (``threads``) ``--threads`` to a subcommand's parser."""
+    parser.add_argument("--quiet", action="store_true", help="log warnings only (no progress, no info lines)")
+    if threads:
+        parser.add_argument("--threads", type=int, default=None, metavar="N",
                             help="torch CPU threads (default: torch's choice)")
 
-    def dataset_args(sp, required=True):
-        sp.add_argument("--dataset", required=required, default=None, choices=datasets, metavar="NAME",
-                        help="dataset name: %(choices)s")
-        sp.add_argument("--root", required=required, default=None, metavar="DIR",
+
+def _dataset_args(parser, required=True) -> None:
+    """Add ``--dataset`` and ``--root`` to a subcommand's parser."""
+    parser.add_argument("--dataset", required=required, default=None, choices=_LazyChoices(_dataset_names),
+                        metavar="NAME", help="dataset name: %(choices)s")
+    parser.add_argument("--root", required=required, default=None, metavar="DIR",
                         help="dataset root folder, in the dataset's own layout (~ and $VARS expanded)")
 
-    def model_args(sp):
-        g = sp.add_mutually_exclusive_group(required=True)
-        g.add_argument("--checkpoint", default=None, metavar="FILE", help="eroseg checkpoint (.pt) written by train")
-        g.add_argument("--model-factory", default=None, metavar="MODULE:FUNCTION",
+
+def _model_args(parser) -> None:
+    """Add the required choice of ``--checkpoint`` or ``--model-factory`` to a subcommand's parser."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--checkpoint", default=None, metavar="FILE", help="eroseg checkpoint (.pt) written by train")
+    group.add_argument("--model-factory", default=None, metavar="MODULE:FUNCTION",
                        help="your own model instead of a checkpoint: a function returning an nn.Module or "
                             "(module, meta dict), e.g. mymodels:build or path/to/mymodels.py:build; the model "
                             "is wrapped with eroseg.models.wrap_model (see docs/own_model.md)")
 
-    def device_arg(sp):
-        sp.add_argument("--device", default="auto",
+
+def _device_arg(parser) -> None:
+    """Add ``--device`` to a subcommand's parser."""
+    parser.add_argument("--device", default="auto",
                         help="auto (a free GPU if any, else CPU), cpu, cuda or cuda:N (default: %(default)s)")
 
-    s = sub.add_parser("synthesize", help="generate the embedded synthetic dataset (PASCAL VOC layout)")
-    s.add_argument("--root", required=True, metavar="DIR", help="output folder of the dataset")
-    s.add_argument("--n-train", type=int, required=True, metavar="N", help="number of training images")
-    s.add_argument("--n-val", type=int, required=True, metavar="N", help="validation images (the split for choices)")
-    s.add_argument("--n-test", type=int, default=0, metavar="N",
-                   help="test images (the split whose numbers are reported; default: %(default)s, none)")
-    s.add_argument("--height", type=int, required=True, metavar="PX", help="image height in pixels")
-    s.add_argument("--width", type=int, required=True, metavar="PX", help="image width in pixels")
-    s.add_argument("--seed", type=int, default=0, help="generator seed; same seed, same files (default: %(default)s)")
-    common(s, threads=False)
-    s.set_defaults(func=cmd_synthesize)
 
-    s = sub.add_parser("prepare", help="validate a dataset; write its manifest and class frequencies")
-    dataset_args(s)
-    s.add_argument("--splits", nargs="+", default=["train", "val"], metavar="SPLIT",
-                   help="splits to validate (default: %(default)s)")
-    s.add_argument("--manifest", required=True, metavar="CSV", help="output: one row per sample")
-    s.add_argument("--frequencies", required=True, metavar="CSV", help="output: pixel count and fraction per class")
-    common(s, threads=False)
-    s.set_defaults(func=cmd_prepare)
+def _add_synthesize_parser(sub) -> None:
+    """The ``eroseg synthesize`` subcommand's parser."""
+    parser = sub.add_parser("synthesize", help="generate the embedded synthetic dataset (PASCAL VOC layout)")
+    parser.add_argument("--root", required=True, metavar="DIR", help="output folder of the dataset")
+    parser.add_argument("--n-train", type=int, required=True, metavar="N", help="number of training images")
+    parser.add_argument("--n-val", type=int, required=True, metavar="N",
+                        help="validation images (the split for choices)")
+    parser.add_argument("--n-test", type=int, default=0, metavar="N",
+                        help="test images (the split whose numbers are reported; default: %(default)s, none)")
+    parser.add_argument("--height", type=int, required=True, metavar="PX", help="image height in pixels")
+    parser.add_argument("--width", type=int, required=True, metavar="PX", help="image width in pixels")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="generator seed; same seed, same files (default: %(default)s)")
+    _common_args(parser, threads=False)
+    parser.set_defaults(func=cmd_synthesize)
 
-    s = sub.add_parser("train", help="train one model (standard or adversarial); resumes if interrupted")
-    dataset_args(s)
-    s.add_argument("--train-split", default="train", metavar="SPLIT", help="training split (default: %(default)s)")
-    s.add_argument("--val-split", default="val", metavar="SPLIT",
-                   help="split of the per-epoch validation; empty string: none (default: %(default)s)")
-    s.add_argument("--model", default="{}", metavar="JSON",
-                   help="model config as JSON (arch, encoder, encoder_weights, kwargs)")
-    s.add_argument("--train", default="{}", metavar="JSON",
-                   help="training config as JSON (see eroseg.train.TrainConfig)")
-    s.add_argument("--method", default=None, help="method name stored in the checkpoint")
-    s.add_argument("--attack", default=None, choices=attacks_or_none, metavar="NAME",
-                   help="attack that makes the training examples: %(choices)s (none: standard training)")
-    s.add_argument("--attack-params", default="{}", metavar="JSON",
-                   help=f"training attack parameters as JSON, e.g. {{\"eps\": \"8/255\", \"steps\": 3}}; "
-                        f"{_NUMBER_HELP}")
-    s.add_argument("--attack-params-file", default=None, metavar="JSON",
-                   help="tuning result (eroseg tune) whose chosen parameters are laid over --attack-params")
-    s.add_argument("--robust-eps", default=None, metavar="EPS",
-                   help="eps of the per-epoch robust val check, e.g. 8/255 (default: no check)")
-    s.add_argument("--robust-step-size", default="eps/4", metavar="STEP",
-                   help="PGD step size of that check (default: %(default)s)")
-    s.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order (default: %(default)s)")
-    device_arg(s)
-    s.add_argument("--out", required=True, metavar="FILE", help="output checkpoint (.pt)")
-    s.add_argument("--log", required=True, metavar="CSV", help="output: one row of metrics per epoch")
-    common(s)
-    s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("evaluate", help="evaluate a checkpoint or your own model, clean or under one attack")
-    model_args(s)
-    dataset_args(s)
-    s.add_argument("--split", default="val", metavar="SPLIT", help="split to evaluate (default: %(default)s)")
-    s.add_argument("--attack", default=None, choices=attacks_or_none, metavar="NAME",
-                   help="attack: %(choices)s (default: none, i.e. clean)")
-    s.add_argument("--attack-params", default="{}", metavar="JSON",
-                   help=f"attack parameters as JSON, e.g. {{\"eps\": \"8/255\", \"steps\": 20}}; {_NUMBER_HELP}")
-    s.add_argument("--setting", "--name", dest="setting", default=None,
-                   help="label of this attack setting in tables (default: the attack name, or clean)")
-    s.add_argument("--restarts", type=int, default=1, metavar="N",
-                   help="independent runs of the attack; per image the run with the lowest pixel accuracy is kept")
-    s.add_argument("--settings", default=None, metavar="JSON",
-                   help="several settings in one process, as a JSON list of {setting, attack, params, params_file, "
-                        "restarts, out} (replaces --attack/--attack-params/--setting/--restarts/--out)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the attack's random start (default: %(default)s)")
-    s.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per batch (default: %(default)s)")
-    s.add_argument("--max-images", type=int, default=None, metavar="N",
-                   help="evaluate the first N images only (default: all)")
-    s.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
-    s.add_argument("--samples", default=None, metavar="NPZ", help="write qualitative examples (.npz) here")
-    s.add_argument("--samples-n", type=int, default=4, metavar="N",
-                   help="number of examples in --samples (default: %(default)s)")
-    s.add_argument("--record-steps", action="store_true", help="record per-step attack masks into --samples")
-    device_arg(s)
-    s.add_argument("--out", default=None, metavar="JSON", help="output of the single setting: metrics and per-image counts")
-    common(s)
-    s.set_defaults(func=cmd_evaluate)
+def _add_prepare_parser(sub) -> None:
+    """The ``eroseg prepare`` subcommand's parser."""
+    parser = sub.add_parser("prepare", help="validate a dataset; write its manifest and class frequencies")
+    _dataset_args(parser)
+    parser.add_argument("--splits", nargs="+", default=["train", "val"], metavar="SPLIT",
+                        help="splits to validate (default: %(default)s)")
+    parser.add_argument("--manifest", required=True, metavar="CSV", help="output: one row per sample")
+    parser.add_argument("--frequencies", required=True, metavar="CSV",
+                        help="output: pixel count and fraction per class")
+    _common_args(parser, threads=False)
+    parser.set_defaults(func=cmd_prepare)
 
-    s = sub.add_parser("tune", help="choose an attack family's parameters on a validation split (lowest mean mIoU)")
-    s.add_argument("--checkpoints", nargs="+", required=True, metavar="PT", help="models every candidate is run on")
-    dataset_args(s)
-    s.add_argument("--split", default="val", metavar="SPLIT", help="the split for choices, never the reported one "
-                                                                   "(default: %(default)s)")
-    s.add_argument("--family", required=True, help="label of the tuned setting, stored in the output")
-    s.add_argument("--attack", required=True, choices=attacks, metavar="NAME", help="attack: %(choices)s")
-    s.add_argument("--attack-params", default="{}", metavar="JSON", help="parameters every candidate shares, as JSON")
-    s.add_argument("--grid", required=True, metavar="JSON", help="parameter -> list of candidate values, as JSON")
-    s.add_argument("--max-images", type=int, default=None, metavar="N", help="images of the split per candidate")
-    s.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per batch (default: %(default)s)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default: %(default)s)")
-    s.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
-    device_arg(s)
-    s.add_argument("--out", required=True, metavar="JSON", help="output: every candidate's scores and the choice")
-    common(s)
-    s.set_defaults(func=cmd_tune)
 
-    s = sub.add_parser("attack", help="attack a checkpoint or your own model on a split or a folder of images; "
-                                      "save PNGs")
-    model_args(s)
-    s.add_argument("--images", default=None, metavar="DIR",
-                   help="folder of images (the clean prediction is attacked); or give --dataset and --root")
-    dataset_args(s, required=False)
-    s.add_argument("--split", default="val", metavar="SPLIT", help="split, with --dataset (default: %(default)s)")
-    s.add_argument("--attack", required=True, choices=attacks, metavar="NAME", help="attack: %(choices)s")
-    s.add_argument("--attack-params", default="{}", metavar="JSON",
-                   help=f"attack parameters as JSON, e.g. {{\"eps\": \"8/255\", \"steps\": 20}}; {_NUMBER_HELP}")
-    s.add_argument("--max-images", type=int, default=None, metavar="N", help="attack the first N images only")
-    s.add_argument("--max-pixels", type=int, default=None, metavar="N",
-                   help="skip images with more pixels (H x W) than this, with a warning (default: 4e6 on a CPU, "
-                        "16e6 on a GPU; 0: no budget)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the attack's random start (default: %(default)s)")
-    device_arg(s)
-    s.add_argument("--out-dir", required=True, metavar="DIR",
-                   help="output folder: adv/, pred_clean/, pred_adv/, side_by_side/ PNGs and summary.csv")
-    common(s)
-    s.set_defaults(func=cmd_attack)
+def _add_train_parser(sub) -> None:
+    """The ``eroseg train`` subcommand's parser."""
+    attacks_or_none = _LazyChoices(_attack_names, extra=("none",))
+    parser = sub.add_parser("train", help="train one model (standard or adversarial); resumes if interrupted")
+    _dataset_args(parser)
+    parser.add_argument("--train-split", default="train", metavar="SPLIT", help="training split (default: %(default)s)")
+    parser.add_argument("--val-split", default="val", metavar="SPLIT",
+                        help="split of the per-epoch validation; empty string: none (default: %(default)s)")
+    parser.add_argument("--model", default="{}", metavar="JSON",
+                        help="model config as JSON (arch, encoder, encoder_weights, kwargs)")
+    parser.add_argument("--train", default="{}", metavar="JSON",
+                        help="training config as JSON (see eroseg.train.TrainConfig)")
+    parser.add_argument("--method", default=None, help="method name stored in the checkpoint")
+    parser.add_argument("--attack", default=None, choices=attacks_or_none, metavar="NAME",
+                        help="attack that makes the training examples: %(choices)s (none: standard training)")
+    parser.add_argument("--attack-params", default="{}", metavar="JSON",
+                        help=f"training attack parameters as JSON, e.g. {{\"eps\": \"8/255\", \"steps\": 3}}; "
+                             f"{_NUMBER_HELP}")
+    parser.add_argument("--attack-params-file", default=None, metavar="JSON",
+                        help="tuning result (eroseg tune) whose chosen parameters are laid over --attack-params")
+    parser.add_argument("--robust-eps", default=None, metavar="EPS",
+                        help="eps of the per-epoch robust val check, e.g. 8/255 (default: no check)")
+    parser.add_argument("--robust-step-size", default="eps/4", metavar="STEP",
+                        help="PGD step size of that check (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of initialisation and data order (default: %(default)s)")
+    _device_arg(parser)
+    parser.add_argument("--out", required=True, metavar="FILE", help="output checkpoint (.pt)")
+    parser.add_argument("--log", required=True, metavar="CSV", help="output: one row of metrics per epoch")
+    _common_args(parser)
+    parser.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("aggregate", help="tables (CSV, Markdown) from evaluation JSON files")
-    s.add_argument("--evals", nargs="+", required=True, metavar="JSON",
-                   help="evaluation files written by evaluate, or folders holding them")
-    s.add_argument("--spec", default="{}", metavar="JSON", help="which tables to build, as JSON")
-    s.add_argument("--tuning", nargs="*", default=[], metavar="JSON",
-                   help="tuning results (eroseg tune) for the tuning table")
-    s.add_argument("--benchmarks", nargs="*", default=[], metavar="TSV",
-                   help="Snakemake benchmark files (<rule>/<job>.tsv) for the table of per-rule wall times")
-    s.add_argument("--out-dir", required=True, metavar="DIR", help="output folder of the tables")
-    common(s, threads=False)
-    s.set_defaults(func=cmd_aggregate)
 
-    s = sub.add_parser("figures", help="figures (PNG, SVG) from evaluation JSON, logs and samples")
-    s.add_argument("--evals", nargs="*", default=[], metavar="JSON", help="evaluation files written by evaluate")
-    s.add_argument("--logs", nargs="*", default=[], metavar="CSV",
-                   help="training logs, each at .../<method>/seed<k>/log.csv")
-    s.add_argument("--samples", nargs="*", default=[], metavar="NPZ",
-                   help="sample files of evaluate --samples; the first is drawn")
-    s.add_argument("--steps", default=None, metavar="NPZ", help="npz with an EroSeg run's per-step masks")
-    s.add_argument("--spec", default="{}", metavar="JSON",
-                   help="what to draw, as JSON (see eroseg.figures.make_figures)")
-    s.add_argument("--out-dir", required=True, metavar="DIR", help="output folder of the figures")
-    common(s, threads=False)
-    s.set_defaults(func=cmd_figures)
-    return p
+def _add_evaluate_parser(sub) -> None:
+    """The ``eroseg evaluate`` subcommand's parser."""
+    attacks_or_none = _LazyChoices(_attack_names, extra=("none",))
+    parser = sub.add_parser("evaluate", help="evaluate a checkpoint or your own model, clean or under one attack")
+    _model_args(parser)
+    _dataset_args(parser)
+    parser.add_argument("--split", default="val", metavar="SPLIT", help="split to evaluate (default: %(default)s)")
+    parser.add_argument("--attack", default=None, choices=attacks_or_none, metavar="NAME",
+                        help="attack: %(choices)s (default: none, i.e. clean)")
+    parser.add_argument("--attack-params", default="{}", metavar="JSON",
+                        help=f"attack parameters as JSON, e.g. {{\"eps\": \"8/255\", \"steps\": 20}}; {_NUMBER_HELP}")
+    parser.add_argument("--setting", "--name", dest="setting", default=None,
+                        help="label of this attack setting in tables (default: the attack name, or clean)")
+    parser.add_argument("--restarts", type=int, default=1, metavar="N",
+                        help="independent runs of the attack; per image the run with the lowest pixel accuracy is kept")
+    parser.add_argument("--settings", default=None, metavar="JSON",
+                        help="several settings in one process, as a JSON list of {setting, attack, params, "
+                             "params_file, restarts, out} (replaces --attack/--attack-params/--setting/"
+                             "--restarts/--out)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the attack's random start (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16, metavar="N",
+                        help="images per batch (default: %(default)s)")
+    parser.add_argument("--max-images", type=int, default=None, metavar="N",
+                        help="evaluate the first N images only (default: all)")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    parser.add_argument("--samples", default=None, metavar="NPZ", help="write qualitative examples (.npz) here")
+    parser.add_argument("--samples-n", type=int, default=4, metavar="N",
+                        help="number of examples in --samples (default: %(default)s)")
+    parser.add_argument("--record-steps", action="store_true", help="record per-step attack masks into --samples")
+    _device_arg(parser)
+    parser.add_argument("--out", default=None, metavar="JSON",
+                        help="output of the single setting: metrics and per-image counts")
+    _common_args(parser)
+    parser.set_defaults(func=cmd_evaluate)
+
+
+def _add_tune_parser(sub) -> None:
+    """The ``eroseg tune`` subcommand's parser."""
+    attacks = _LazyChoices(_attack_names)
+    parser = sub.add_parser("tune", help="choose an attack family's parameters on a validation split "
+                            "(lowest mean mIoU)")
+    parser.add_argument("--checkpoints", nargs="+", required=True, metavar="PT",
+                        help="models every candidate is run on")
+    _dataset_args(parser)
+    parser.add_argument("--split", default="val", metavar="SPLIT", help="the split for choices, never the reported one "
+                                                                        "(default: %(default)s)")
+    parser.add_argument("--family", required=True, help="label of the tuned setting, stored in the output")
+    parser.add_argument("--attack", required=True, choices=attacks, metavar="NAME", help="attack: %(choices)s")
+    parser.add_argument("--attack-params", default="{}", metavar="JSON",
+                        help="parameters every candidate shares, as JSON")
+    parser.add_argument("--grid", required=True, metavar="JSON", help="parameter -> list of candidate values, as JSON")
+    parser.add_argument("--max-images", type=int, default=None, metavar="N", help="images of the split per candidate")
+    parser.add_argument("--batch-size", type=int, default=16, metavar="N",
+                        help="images per batch (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default: %(default)s)")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
+    _device_arg(parser)
+    parser.add_argument("--out", required=True, metavar="JSON", help="output: every candidate's scores and the choice")
+    _common_args(parser)
+    parser.set_defaults(func=cmd_tune)
+
+
+def _add_attack_parser(sub) -> None:
+    """The ``eroseg attack`` subcommand's parser."""
+    attacks = _LazyChoices(_attack_names)
+    parser = sub.add_parser("attack", help="attack a checkpoint or your own model on a split or a folder of images; "
+                                           "save PNGs")
+    _model_args(parser)
+    parser.add_argument("--images", default=None, metavar="DIR",
+                        help="folder of images (the clean prediction is attacked); or give --dataset and --root")
+    _dataset_args(parser, required=False)
+    parser.add_argument("--split", default="val", metavar="SPLIT", help="split, with --dataset (default: %(default)s)")
+    parser.add_argument("--attack", required=True, choices=attacks, metavar="NAME", help="attack: %(choices)s")
+    parser.add_argument("--attack-params", default="{}", metavar="JSON",
+                        help=f"attack parameters as JSON, e.g. {{\"eps\": \"8/255\", \"steps\": 20}}; {_NUMBER_HELP}")
+    parser.add_argument("--max-images", type=int, default=None, metavar="N", help="attack the first N images only")
+    parser.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                        help="skip images with more pixels (H x W) than this, with a warning (default: 4e6 on a CPU, "
+                             "16e6 on a GPU; 0: no budget)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the attack's random start (default: %(default)s)")
+    _device_arg(parser)
+    parser.add_argument("--out-dir", required=True, metavar="DIR",
+                        help="output folder: adv/, pred_clean/, pred_adv/, side_by_side/ PNGs and summary.csv")
+    _common_args(parser)
+    parser.set_defaults(func=cmd_attack)
+
+
+def _add_aggregate_parser(sub) -> None:
+    """The ``eroseg aggregate`` subcommand's parser."""
+    parser = sub.add_parser("aggregate", help="tables (CSV, Markdown) from evaluation JSON files")
+    parser.add_argument("--evals", nargs="+", required=True, metavar="JSON",
+                        help="evaluation files written by evaluate, or folders holding them")
+    parser.add_argument("--spec", default="{}", metavar="JSON", help="which tables to build, as JSON")
+    parser.add_argument("--tuning", nargs="*", default=[], metavar="JSON",
+                        help="tuning results (eroseg tune) for the tuning table")
+    parser.add_argument("--benchmarks", nargs="*", default=[], metavar="TSV",
+                        help="Snakemake benchmark files (<rule>/<job>.tsv) for the table of per-rule wall times")
+    parser.add_argument("--out-dir", required=True, metavar="DIR", help="output folder of the tables")
+    _common_args(parser, threads=False)
+    parser.set_defaults(func=cmd_aggregate)
+
+
+def _add_figures_parser(sub) -> None:
+    """The ``eroseg figures`` subcommand's parser."""
+    parser = sub.add_parser("figures", help="figures (PNG, SVG) from evaluation JSON, logs and samples")
+    parser.add_argument("--evals", nargs="*", default=[], metavar="JSON", help="evaluation files written by evaluate")
+    parser.add_argument("--logs", nargs="*", default=[], metavar="CSV",
+                        help="training logs, each at .../<method>/seed<k>/log.csv")
+    parser.add_argument("--samples", nargs="*", default=[], metavar="NPZ",
+                        help="sample files of evaluate --samples; the first is drawn")
+    parser.add_argument("--steps", default=None, metavar="NPZ", help="npz with an EroSeg run's per-step masks")
+    parser.add_argument("--spec", default="{}", metavar="JSON",
+                        help="what to draw, as JSON (see eroseg.figures.make_figures)")
+    parser.add_argument("--out-dir", required=True, metavar="DIR", help="output folder of the figures")
+    _common_args(parser, threads=False)
+    parser.set_defaults(func=cmd_figures)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``eroseg`` parser: one subparser per subcommand, each built by its ``_add_<command>_parser``."""
+    from eroseg import __version__
+
+    parser = argparse.ArgumentParser(prog="eroseg", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"eroseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_synthesize_parser, _add_prepare_parser, _add_train_parser, _add_evaluate_parser,
+                _add_tune_parser, _add_attack_parser, _add_aggregate_parser, _add_figures_parser):
+        add(sub)
+    return parser
 
 
 def _one_line(err: BaseException) -> str:

@@ -157,11 +157,12 @@ class _Components:
         return st
 
 
-def _run_attack(model, images, labels, attack, *, seed, bi, restarts, components, callback, parts) -> torch.Tensor:
+def _run_attack(model, images, labels, attack, *, seed, batch_index, restarts, components, callback,
+                parts) -> torch.Tensor:
     """One batch under ``attack``; with restarts, per image the run with the lowest pixel accuracy (ties: first)."""
     best = best_acc = None
     for r in range(restarts):
-        kwargs: dict[str, Any] = {"generator": _generator(seed, bi, images.device, r)}
+        kwargs: dict[str, Any] = {"generator": _generator(seed, batch_index, images.device, r)}
         if callback is not None and r == 0:
             kwargs["callback"] = callback
         if components:
@@ -178,6 +179,57 @@ def _run_attack(model, images, labels, attack, *, seed, bi, restarts, components
             best = torch.where(better.view(-1, 1, 1, 1), adv, best)
             best_acc = torch.where(better, acc, best_acc)
     return best
+
+
+def _step_recorder(steps: dict[str, list]) -> Callable[[dict], None]:
+    """Attack callback that appends the first image's per-step masks to ``steps`` (mask name -> list of ``[H, W]``)."""
+    def callback(info: dict) -> None:
+        for key in ("attacked", "fooled", "sensitive", "front"):
+            if info.get(key) is not None:
+                steps.setdefault(key, []).append(info[key][0].detach().cpu().numpy().astype(bool))
+    return callback
+
+
+def _attack_batch(model, images, labels, attack, component_stats: dict[str, list[PerImageStats]], *, num_classes,
+                  ignore_index, amp, seed, batch_index, restarts, components, callback) -> torch.Tensor:
+    """:func:`_run_attack` on one batch; appends each component's per-image counts to ``component_stats``."""
+    parts = _Components(model, labels, num_classes, ignore_index, amp)
+    adv = _run_attack(model, images, labels, attack, seed=seed, batch_index=batch_index, restarts=restarts,
+                      components=components, callback=callback, parts=parts)
+    for name, stats in parts.parts.items():
+        component_stats.setdefault(name, []).append(stats)
+    return adv
+
+
+def _add_samples(samples: dict[str, list], indices: list[int], num_samples: int, *, model, images, adv, labels,
+                 pred, amp: bool, attacked: bool) -> None:
+    """Append the batch's images among the dataset's first ``num_samples`` to ``samples`` (the qualitative figure)."""
+    keep = [j for j, i in enumerate(indices) if i < num_samples]  # the first images of the dataset
+    if keep:
+        clean_pred = predict(model, images[keep], amp) if attacked else pred[keep]
+        samples.setdefault("index", []).extend(indices[j] for j in keep)
+        samples["image"].extend(images[keep].float().cpu().numpy())
+        samples["adv"].extend(adv[keep].float().cpu().numpy())
+        samples["label"].extend(labels[keep].cpu().numpy())
+        samples["pred_clean"].extend(clean_pred.cpu().numpy())
+        samples["pred_adv"].extend(pred[keep].cpu().numpy())
+
+
+def _results(confusion: ConfusionMatrix, parts: list[PerImageStats], component_stats: dict[str, list[PerImageStats]],
+             samples: dict[str, list], steps: dict[str, list], batch_indices: list[list[int]], ignore_index: int,
+             seconds: float) -> dict:
+    """The dict :func:`evaluate` returns, per-image rows and samples put back into dataset order."""
+    order = dataset_order(batch_indices)
+    sample_order = np.argsort(samples.pop("index", []), kind="stable")
+    return {
+        "metrics": confusion.compute(),
+        "per_image": _reorder(PerImageStats.concat(parts), order),
+        "components": {k: _reorder(PerImageStats.concat(v), order) for k, v in component_stats.items()},
+        "samples": {k: _stack_padded([v[j] for j in sample_order], 0.0 if k in ("image", "adv") else ignore_index)
+                    for k, v in samples.items() if v},
+        "steps": {k: np.stack(v) for k, v in steps.items()},
+        "seconds": seconds,
+    }
 
 
 def evaluate(
@@ -234,51 +286,26 @@ def evaluate(
     model = model.to(device).eval()
     if max_images is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(max_images, len(dataset))))
-    cm = ConfusionMatrix(num_classes, ignore_index)
+    confusion = ConfusionMatrix(num_classes, ignore_index)
     parts: list[PerImageStats] = []
     samples: dict[str, list] = {k: [] for k in ("image", "adv", "label", "pred_clean", "pred_adv")}
     steps: dict[str, list] = {}
-    comp_parts: dict[str, list[PerImageStats]] = {}
+    component_stats: dict[str, list[PerImageStats]] = {}
     batch_indices: list[list[int]] = []
-    t0 = time.perf_counter()
+    start = time.perf_counter()
     workers = default_num_workers(device) if num_workers is None else num_workers
-    for bi, (indices, images, labels) in enumerate(size_bucketed_batches(dataset, batch_size, num_workers=workers)):
+    batches = size_bucketed_batches(dataset, batch_size, num_workers=workers)
+    for batch_index, (indices, images, labels) in enumerate(batches):
         batch_indices.append(indices)
         images, labels = images.to(device), labels.to(device)
-        adv = images
-        if attack is not None:
-            callback = None
-            if record_steps and bi == 0:
-                def callback(info: dict) -> None:
-                    for key in ("attacked", "fooled", "sensitive", "front"):
-                        if info.get(key) is not None:
-                            steps.setdefault(key, []).append(info[key][0].detach().cpu().numpy().astype(bool))
-            comps = _Components(model, labels, num_classes, ignore_index, amp)
-            adv = _run_attack(model, images, labels, attack, seed=seed, bi=bi, restarts=restarts,
-                              components=components, callback=callback, parts=comps)
-            for name, st in comps.parts.items():
-                comp_parts.setdefault(name, []).append(st)
+        adv = images if attack is None else _attack_batch(
+            model, images, labels, attack, component_stats, num_classes=num_classes, ignore_index=ignore_index,
+            amp=amp, seed=seed, batch_index=batch_index, restarts=restarts, components=components,
+            callback=_step_recorder(steps) if record_steps and batch_index == 0 else None)
         pred = predict(model, adv, amp)
-        cm.update(pred, labels)
+        confusion.update(pred, labels)
         parts.append(per_image_stats(pred, labels, num_classes, ignore_index))
-        keep = [j for j, i in enumerate(indices) if i < num_samples]  # the first images of the dataset
-        if keep:
-            clean_pred = predict(model, images[keep], amp) if attack is not None else pred[keep]
-            samples.setdefault("index", []).extend(indices[j] for j in keep)
-            samples["image"].extend(images[keep].float().cpu().numpy())
-            samples["adv"].extend(adv[keep].float().cpu().numpy())
-            samples["label"].extend(labels[keep].cpu().numpy())
-            samples["pred_clean"].extend(clean_pred.cpu().numpy())
-            samples["pred_adv"].extend(pred[keep].cpu().numpy())
-    seconds = time.perf_counter() - t0
-    order = dataset_order(batch_indices)
-    sample_order = np.argsort(samples.pop("index", []), kind="stable")
-    return {
-        "metrics": cm.compute(),
-        "per_image": _reorder(PerImageStats.concat(parts), order),
-        "components": {k: _reorder(PerImageStats.concat(v), order) for k, v in comp_parts.items()},
-        "samples": {k: _stack_padded([v[j] for j in sample_order], 0.0 if k in ("image", "adv") else ignore_index)
-                    for k, v in samples.items() if v},
-        "steps": {k: np.stack(v) for k, v in steps.items()},
-        "seconds": seconds,
-    }
+        _add_samples(samples, indices, num_samples, model=model, images=images, adv=adv, labels=labels, pred=pred,
+                     amp=amp, attacked=attack is not None)
+    seconds = time.perf_counter() - start
+    return _results(confusion, parts, component_stats, samples, steps, batch_indices, ignore_index, seconds)

@@ -1,5 +1,6 @@
 """Tests of the attack suite: the shared rules every attack obeys, hand-worked weights, and strength on a toy model."""
 
+import functools
 import math
 
 import pytest
@@ -8,10 +9,12 @@ import torch.nn as nn
 
 from eroseg.attacks import (
     ATTACKS,
+    apgd,
     attack_parameters,
     create_attack,
     pixel_accuracy_per_image,
     run_attack,
+    sea,
     segmentation_loss,
     worst_case_attack,
 )
@@ -380,6 +383,25 @@ def test_bad_inputs_are_named():
         atk(model, x, y[:, :-1])
     with pytest.raises(ValueError, match="model must return logits"):
         atk(lambda inp: model(inp)[..., :-1], x, y)
+
+
+@pytest.mark.parametrize("attack,own", [
+    (functools.partial(run_attack, step_size=1 / 255), dict(weight_fn=3)),
+    (apgd, dict(momentum=2.0)),
+    (sea, dict(losses=[])),
+], ids=["run_attack", "apgd", "sea"])
+def test_argument_checks_run_in_order(attack, own):
+    """check_attack_arguments: grad mode, then the common parameters, the attack's own ones, the inputs."""
+    model, (x, y) = Tiny().eval(), toy_batch(1)
+    bad_labels = y.float()
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        attack(model, x, bad_labels, eps=0, steps=1, **own)
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+        attack(model, x, bad_labels, eps=0, steps=1, **own)
+    with pytest.raises((TypeError, ValueError), match=f"^{next(iter(own))} must"):
+        attack(model, x, bad_labels, eps=0.1, steps=1, **own)
+    with pytest.raises(TypeError, match="labels must be an integer"):
+        attack(model, x, bad_labels, eps=0.1, steps=1)
 
 
 # -------------------------------------------------------------------- registry

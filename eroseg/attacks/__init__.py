@@ -37,6 +37,7 @@ from typing import Any, Callable, Mapping
 from eroseg.attacks.apgd import LOSSES, apgd, check_apgd_params
 from eroseg.attacks.core import (
     COMMON_PARAMETERS,
+    INPUTS,
     check_common,
     pixel_accuracy_per_image,
     run_attack,
@@ -50,11 +51,8 @@ from eroseg.attacks.sea import SEA_LOSSES, check_sea_params, sea
 from eroseg.attacks.segpgd import segpgd
 from eroseg.attacks.worst_case import worst_case_attack
 
-_POSITIONAL = ("model", "images", "labels")
-
-
 def _keyword_names(fn: Callable) -> tuple[str, ...]:
-    return tuple(k for k in inspect.signature(fn).parameters if k not in _POSITIONAL)
+    return tuple(k for k in inspect.signature(fn).parameters if k not in INPUTS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +95,7 @@ class AttackSpec:
 
     def parameters(self) -> dict[str, Any]:
         """``{parameter: default}`` of ``fn`` in signature order, without ``model``, ``images``, ``labels``."""
-        return {k: p.default for k, p in inspect.signature(self.fn).parameters.items() if k not in _POSITIONAL}
+        return {k: p.default for k, p in inspect.signature(self.fn).parameters.items() if k not in INPUTS}
 
     def validate(self, params: Mapping[str, Any]) -> None:
         """Check a full parameter set (defaults merged with the given ones): common check, then the own check."""

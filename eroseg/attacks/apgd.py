@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -72,9 +72,7 @@ import torch.nn.functional as F
 from eroseg.attacks.core import (
     BestIterate,
     _forward,
-    check_common,
-    check_grad_mode,
-    check_inputs,
+    check_attack_arguments,
     check_logits,
     class_map,
     eval_mode,
@@ -91,6 +89,13 @@ from eroseg.attacks.segpgd import segpgd_weights
 RADIUS_FACTORS = (2.0, 1.5, 1.0)
 
 _LOG2 = math.log(2.0)
+
+#: EroSeg's switches among APGD's parameters; every APGD run gets them as ``eroseg_switches``.
+EROSEG_SWITCHES = ("q0", "schedule", "kernel_size", "gamma", "front", "selection")
+
+#: Parameters of :func:`apgd` and SEA that every one of their APGD runs gets unchanged.
+_RUN_OPTIONS = ("eps", "steps", "norm", "random_start", "ignore_index", "targeted", "best_iterate", "generator", "amp",
+                "radius_schedule", "momentum", "initial_step", "rho")
 
 
 # --------------------------------------------------------------------- losses
@@ -389,6 +394,31 @@ def check_apgd_params(*, loss: str, momentum: float, initial_step: float, rho: f
                         selection=selection)
 
 
+def checked_run_options(arguments: Mapping[str, Any], check_own: Callable[..., None]) -> dict:
+    """Check the arguments of :func:`apgd` or :func:`eroseg.attacks.sea.sea`; return what their APGD runs share.
+
+    The checks are :func:`eroseg.attacks.core.check_attack_arguments`'s, in
+    its order (grad mode, common parameters, ``check_own``, inputs).
+
+    Args:
+        arguments: the attack's arguments by name (its ``locals()`` taken
+            before it assigns anything).
+        check_own: :func:`check_apgd_params` or
+            :func:`eroseg.attacks.sea.check_sea_params`.
+
+    Returns:
+        Keyword arguments of :func:`run_apgd` but ``loss`` and ``callback``:
+        ``eps``, ``steps``, ``norm``, ``random_start``, ``ignore_index``,
+        ``targeted``, ``best_iterate``, ``generator``, ``amp``,
+        ``radius_schedule``, ``momentum``, ``initial_step``, ``rho`` and
+        ``eroseg_switches`` (``q0`` ... ``selection`` in a dict).
+    """
+    check_attack_arguments(arguments, check_own)
+    options = {name: arguments[name] for name in _RUN_OPTIONS}
+    options["eroseg_switches"] = {name: arguments[name] for name in EROSEG_SWITCHES}
+    return options
+
+
 # ----------------------------------------------------------------------- loop
 def _apgd_part(model, x, y, valid, delta, *, radius, steps, norm, loss, loss_kw, targeted, momentum,
                initial_step, rho, use_amp, callback, step0) -> tuple[BestIterate, torch.Tensor, torch.Tensor, int]:
@@ -595,16 +625,6 @@ def apgd(
         RuntimeError: called inside ``torch.inference_mode()``.
         TypeError, ValueError: bad parameters or inputs (the message names them).
     """
-    check_grad_mode()
-    check_common(dict(eps=eps, steps=steps, norm=norm, random_start=random_start, targeted=targeted,
-                      best_iterate=best_iterate, amp=amp, ignore_index=ignore_index, generator=generator,
-                      callback=callback))
-    switches = dict(q0=q0, schedule=schedule, kernel_size=kernel_size, gamma=gamma, front=front, selection=selection)
-    check_apgd_params(loss=loss, momentum=momentum, initial_step=initial_step, rho=rho,
-                      radius_schedule=radius_schedule, **switches)
-    check_inputs(images, labels)
-    adv, _ = run_apgd(model, images, labels, eps=eps, steps=steps, norm=norm, loss=loss, random_start=random_start,
-                      ignore_index=ignore_index, targeted=targeted, best_iterate=best_iterate, generator=generator,
-                      amp=amp, callback=callback, radius_schedule=radius_schedule, momentum=momentum,
-                      initial_step=initial_step, rho=rho, eroseg_switches=switches)
+    options = checked_run_options(locals(), check_apgd_params)
+    adv, _ = run_apgd(model, images, labels, loss=loss, callback=callback, **options)
     return adv

@@ -134,6 +134,34 @@ def check_inputs(images: Any, labels: Any) -> None:
         raise ValueError(f"images and labels must be on the same device, got {images.device} and {labels.device}")
 
 
+#: Positional arguments of every attack, ``attack(model, images, labels, **keyword_parameters)``.
+INPUTS = ("model", "images", "labels")
+
+
+def check_attack_arguments(arguments: Mapping[str, Any], check_own: Callable[..., None] | None = None) -> None:
+    """The checks that start an attack, in this order: grad mode, common parameters, the attack's own ones, inputs.
+
+    Args:
+        arguments: the attack's arguments by name: ``model``, ``images``,
+            ``labels`` and its keyword parameters (its ``locals()`` taken
+            before it assigns anything).
+        check_own: called with the keyword parameters that are not in
+            :data:`COMMON_PARAMETERS` (e.g. ``check_own(weight_fn=...)``);
+            None: no own parameters.
+
+    Raises:
+        RuntimeError: inside ``torch.inference_mode()`` (:func:`check_grad_mode`).
+        TypeError, ValueError: as :func:`check_common`, ``check_own`` and
+            :func:`check_inputs`.
+    """
+    check_grad_mode()
+    check_common({name: value for name, value in arguments.items() if name in COMMON_PARAMETERS})
+    if check_own is not None:
+        check_own(**{name: value for name, value in arguments.items()
+                     if name not in COMMON_PARAMETERS and name not in INPUTS})
+    check_inputs(arguments["images"], arguments["labels"])
+
+
 # ------------------------------------------------------------ small building blocks
 def class_map(logits: torch.Tensor) -> torch.Tensor:
     """Predicted classes ``[B, H, W]`` of logits ``[B, C, H, W]``.
@@ -415,6 +443,95 @@ class BestIterate:
 
 
 # --------------------------------------------------------------------- the loop
+def _check_weight_fn(*, weight_fn: Any) -> None:
+    if weight_fn is not None and not callable(weight_fn):
+        raise TypeError(f"weight_fn must be callable or None, got {type(weight_fn).__name__}")
+
+
+def attack_step(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    valid: torch.Tensor,
+    delta: torch.Tensor,
+    t: int,
+    *,
+    steps: int,
+    eps: float,
+    step_size: float,
+    norm: str,
+    ignore_index: int,
+    targeted: bool,
+    use_amp: bool,
+    weight_fn: WeightFn | None,
+    callback: Callable[[dict], None] | None,
+    best: BestIterate | None,
+) -> torch.Tensor:
+    """Step ``t`` of :func:`run_attack` from the perturbation ``delta``; returns the next one.
+
+    One forward pass on the current iterate ``x + delta``; per-pixel
+    weights from those logits (``weight_fn``); loss ``sum(w * CE) / N``; its
+    gradient with respect to ``delta`` (one backward pass); a signed (Linf) or
+    normalised (L2) step; projection onto the eps ball and the [0, 1] box.
+    The same forward pass gives the prediction of iterate ``t`` that ``best``
+    scores and that the callback receives. Targeted: the loss is minimised.
+
+    Args:
+        model, steps, eps, step_size, norm, ignore_index, targeted, weight_fn,
+            callback: as :func:`run_attack`.
+        x, y: clean images and labels from :func:`prepare_inputs`.
+        valid: ``y != ignore_index``.
+        delta: perturbation of iterate ``t`` (inside the eps ball and the box).
+        t: step index, ``0 <= t < steps``.
+        use_amp: bf16 autocast of the forward pass (CUDA only).
+        best: best-iterate tracker, or None.
+
+    Returns:
+        ``delta`` of iterate ``t + 1``, detached.
+    """
+    delta.requires_grad_(True)
+    adv = x + delta
+    logits = _forward(model, adv, use_amp)
+    if t == 0:
+        check_logits(logits, y)
+    with torch.no_grad():
+        weights, masks = _unpack_weights(
+            weight_fn(t, steps, logits.detach(), y, valid) if weight_fn is not None else None, y)
+        if best is not None:
+            best.update(adv, logits)
+        if callback is not None:
+            fooled = fooled_mask(logits, y, valid, targeted)
+            callback({"step": t, "logits": logits.detach(), "weights": weights, "fooled": fooled,
+                      "images": adv.detach(), **masks})
+    loss = segmentation_loss(logits, y, weights, ignore_index)
+    if targeted:
+        loss = -loss
+    (grad,) = torch.autograd.grad(loss, delta)
+    with torch.no_grad():
+        return project(x, step(delta.detach(), grad, step_size, norm), eps, norm)
+
+
+def final_iterate(model: Callable, x: torch.Tensor, delta: torch.Tensor, best: BestIterate | None,
+                  use_amp: bool) -> torch.Tensor:
+    """The result of :func:`run_attack`: the last iterate ``x + delta``, or with ``best`` per image the best iterate.
+
+    Each step's forward pass has already scored its iterate (the random
+    start, or the clean image without one, for ``t = 0``); one extra forward
+    pass scores the last iterate. Clamped to [0, 1]: ``x + (clamp(x + d) - x)``
+    is in [0, 1] up to rounding; the clamp makes it exact and can only move a
+    value towards ``x``, so the budget still holds.
+
+    Returns:
+        ``[B, C, H, W]``, detached.
+    """
+    adv = x + delta
+    if best is not None:
+        with torch.no_grad():
+            best.update(adv, _forward(model, adv, use_amp))
+        adv = best.adv
+    return adv.clamp(0, 1).detach()
+
+
 def run_attack(
     model: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
@@ -433,20 +550,13 @@ def run_attack(
     callback: Callable[[dict], None] | None = None,
     weight_fn: WeightFn | None = None,
 ) -> torch.Tensor:
-    """Iterative gradient attack shared by every attack of the package.
+    """Iterative gradient attack shared by every attack of the package; one step is :func:`attack_step`.
 
-    Each step: one forward pass on the current iterate ``x + delta``; per-pixel
-    weights from those logits (``weight_fn``); loss ``sum(w * CE) / N``; its
-    gradient with respect to ``delta`` (one backward pass); a signed (Linf) or
-    normalised (L2) step; projection onto the eps ball and the [0, 1] box.
-
-    Best iterate (``best_iterate=True``): the forward pass at the start of step
-    ``t`` already gives the prediction of iterate ``t`` (the random start, or
-    the clean image without one, for ``t = 0``), so each step also scores its
-    iterate; one extra forward scores the last iterate. Per image, the iterate
-    with the lowest pixel accuracy is returned (targeted: the highest accuracy
-    with respect to the targets); ties keep the earlier iterate. Without it,
-    the last iterate is returned.
+    Best iterate (``best_iterate=True``, :func:`final_iterate`): per image,
+    the iterate with the lowest pixel accuracy is returned (targeted: the
+    highest accuracy with respect to the targets), among the start and every
+    step's result; ties keep the earlier iterate. Without it, the last iterate
+    is returned.
 
     Targeted (``targeted=True``): ``labels`` are the target classes and the
     loss is minimised (the step direction is flipped). The callback's
@@ -488,48 +598,16 @@ def run_attack(
         RuntimeError: called inside ``torch.inference_mode()``.
         TypeError, ValueError: bad parameters or inputs (the message names them).
     """
-    check_grad_mode()
-    check_common(dict(eps=eps, step_size=step_size, steps=steps, norm=norm, random_start=random_start,
-                      targeted=targeted, best_iterate=best_iterate, amp=amp, ignore_index=ignore_index,
-                      generator=generator, callback=callback))
-    if weight_fn is not None and not callable(weight_fn):
-        raise TypeError(f"weight_fn must be callable or None, got {type(weight_fn).__name__}")
-    check_inputs(images, labels)
-
+    check_attack_arguments(locals(), _check_weight_fn)
     x, y = prepare_inputs(images, labels)
     valid = y != ignore_index
     use_amp = amp and x.is_cuda
     best = BestIterate(x, y, ignore_index, targeted) if best_iterate else None
-
     with eval_mode(model), torch.enable_grad():
         delta = random_init(x, eps, norm, generator) if random_start else torch.zeros_like(x)
         delta = project(x, delta, eps, norm)
         for t in range(steps):
-            delta.requires_grad_(True)
-            adv = x + delta
-            logits = _forward(model, adv, use_amp)
-            if t == 0:
-                check_logits(logits, y)
-            with torch.no_grad():
-                weights, masks = _unpack_weights(
-                    weight_fn(t, steps, logits.detach(), y, valid) if weight_fn is not None else None, y)
-                if best is not None:
-                    best.update(adv, logits)
-                if callback is not None:
-                    fooled = fooled_mask(logits, y, valid, targeted)
-                    callback({"step": t, "logits": logits.detach(), "weights": weights, "fooled": fooled,
-                              "images": adv.detach(), **masks})
-            loss = segmentation_loss(logits, y, weights, ignore_index)
-            if targeted:
-                loss = -loss
-            (grad,) = torch.autograd.grad(loss, delta)
-            with torch.no_grad():
-                delta = project(x, step(delta.detach(), grad, step_size, norm), eps, norm)
-        adv = x + delta
-        if best is not None:
-            with torch.no_grad():
-                best.update(adv, _forward(model, adv, use_amp))
-            adv = best.adv
-    # x + (clamp(x + d) - x) is in [0, 1] up to rounding; the final clamp makes it exact and
-    # can only move a value towards x, so the budget still holds.
-    return adv.clamp(0, 1).detach()
+            delta = attack_step(model, x, y, valid, delta, t, steps=steps, eps=eps, step_size=step_size, norm=norm,
+                                ignore_index=ignore_index, targeted=targeted, use_amp=use_amp, weight_fn=weight_fn,
+                                callback=callback, best=best)
+        return final_iterate(model, x, delta, best, use_amp)

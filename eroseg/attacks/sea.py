@@ -17,8 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from eroseg.attacks.apgd import check_apgd_params, check_loss_name, run_apgd
-from eroseg.attacks.core import check_common, check_grad_mode, check_inputs
+from eroseg.attacks.apgd import check_apgd_params, check_loss_name, checked_run_options, run_apgd
 
 #: SEA's losses in the paper, in its order (also the order of preference for ties).
 SEA_LOSSES = ("masked_ce", "balanced_ce", "js", "masked_spherical")
@@ -60,6 +59,29 @@ def check_sea_params(*, losses: Sequence[str], component_callback: Callable | No
     check_apgd_params(loss=losses[0], momentum=momentum, initial_step=initial_step, rho=rho,
                       radius_schedule=radius_schedule, q0=q0, schedule=schedule, kernel_size=kernel_size,
                       gamma=gamma, front=front, selection=selection)
+
+
+def _tagged(callback: Callable[[dict], None] | None, name: str) -> Callable[[dict], None] | None:
+    """``callback`` of the component ``name``: it adds ``info["component"] = name`` (None stays None)."""
+    if callback is None:
+        return None
+
+    def tagged(info: dict) -> None:
+        callback({**info, "component": name})
+    return tagged
+
+
+def _keep_better(best_adv: torch.Tensor | None, best_score: torch.Tensor | None, adv: torch.Tensor,
+                 score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, the result with the lower score (the better for the attack): ``(adv, score)`` so far.
+
+    ``best_adv`` None (the first component): copies of ``adv`` and ``score``.
+    Ties keep ``best_adv``, i.e. the loss listed first.
+    """
+    if best_adv is None:
+        return adv.clone(), score.clone()
+    better = score < best_score  # strict: ties keep the loss listed first
+    return torch.where(better.view(-1, 1, 1, 1), adv, best_adv), torch.where(better, score, best_score)
 
 
 def sea(
@@ -129,31 +151,11 @@ def sea(
         RuntimeError: called inside ``torch.inference_mode()``.
         TypeError, ValueError: bad parameters or inputs (the message names them).
     """
-    check_grad_mode()
-    check_common(dict(eps=eps, steps=steps, norm=norm, random_start=random_start, targeted=targeted,
-                      best_iterate=best_iterate, amp=amp, ignore_index=ignore_index, generator=generator,
-                      callback=callback))
-    switches = dict(q0=q0, schedule=schedule, kernel_size=kernel_size, gamma=gamma, front=front, selection=selection)
-    check_sea_params(losses=losses, component_callback=component_callback, momentum=momentum,
-                     initial_step=initial_step, rho=rho, radius_schedule=radius_schedule, **switches)
-    check_inputs(images, labels)
+    options = checked_run_options(locals(), check_sea_params)
     best_adv = best_score = None
     for name in losses:
-        cb = None
-        if callback is not None:
-            def cb(info: dict, _name: str = name) -> None:
-                callback({**info, "component": _name})
-        adv, score = run_apgd(model, images, labels, eps=eps, steps=steps, norm=norm, loss=name,
-                              random_start=random_start, ignore_index=ignore_index, targeted=targeted,
-                              best_iterate=best_iterate, generator=generator, amp=amp, callback=cb,
-                              radius_schedule=radius_schedule, momentum=momentum, initial_step=initial_step,
-                              rho=rho, eroseg_switches=switches)
+        adv, score = run_apgd(model, images, labels, loss=name, callback=_tagged(callback, name), **options)
         if component_callback is not None:
             component_callback(name, adv)
-        if best_adv is None:
-            best_adv, best_score = adv.clone(), score.clone()
-        else:
-            better = score < best_score  # strict: ties keep the loss listed first
-            best_score = torch.where(better, score, best_score)
-            best_adv = torch.where(better.view(-1, 1, 1, 1), adv, best_adv)
+        best_adv, best_score = _keep_better(best_adv, best_score, adv, score)
     return best_adv
