@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    create .venv if missing, install eroseg, run the whole pipeline (embedded default)
-#   make test   same set-up, then the test suite (SLURM tests included when a test cluster can start)
+#   make test   same set-up, then ruff and the fast test tier (under 5 minutes on 2 cores)
+# More tests: make test-slurm (the SLURM tier on a local test cluster, a few minutes),
+# make test-all (every tier that runs without a GPU).
 # CORES sets snakemake's --cores; PYTHON the interpreter used to create .venv.
 
 PYTHON ?= python3
@@ -9,14 +11,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install report clean-results
+# Installed without byte-compiling (pip's compile step took half of the ~2.5-minute install); Python
+# writes each module's .pyc on its first import instead, which the recipes allow even where the
+# environment sets PYTHONDONTWRITEBYTECODE.
+unexport PYTHONDONTWRITEBYTECODE
+PYTEST := MPLBACKEND=Agg PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+.PHONY: run test test-slurm test-all install report clean-results
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet --no-compile -e ".[test]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,10 +33,18 @@ run: $(STAMP)
 	MPLBACKEND=Agg PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --rerun-incomplete
 	MPLBACKEND=Agg PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --report results/report.html
 
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(PYTEST) -m "not slow and not gpu and not slurm"
+
 # The SLURM tests start a local test cluster (tests/slurm/cluster.sh; apt-installs slurm-wlm as root)
 # and are skipped with its one-line reason where it cannot start.
-test: $(STAMP)
-	MPLBACKEND=Agg PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -m "not slow and not gpu"
+test-slurm: $(STAMP)
+	$(PYTEST) -m slurm
+
+test-all: $(STAMP)
+	$(BIN)/ruff check .
+	$(PYTEST) -m "not gpu"
 
 report: $(STAMP)
 	MPLBACKEND=Agg PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --report results/report.html

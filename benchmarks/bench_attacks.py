@@ -128,7 +128,7 @@ def breakdown(model, x, y, device, repeats: int) -> dict[str, float]:
         out = {}
         for name, fn in parts.items():
             fn()
-            out[name] = statistics.median(timed(lambda: [fn() for _ in range(10)], device) / 10
+            out[name] = statistics.median(timed(lambda fn=fn: [fn() for _ in range(10)], device) / 10
                                           for _ in range(repeats))
     return out
 

@@ -82,7 +82,7 @@ def main() -> None:
     train_ms = {}
     for name, task in tasks.items():
         train_step(task)  # warm-up (cudnn autotuning)
-        train_ms[name] = _timed(lambda: train_step(task), device, args.repeats)
+        train_ms[name] = _timed(lambda task=task: train_step(task), device, args.repeats)
     batch.clear()  # free the training batch before the evaluation part
 
     eh, ew = args.eval_size
@@ -93,7 +93,7 @@ def main() -> None:
     for name in ("pgd", "eroseg"):
         atk = create_attack(name, eps=8 / 255, step_size=2 / 255, steps=args.eval_steps, amp=amp)
         create_attack(name, eps=8 / 255, step_size=2 / 255, steps=2, amp=amp)(model, x, y)  # warm-up
-        attack_s[name] = _timed(lambda: atk(model, x, y), device, max(1, args.repeats // 2))
+        attack_s[name] = _timed(lambda atk=atk: atk(model, x, y), device, max(1, args.repeats // 2))
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     steps_per_epoch = args.train_images // args.batch

@@ -91,7 +91,7 @@ class Evals:
         return (method, int(seed), setting, round(float(eps) * 255, 3), int(steps))
 
     @classmethod
-    def load(cls, paths: list[str]) -> "Evals":
+    def load(cls, paths: list[str]) -> Evals:
         return cls([EvalRecord.read(p) for p in paths], [str(p) for p in paths])
 
     def get(self, method, seed, setting, eps, steps) -> EvalRecord | None:
@@ -427,8 +427,9 @@ def aggregate(eval_paths: list[str], spec: dict, out_dir: str | Path,
                                                      "and PGD with restarts; verdict per model"),
         "claims": (spec.get("claims"), claims_table, "The paper's claims on this data: paired differences over "
                                                      "seeds, points of mIoU with 95 % CI"),
-        "ablation": (spec.get("ablation"), ablation_table, f"EroSeg ablation on `{(spec.get('ablation') or {}).get('method')}`"
-                                                           f" ({h}): mIoU and pixel accuracy (%), mean ± std [95 % CI]"),
+        "ablation": (spec.get("ablation"), ablation_table,
+                     f"EroSeg ablation on `{(spec.get('ablation') or {}).get('method')}` ({h}): mIoU and pixel "
+                     "accuracy (%), mean ± std [95 % CI]"),
     }
     for name, (wanted, build, title) in builders.items():
         if wanted:

@@ -281,7 +281,8 @@ def _evaluate_settings(args, settings, attacks, model, meta, dataset, device) ->
         record = EvalRecord(
             method=meta.get("method"), seed=meta.get("seed"), setting=s["setting"], attack=s["attack"],
             attack_params=resolve_attack_params(s["params"]) if attack is not None else {}, split=args.split,
-            checkpoint=str(args.checkpoint) if args.checkpoint else f"factory:{args.model_factory}", classes=meta.get("classes"), per_image=res["per_image"],
+            checkpoint=str(args.checkpoint) if args.checkpoint else f"factory:{args.model_factory}",
+            classes=meta.get("classes"), per_image=res["per_image"],
             components=res["components"], restarts=s["restarts"], seconds=res["seconds"], **res["metrics"],
         )
         if args.samples:

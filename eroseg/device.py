@@ -25,8 +25,8 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,10 @@ def acquire_gpu_slot(
         raise ValueError(f"acquire_gpu_slot: num_gpus={num_gpus}, jobs_per_gpu={jobs_per_gpu}; expected both >= 1")
     if gpu_ids is not None and len(gpu_ids) != num_gpus:
         raise ValueError(f"acquire_gpu_slot: {len(gpu_ids)} gpu_ids for num_gpus={num_gpus}")
-    names = [re.sub(r"[^A-Za-z0-9_.-]", "_", str(g)) for g in gpu_ids] if gpu_ids else [f"gpu{i}" for i in range(num_gpus)]
+    if gpu_ids:
+        names = [re.sub(r"[^A-Za-z0-9_.-]", "_", str(g)) for g in gpu_ids]
+    else:
+        names = [f"gpu{i}" for i in range(num_gpus)]
     d = Path(lock_dir) if lock_dir is not None else _lock_dir()
     d.mkdir(parents=True, exist_ok=True)
     deadline = None if wait is None else time.monotonic() + wait

@@ -13,15 +13,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
+from eroseg.data.batching import dataset_order, default_num_workers, size_bucketed_batches
 from eroseg.io import read_json, write_json
 from eroseg.metrics import IGNORE_INDEX, ConfusionMatrix, PerImageStats, per_image_stats
-from eroseg.data.batching import dataset_order, default_num_workers, size_bucketed_batches
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class EvalRecord:
         write_json(path, self.to_json())
 
     @classmethod
-    def read(cls, path: str | Path) -> "EvalRecord":
+    def read(cls, path: str | Path) -> EvalRecord:
         """Read an evaluation JSON written by :meth:`write`.
 
         Raises:

@@ -61,7 +61,8 @@ def confusion_matrix(
     lab = label[valid].long()
     prd = pred[valid].long()
     if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= num_classes):
-        raise ValueError(f"label values must be in [0, {num_classes}) or {ignore_index}; got {int(lab.min())}..{int(lab.max())}")
+        raise ValueError(f"label values must be in [0, {num_classes}) or {ignore_index}; "
+                         f"got {int(lab.min())}..{int(lab.max())}")
     if prd.numel() and (int(prd.min()) < 0 or int(prd.max()) >= num_classes):
         raise ValueError(f"predicted class out of range [0, {num_classes}): {int(prd.min())}..{int(prd.max())}")
     idx = lab * num_classes + prd
@@ -122,11 +123,11 @@ class PerImageStats:
         return {"tp": self.tp.tolist(), "pred": self.pred.tolist(), "label": self.label.tolist()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PerImageStats":
+    def from_dict(cls, d: dict) -> PerImageStats:
         return cls(*(np.asarray(d[k], dtype=np.int64).reshape(len(d[k]), -1) for k in ("tp", "pred", "label")))
 
     @classmethod
-    def concat(cls, parts: list["PerImageStats"]) -> "PerImageStats":
+    def concat(cls, parts: list[PerImageStats]) -> PerImageStats:
         return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("tp", "pred", "label")))
 
 
@@ -139,7 +140,8 @@ def per_image_stats(
     Vectorised over the batch with one ``bincount`` of ``(image, label, pred)``.
     """
     if pred.shape != label.shape or pred.dim() != 3:
-        raise ValueError(f"expected pred and label of shape [B, H, W], got {tuple(pred.shape)} and {tuple(label.shape)}")
+        raise ValueError(f"expected pred and label of shape [B, H, W], "
+                         f"got {tuple(pred.shape)} and {tuple(label.shape)}")
     b = pred.shape[0]
     valid = label != ignore_index
     img = torch.arange(b, device=pred.device).view(b, 1, 1).expand_as(pred)[valid]

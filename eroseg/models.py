@@ -23,8 +23,9 @@ import inspect
 import logging
 import os
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -290,7 +291,8 @@ def create_model(
         if not matching:
             raise ValueError(f"{weights_file}: no tensor matches encoder {encoder!r}; is it that encoder's state dict?")
         if missing:
-            log.warning("%s: %d encoder tensors not in the file (kept random): %s", weights_file, len(missing), missing[:5])
+            log.warning("%s: %d encoder tensors not in the file (kept random): %s", weights_file, len(missing),
+                        missing[:5])
         own.update(matching)
         # smp encoders override load_state_dict (dropping classifier keys); load the full dict.
         net.encoder.load_state_dict(own)

@@ -31,9 +31,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -114,8 +114,8 @@ class TrainConfig:
             multiple of the running (exponential moving) average of the loss;
             0 disables the check (a non-finite loss always stops training).
         val_batch_size: batch size of the per-epoch validation, which the first
-            process runs alone (``None``: the per-process training batch). Validation runs on whole images; consecutive images
-            of one size share a batch, so mixed sizes (VOC, ADE20K) work with
+            process runs alone (``None``: the per-process training batch). Validation runs on whole
+            images; consecutive images of one size share a batch, so mixed sizes (VOC, ADE20K) work with
             any value; lower it when whole images under attack do not fit.
         val_robust_images: images of the val split used for the per-epoch robust mIoU.
         val_robust_steps: PGD steps of that small robust evaluation (0 disables it).
@@ -151,7 +151,7 @@ class TrainConfig:
     deterministic: bool = False
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "TrainConfig":
+    def from_dict(cls, d: dict | None) -> TrainConfig:
         d = dict(d or {})
         valid = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - valid)

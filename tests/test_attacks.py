@@ -30,7 +30,6 @@ from eroseg.attacks.eroseg import (
     true_class_log_odds,
 )
 from eroseg.attacks.segpgd import segpgd_lambda, segpgd_weights
-
 from tests.conftest import ATTACK_NAMES as NAMES
 from tests.conftest import TOY_CLASSES as C
 from tests.conftest import TOY_EPS as EPS
@@ -691,7 +690,7 @@ def test_worst_case_attack(trained):
     model, x, y = trained
     attacks = {n: make(n, **({} if n == "fgsm" else {"steps": 3})) for n in ["fgsm", "pgd", "eroseg"]}
     g = lambda: gen(0)  # noqa: E731
-    attacks = {n: (lambda m, i, l, a=a: a(m, i, l, generator=g())) for n, a in attacks.items()}
+    attacks = {n: (lambda m, x, y, a=a: a(m, x, y, generator=g())) for n, a in attacks.items()}
     model.train()
     adv, chosen, accs = worst_case_attack(model, x, y, attacks)
     assert model.training, "worst_case_attack must restore the model's mode"

@@ -12,7 +12,6 @@ from PIL import Image
 from eroseg.cli import main, parse_number
 from eroseg.data import generate_synthetic
 from eroseg.models import create_model, save_checkpoint
-
 from tests.conftest import TINY_UNET as MODEL_CFG
 
 

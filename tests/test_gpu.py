@@ -41,11 +41,10 @@ def test_training_bf16_channels_last(tmp_path):
                                      val_robust_images=4))
     atk = create_attack("eroseg", eps=8 / 255, step_size=2 / 255, steps=2, amp=True)
     from eroseg.models import model_from_config
+    from tests.conftest import TINY_UNET
 
-    model_cfg = {"arch": "Unet", "encoder": "resnet18", "kwargs": {"encoder_depth": 3, "decoder_channels": [8, 8, 8]}}
-    row = train(model_from_config(model_cfg, 2), train_set=Toy(16, size=32), val_set=Toy(8, size=32, seed=1), num_classes=2,
-                model_cfg={"arch": "Unet", "encoder": "resnet18", "kwargs": {"encoder_depth": 3,
-                                                                              "decoder_channels": [8, 8, 8]}},
+    row = train(model_from_config(TINY_UNET, 2), train_set=Toy(16, size=32), val_set=Toy(8, size=32, seed=1),
+                num_classes=2, model_cfg=TINY_UNET,
                 cfg=cfg, attack=atk, out=tmp_path / "m.pt", log_path=tmp_path / "m.csv", device="cuda",
                 progress=False, robust_attack=create_attack("pgd", eps=8 / 255, step_size=2 / 255, steps=1))
     assert torch.isfinite(torch.tensor(row["loss"])) and 0 <= row["val_miou"] <= 1

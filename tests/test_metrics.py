@@ -1,6 +1,5 @@
 """Metrics against hand-worked confusion matrices."""
 
-import math
 
 import numpy as np
 import pytest
@@ -24,7 +23,8 @@ def test_confusion_matrix_hand_worked():
     expected = torch.tensor([[1, 1, 0], [1, 2, 0], [1, 0, 1]])
     assert torch.equal(m, expected)
     s = scores_from_confusion(m)
-    # IoU_0 = 1/(1+2+3-... ) : tp=1, pred=3, label=2 -> 1/4; IoU_1: tp=2, pred=3, label=3 -> 2/4; IoU_2: tp=1, pred=1, label=2 -> 1/2
+    # IoU_0 = 1/(1+2+3-... ) : tp=1, pred=3, label=2 -> 1/4; IoU_1: tp=2, pred=3, label=3 -> 2/4;
+    # IoU_2: tp=1, pred=1, label=2 -> 1/2
     assert s["per_class_iou"] == pytest.approx([0.25, 0.5, 0.5])
     assert s["miou"] == pytest.approx((0.25 + 0.5 + 0.5) / 3)
     assert s["pixel_acc"] == pytest.approx(4 / 7)

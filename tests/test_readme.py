@@ -25,7 +25,6 @@ a ``NOT_RUN`` entry with a reason or write the command so it can run here.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import shlex
 import shutil
@@ -38,6 +37,7 @@ import torch
 import yaml
 
 from tests.conftest import ROOT, snakemake_env
+
 README = ROOT / "README.md"
 
 #: Commands not run: a fragment of the command -> why. The first matching fragment wins.

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +35,8 @@ from eroseg.data import (
     voc_palette,
 )
 from eroseg.data.cityscapes import CITYSCAPES_LABEL_TO_TRAIN
-
 from tests.conftest import ROOT, snakemake_cmd, snakemake_env
+
 H, W = 32, 64  # fixture image size (every image of a tree has the same size, so batches can stack)
 
 
@@ -84,7 +83,7 @@ def make_cityscapes(root: Path, per_city: int = 2) -> Path:
 
 def make_ade20k(root: Path, n: int = 4) -> Path:
     rng = np.random.default_rng(1)
-    for split, folder, prefix in (("train", "training", "ADE_train"), ("val", "validation", "ADE_val")):
+    for folder, prefix in (("training", "ADE_train"), ("validation", "ADE_val")):
         for k in range(1, n + 1):
             stem = f"{prefix}_{k:08d}"
             _image(rng, root / "images" / folder / f"{stem}.jpg")
@@ -97,7 +96,7 @@ def make_voc(root: Path) -> Path:
     rng = np.random.default_rng(2)
     voc_ids = {"train": ["2007_000032", "2007_000039"], "val": ["2007_000033", "2007_000042"]}
     sbd_ids = ["2008_000002", "2008_000003"]
-    for split, ids in voc_ids.items():
+    for ids in voc_ids.values():
         for i in ids:
             _image(rng, root / "JPEGImages" / f"{i}.jpg")
             _label(root / "SegmentationClass" / f"{i}.png", [0, 15, 255, 1], mode="P")
@@ -376,6 +375,7 @@ def test_workflow_dry_run(dry_runs, trees, name):
     assert not (wd / "results").exists()  # a dry run writes nothing
 
 
+@pytest.mark.slow  # ~30 s; the dry runs above plan every rule of each real config in the fast tier
 @pytest.mark.workflow
 def test_cityscapes_end_to_end(trees, tmp_path):
     """The whole chain for real on the Cityscapes fixture: tiny model, 2 epochs, one 1-step attack (~20 s)."""

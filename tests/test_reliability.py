@@ -19,12 +19,25 @@ import eroseg.train as train_module
 from eroseg.cli import main
 from eroseg.data import DatasetError, generate_synthetic, get_dataset
 from eroseg.io import OutputLockedError, exclusive_lock
-from eroseg.models import (SegmentationModel, check_checkpoint_matches, create_model, load_checkpoint, load_model,
-                           save_checkpoint)
-from eroseg.train import (RUN_IDENTITY, LossExplosionError, NonFiniteWeightsError, TrainConfig, TrainingTask,
-                          adversarial_counts, train)
-
+from eroseg.models import (
+    SegmentationModel,
+    check_checkpoint_matches,
+    create_model,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
+from eroseg.train import (
+    RUN_IDENTITY,
+    LossExplosionError,
+    NonFiniteWeightsError,
+    TrainConfig,
+    TrainingTask,
+    adversarial_counts,
+    train,
+)
 from tests.conftest import TINY_UNET as UNET
+
 TINY = {"arch": "tiny"}
 REPO = Path(__file__).resolve().parents[1]  # metadata only: these tests pass the model itself
 

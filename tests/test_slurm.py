@@ -18,10 +18,11 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, snakemake_cmd, snakemake_env
+
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 # Snakemake with the plugin's status checks at most 1 s apart (the plugin backs off by 10 s per check).
 FAST_POLL = ROOT / "tests" / "slurm" / "snakemake_fast_poll.py"
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]  # minutes: `make test-slurm`, not `make test`
 GPU_RULES = ("train", "tune", "evaluate", "samples")
 
 

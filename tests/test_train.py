@@ -7,7 +7,6 @@ import torch
 
 from eroseg.models import load_checkpoint, load_model, model_from_config
 from eroseg.train import NonFiniteLossError, TrainConfig, TrainingTask, train
-
 from tests.conftest import TINY_UNET as MODEL
 from tests.conftest import HalfSplit as Toy
 

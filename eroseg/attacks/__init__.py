@@ -32,7 +32,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from eroseg.attacks.apgd import LOSSES, apgd, check_apgd_params
 from eroseg.attacks.core import (
@@ -50,6 +51,7 @@ from eroseg.attacks.pgd import pgd
 from eroseg.attacks.sea import SEA_LOSSES, check_sea_params, sea
 from eroseg.attacks.segpgd import segpgd
 from eroseg.attacks.worst_case import worst_case_attack
+
 
 def _keyword_names(fn: Callable) -> tuple[str, ...]:
     return tuple(k for k in inspect.signature(fn).parameters if k not in INPUTS)

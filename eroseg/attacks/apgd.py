@@ -64,7 +64,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -532,7 +533,7 @@ def run_apgd(
         delta = random_init(x, r0, norm, generator) if random_start else torch.zeros_like(x)
         delta = project(x, delta, r0, norm)
         calls = 0
-        for i, (radius, n) in enumerate(parts):
+        for radius, n in parts:
             delta = project(x, delta, radius, norm)
             best, last_delta, last_score, used = _apgd_part(
                 model, x, y, valid, delta, radius=radius, steps=n, norm=norm, loss=loss, loss_kw=loss_kw,

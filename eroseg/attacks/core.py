@@ -29,7 +29,8 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -7,7 +7,7 @@ pixel-wise prediction tasks", ICML 2024. https://arxiv.org/abs/2302.02213
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

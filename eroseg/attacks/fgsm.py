@@ -6,7 +6,7 @@ https://arxiv.org/abs/1412.6572
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -6,7 +6,7 @@ ICLR 2018. https://arxiv.org/abs/1706.06083
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -13,7 +13,7 @@ keeps per image the component whose result has the lowest pixel accuracy
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 

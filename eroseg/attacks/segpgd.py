@@ -8,7 +8,7 @@ https://arxiv.org/abs/2207.12391
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

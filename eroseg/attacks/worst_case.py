@@ -8,7 +8,7 @@ counts (:func:`eroseg.metrics.worst_case_stats`) without attacking again.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 

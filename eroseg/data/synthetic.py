@@ -34,9 +34,9 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -67,7 +67,8 @@ SKY, GRASS, ROAD, WATER, TREE, HOUSE, CAR, PERSON = range(len(SYNTHETIC_CLASSES)
 FORMAT_VERSION = 2
 
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
-#: Splits in the order they are written; ``val`` is for choices (tuning, per-epoch checks), ``test`` for reported numbers.
+#: Splits in the order they are written; ``val`` is for choices (tuning, per-epoch checks), ``test`` for
+#: reported numbers.
 SPLITS = tuple(_SPLIT_CODES)
 
 

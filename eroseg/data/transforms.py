@@ -14,7 +14,7 @@ workers each get a copy of the transform: with a generator and
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
