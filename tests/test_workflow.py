@@ -1,6 +1,9 @@
 """The Snakemake workflow end to end on config/tests.yaml, and what reruns after a change."""
 
+import base64
+import html
 import json
+import math
 import re
 import subprocess
 import sys
@@ -73,6 +76,46 @@ def test_end_to_end_table_values(workdir):
         png = out / "figures" / f"{f}.png"
         assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f
         assert (out / "figures" / f"{f}.svg").read_text().lstrip().startswith("<?xml")
+
+
+def report_results(path: Path) -> dict:
+    """The files embedded in a Snakemake HTML report, by path (its ``var results = {...}`` block)."""
+    m = re.search(r'<script id="results">\s*var results = (\{.*?\});?\s*</script>', path.read_text(), re.S)
+    assert m, f"{path}: no embedded results block"
+    return json.loads(m.group(1))
+
+
+def table_cells(text: str) -> list[str]:
+    """Text of every header and data cell of the HTML tables in ``text``."""
+    return [html.unescape(c).strip() for c in re.findall(r"<t[dh](?:\s[^>]*)?>(.*?)</t[dh]>", text, re.S)]
+
+
+def test_report_shows_every_table_inline_as_html(workdir):
+    """Each table is in the report as an HTML table (not only a download) and carries the CSV's values."""
+    snakemake(workdir, "--configfile", "config/tests.yaml", "--report", "report.html")
+    embedded = report_results(workdir / "report.html")
+    tables = sorted((workdir / "results" / "tests" / "tables").glob("*.html"))
+    assert {"main", "claims", "checks", "tuning", "ablation", "timings"} <= {t.stem for t in tables}
+    for path in tables:
+        entry = embedded.get(f"results/tests/tables/{path.name}")
+        assert entry and entry["mime_type"] == "text/html" and entry["caption"].strip(), path.name
+        cells = table_cells(base64.b64decode(entry["data_uri"].split(",", 1)[1]).decode())
+        numbers = []
+        for c in cells:
+            try:
+                numbers.append(float(c))
+            except ValueError:
+                pass
+        csv = pd.read_csv(path.with_suffix(".csv"), dtype=str, keep_default_na=False)
+        for value in [*csv.columns, *csv.to_numpy().ravel()]:
+            if value == "" or value.startswith("Unnamed"):
+                continue
+            try:
+                x = float(value)
+            except ValueError:
+                assert value in cells, f"{path.name}: {value!r} not in the report's table"
+            else:
+                assert any(math.isclose(x, n, rel_tol=1e-3, abs_tol=0.006) for n in numbers), (path.name, value)
 
 
 def test_second_dry_run_has_nothing_to_do(workdir):

@@ -12,7 +12,7 @@ import yaml
 
 from snakemake.utils import validate
 
-from eroseg.attacks import attack_parameters, attack_uses_steps, create_attack
+import eroseg
 from eroseg.numbers import eps_tag, parse_number, resolve_attack_params
 from eroseg.tune import grid_candidates
 
@@ -55,6 +55,49 @@ TRAIN_LAUNCHER = (
 RUN = config["run"]
 OUT = f"results/{RUN}"
 PKG = Path(workflow.basedir) / "eroseg"
+
+# What the Snakefile needs from the attack registry (and the DAG-time parameter checks) is cached in
+# .snakemake/eroseg/, keyed by the source of eroseg.attacks and eroseg.numbers: importing the registry
+# imports torch (~2.5 s), which every dry run and every Snakemake inside a SLURM job would pay again.
+_EROSEG_SRC = Path(eroseg.__file__).parent
+_SOURCE_KEY = hashlib.sha256(b"".join(
+    p.read_bytes() for p in [*sorted((_EROSEG_SRC / "attacks").glob("*.py")), _EROSEG_SRC / "numbers.py"]
+)).hexdigest()[:16]
+_CACHE_DIR = Path(".snakemake") / "eroseg"
+
+
+def _cache_write(path, text):
+    try:  # a read-only working folder only costs the cache
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
+def _registry_info():
+    """Per registered attack: whether it takes ``steps`` and its parameter names (cached, see above)."""
+    path = _CACHE_DIR / f"registry-{_SOURCE_KEY}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    from eroseg.attacks import ATTACKS as registered, attack_parameters, attack_uses_steps
+
+    info = {name: {"uses_steps": attack_uses_steps(name), "parameters": sorted(attack_parameters(name))}
+            for name in registered}
+    _cache_write(path, json.dumps(info))  # registration order kept
+    return info
+
+
+REGISTRY = _registry_info()
+
+
+def _registered(name):
+    if name not in REGISTRY:
+        raise ValueError(f"unknown attack {name!r}; valid: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
 
 
 def _parse(value, eps=None, key="value", budget=True):
@@ -156,7 +199,7 @@ _check_names()
 def steps_of(setting, steps):
     """Steps of a setting in a grid of ``steps``: 1 for single-step attacks (the registry says which, e.g.
     FGSM), else the setting's own ``steps`` if the config fixes them (e.g. SEA's iterations), else ``steps``."""
-    if not attack_uses_steps(ATTACKS[setting]["attack"]):
+    if not _registered(ATTACKS[setting]["attack"])["uses_steps"]:
         return 1
     return int(ATTACKS[setting].get("steps") or steps)
 
@@ -206,7 +249,7 @@ def samples_path():
 def attack_params(setting, eps_tag_value, steps):
     """Parameters of one evaluation: the setting's params plus eps, steps, step_size and best_iterate."""
     entry = ATTACKS[setting]
-    accepted = attack_parameters(entry["attack"])
+    accepted = _registered(entry["attack"])["parameters"]
     params = dict(entry.get("params") or {})
     eps = float(eps_tag_value) / 255
     params["eps"] = eps
@@ -246,33 +289,46 @@ def tuning_base_params(family):
     return attack_params(family, eps_tag(HEAD_EPS), int(TUNE["steps"]))
 
 
-def _check_attack_params():
-    """Every attack setting is built once here, so a bad parameter fails before any model is trained."""
-    seen = set()
+def _attacks_to_check():
+    """(config key, attack, parameters) of every attack the config builds, each once."""
+    seen, out = set(), []
     for m in METHODS:
         for s in SEEDS:
             for item in evaluation_settings(m, s)[1:]:
                 key = (item["setting"], json.dumps(item["params"], sort_keys=True))
-                if key in seen:
-                    continue
-                seen.add(key)
-                try:
-                    create_attack(item["attack"], **resolve_attack_params(item["params"]))
-                except (TypeError, ValueError) as err:
-                    raise ValueError(f"config key evaluation.attacks.{item['setting']}: {err}") from None
+                if key not in seen:
+                    seen.add(key)
+                    out.append((f"evaluation.attacks.{item['setting']}", item["attack"],
+                                resolve_attack_params(item["params"])))
     for fam in TUNED_FAMILIES:
         for cand in grid_candidates(TUNE["grids"][fam]):
-            try:
-                create_attack(ATTACKS[fam]["attack"], **resolve_attack_params({**tuning_base_params(fam), **cand}))
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"config key tuning.grids.{fam}: candidate {cand}: {err}") from None
+            out.append((f"tuning.grids.{fam}: candidate {cand}", ATTACKS[fam]["attack"],
+                        resolve_attack_params({**tuning_base_params(fam), **cand})))
     for m in METHODS:
         name, params = training_attack(m)
         if name:
-            try:
-                create_attack(name, **params)
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"config key methods.{m}: {err}") from None
+            out.append((f"methods.{m}", name, params))
+    return out
+
+
+def _check_attack_params():
+    """Every attack setting is built once here, so a bad parameter fails before any model is trained.
+
+    A set of settings that passed is remembered (.snakemake/eroseg/, with the registry's source key),
+    so an unchanged config is not checked, and torch not imported, again."""
+    todo = _attacks_to_check()
+    digest = hashlib.sha256(json.dumps([_SOURCE_KEY, todo], sort_keys=True, default=str).encode()).hexdigest()
+    marker = _CACHE_DIR / f"checked-{digest[:24]}"
+    if marker.exists():
+        return
+    from eroseg.attacks import create_attack
+
+    for key, name, params in todo:
+        try:
+            create_attack(name, **params)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"config key {key}: {err}") from None
+    _cache_write(marker, "ok\n")
 
 
 def training_tuning_file(method):
