@@ -22,6 +22,12 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+wildcard_constraints:
+    family="|".join(TUNED_FAMILIES) if TUNED_FAMILIES else "x^",
+    method="|".join(METHODS) if METHODS else "x^",
+    seed=r"\d+",
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/tune.smk"

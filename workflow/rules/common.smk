@@ -40,16 +40,17 @@ validate(config, schema="../schemas/config.schema.yaml")
 # GPU slots per GPU for eroseg.device (several light jobs may share a GPU), unless the user set it.
 os.environ.setdefault("EROSEG_JOBS_PER_GPU", str(config["resources"].get("jobs_per_gpu", 1)))
 
-# Rules run the package with the interpreter Snakemake runs under, so a Snakemake started as
-# .venv/bin/snakemake (venv not activated) finds it too.
-EROSEG = f"{shlex.quote(sys.executable)} -m eroseg"
-# One process per GPU through torchrun when a training job gets several GPUs. Not a rule param: the
-# interpreter's path must not make Snakemake rerun a job.
-TRAIN_LAUNCHER = (
-    f"{shlex.quote(sys.executable)} -m torch.distributed.run --standalone "
-    f"--nproc_per_node={config['resources']['gpus_per_train']} -m eroseg"
+# Rules run the package as `"$EROSEG_PYTHON" -m eroseg ...`: the interpreter Snakemake runs under, so a
+# Snakemake started as .venv/bin/snakemake (venv not activated) finds it too, or the environment's own
+# `python` when rules run in their conda environments (--sdm conda). An environment variable, not a
+# parameter of the rules, as the interpreter's path must not make Snakemake rerun a job.
+_DEPLOY = getattr(getattr(workflow, "deployment_settings", None), "deployment_method", None) or ()
+os.environ.update(EROSEG_PYTHON="python" if "conda" in str(_DEPLOY).lower() else sys.executable)
+# One process per GPU through torchrun when a training job gets several GPUs.
+TRAIN_MODULE = (
+    f"-m torch.distributed.run --standalone --nproc_per_node={config['resources']['gpus_per_train']} -m eroseg"
     if config["resources"]["gpus_per_train"] > 1
-    else EROSEG
+    else "-m eroseg"
 )
 
 RUN = config["run"]
@@ -419,11 +420,6 @@ def benchmark_files():
 
 
 def js(obj):
-    """JSON for a shell argument (quoted in the rule with :q)."""
+    """JSON for a shell argument (quoted with :q where a rule uses it)."""
     return json.dumps(obj, sort_keys=True)
 
-
-wildcard_constraints:
-    family="|".join(TUNED_FAMILIES) if TUNED_FAMILIES else "x^",
-    method="|".join(METHODS) if METHODS else "x^",
-    seed=r"\d+",

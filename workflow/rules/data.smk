@@ -19,8 +19,10 @@ if SYNTH:
             code=CODE_DATA,
         log:
             f"{OUT}/logs/synthesize.log",
+        conda:
+            "../envs/eroseg.yml"
         shell:
-            "{EROSEG} synthesize --root {output} --n-train {params.n_train} --n-val {params.n_val} --n-test {params.n_test}"
+            "\"$EROSEG_PYTHON\" -m eroseg synthesize --root {output} --n-train {params.n_train} --n-val {params.n_val} --n-test {params.n_test}"
             " --height {params.height} --width {params.width} --seed {params.seed} > {log} 2>&1"
 
 
@@ -32,11 +34,13 @@ rule prepare:
         frequencies=f"{OUT}/data/class_frequencies.csv",
     params:
         dataset=DATASET["name"],
-        root=DATA_ROOT,
+        root=lambda w, input: input[0] if SYNTH else DATA_ROOT,
         splits=sorted({DATASET["train_split"], DATASET["val_split"], DATASET["test_split"]}),
         code=CODE_DATA,
     log:
         f"{OUT}/logs/prepare.log",
+    conda:
+        "../envs/eroseg.yml"
     shell:
-        "{EROSEG} prepare --dataset {params.dataset} --root {params.root:q} --splits {params.splits}"
+        "\"$EROSEG_PYTHON\" -m eroseg prepare --dataset {params.dataset} --root {params.root:q} --splits {params.splits}"
         " --manifest {output.manifest} --frequencies {output.frequencies} > {log} 2>&1"

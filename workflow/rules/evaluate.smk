@@ -27,8 +27,10 @@ rule evaluate:
         f"{OUT}/benchmarks/evaluate/{{method}}_seed{{seed}}.tsv"
     log:
         f"{OUT}/logs/eval/{{method}}_seed{{seed}}.log",
+    conda:
+        "../envs/eroseg.yml"
     shell:
-        "{EROSEG} evaluate --checkpoint {input.model} --dataset {params.dataset} --root {params.root:q}"
+        "\"$EROSEG_PYTHON\" -m eroseg evaluate --checkpoint {input.model} --dataset {params.dataset} --root {params.root:q}"
         " --split {params.split} --batch-size {params.batch_size} {params.max_images} --seed {wildcards.seed}"
         " --settings {params.settings:q} --threads {threads} > {log} 2>&1"
 
@@ -53,8 +55,10 @@ rule samples:
         gpu=1,
     log:
         f"{OUT}/logs/samples.log",
+    conda:
+        "../envs/eroseg.yml"
     shell:
-        "{EROSEG} evaluate --checkpoint {input.model} --dataset {params.dataset} --root {params.root:q}"
+        "\"$EROSEG_PYTHON\" -m eroseg evaluate --checkpoint {input.model} --dataset {params.dataset} --root {params.root:q}"
         " --split {params.split} --batch-size {params.n} --max-images {params.n} --seed 0"
         " --attack {params.attack} --attack-params {params.attack_params:q} --setting {params.setting}"
         " --samples {output.npz} --samples-n {params.n} --record-steps"

@@ -15,12 +15,14 @@ rule aggregate:
         [f"{OUT}/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md")],
     params:
         spec=js(aggregate_spec()),
-        out_dir=f"{OUT}/tables",
+        out_dir=lambda w, output: os.path.dirname(output[0]),
         code=CODE_AGG,
     log:
         f"{OUT}/logs/aggregate.log",
+    conda:
+        "../envs/eroseg.yml"
     shell:
-        "{EROSEG} aggregate --evals {input.evals} --tuning {input.tuning} --benchmarks {input.benchmarks} --spec {params.spec:q} --out-dir {params.out_dir} > {log} 2>&1"
+        "\"$EROSEG_PYTHON\" -m eroseg aggregate --evals {input.evals} --tuning {input.tuning} --benchmarks {input.benchmarks} --spec {params.spec:q} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule figures:
@@ -37,10 +39,12 @@ rule figures:
         [f"{OUT}/figures/{f}.svg" for f in FIGURES],
     params:
         spec=js(figure_spec()),
-        out_dir=f"{OUT}/figures",
+        out_dir=lambda w, output: os.path.dirname(output[0]),
         code=CODE_FIG,
     log:
         f"{OUT}/logs/figures.log",
+    conda:
+        "../envs/eroseg.yml"
     shell:
-        "MPLBACKEND=Agg {EROSEG} figures --evals {input.evals} --logs {input.logs} --samples {input.samples}"
+        "MPLBACKEND=Agg \"$EROSEG_PYTHON\" -m eroseg figures --evals {input.evals} --logs {input.logs} --samples {input.samples}"
         " --steps {input.samples} --spec {params.spec:q} --out-dir {params.out_dir} > {log} 2>&1"

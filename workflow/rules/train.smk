@@ -11,6 +11,7 @@ rule train:
         model=f"{OUT}/models/{{method}}/seed{{seed}}/model.pt",
         log=f"{OUT}/models/{{method}}/seed{{seed}}/log.csv",
     params:
+        module=TRAIN_MODULE,
         dataset=DATASET["name"],
         root=DATA_ROOT,
         train_split=DATASET["train_split"],
@@ -29,8 +30,10 @@ rule train:
         f"{OUT}/benchmarks/train/{{method}}_seed{{seed}}.tsv"
     log:
         f"{OUT}/logs/train/{{method}}_seed{{seed}}.log",
+    conda:
+        "../envs/eroseg.yml"
     shell:
-        "{TRAIN_LAUNCHER} train --dataset {params.dataset} --root {params.root:q} --train-split {params.train_split}"
+        "\"$EROSEG_PYTHON\" {params.module} train --dataset {params.dataset} --root {params.root:q} --train-split {params.train_split}"
         " --val-split {params.val_split} --model {params.model:q} --train {params.train:q}"
         " --method {wildcards.method} --attack {params.attack} --attack-params {params.attack_params:q} {params.params_file}"
         " --robust-eps {params.robust_eps:q} --seed {wildcards.seed} --threads {threads}"

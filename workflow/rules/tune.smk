@@ -26,8 +26,10 @@ rule tune:
         f"{OUT}/benchmarks/tune/{{family}}.tsv"
     log:
         f"{OUT}/logs/tune/{{family}}.log",
+    conda:
+        "../envs/eroseg.yml"
     shell:
-        "{EROSEG} tune --checkpoints {input.models} --dataset {params.dataset} --root {params.root:q}"
+        "\"$EROSEG_PYTHON\" -m eroseg tune --checkpoints {input.models} --dataset {params.dataset} --root {params.root:q}"
         " --split {params.split} --family {wildcards.family} --attack {params.attack}"
         " --attack-params {params.base:q} --grid {params.grid:q} --max-images {params.max_images}"
         " --batch-size {params.batch_size} --threads {threads} --out {output} > {log} 2>&1"
