@@ -4,7 +4,6 @@ import difflib
 import hashlib
 import json
 import os
-import shlex
 import sys
 from pathlib import Path
 
@@ -12,7 +11,6 @@ import yaml
 
 from snakemake.utils import validate
 
-import eroseg
 from eroseg.numbers import eps_tag, parse_number, resolve_attack_params
 from eroseg.tune import grid_candidates
 
@@ -57,13 +55,32 @@ RUN = config["run"]
 OUT = f"results/{RUN}"
 PKG = Path(workflow.basedir) / "eroseg"
 
+
+def _parse(value, eps=None, key="value", budget=True):
+    """Numbers in the config: 0.03, "8/255" or, for step sizes, "eps/4" (eroseg.numbers owns the grammar)."""
+    return parse_number(value, eps=eps, name=f"config key {key}", max_value=1.0 if budget else None)
+
+
+def source_hash(*patterns):
+    """Hash of package sources, passed as a param so a code change reruns what it affects."""
+    h = hashlib.sha256()
+    for pattern in patterns:
+        for f in sorted(PKG.glob(pattern)):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+CODE_DATA = source_hash("data/*.py", "io.py")
+CODE_TRAIN = source_hash("data/*.py", "io.py", "models.py", "train.py", "attacks/*.py", "metrics.py", "numbers.py")
+CODE_EVAL = source_hash("data/*.py", "io.py", "models.py", "evaluate.py", "attacks/*.py", "metrics.py", "numbers.py")
+CODE_AGG = source_hash("aggregate.py", "evaluate.py", "metrics.py", "io.py", "numbers.py")
+CODE_FIG = source_hash("figures.py", "aggregate.py", "io.py")
+
 # What the Snakefile needs from the attack registry (and the DAG-time parameter checks) is cached in
 # .snakemake/eroseg/, keyed by the source of eroseg.attacks and eroseg.numbers: importing the registry
 # imports torch (~2.5 s), which every dry run and every Snakemake inside a SLURM job would pay again.
-_EROSEG_SRC = Path(eroseg.__file__).parent
-_SOURCE_KEY = hashlib.sha256(b"".join(
-    p.read_bytes() for p in [*sorted((_EROSEG_SRC / "attacks").glob("*.py")), _EROSEG_SRC / "numbers.py"]
-)).hexdigest()[:16]
+_SOURCE_KEY = source_hash("attacks/*.py", "numbers.py")
 _CACHE_DIR = Path(".snakemake") / "eroseg"
 
 
@@ -100,27 +117,6 @@ def _registered(name):
         raise ValueError(f"unknown attack {name!r}; valid: {', '.join(REGISTRY)}")
     return REGISTRY[name]
 
-
-def _parse(value, eps=None, key="value", budget=True):
-    """Numbers in the config: 0.03, "8/255" or, for step sizes, "eps/4" (eroseg.numbers owns the grammar)."""
-    return parse_number(value, eps=eps, name=f"config key {key}", max_value=1.0 if budget else None)
-
-
-def source_hash(*patterns):
-    """Hash of package sources, passed as a param so a code change reruns what it affects."""
-    h = hashlib.sha256()
-    for pattern in patterns:
-        for f in sorted(PKG.glob(pattern)):
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
-
-
-CODE_DATA = source_hash("data/*.py", "io.py")
-CODE_TRAIN = source_hash("data/*.py", "io.py", "models.py", "train.py", "attacks/*.py", "metrics.py", "numbers.py")
-CODE_EVAL = source_hash("data/*.py", "io.py", "models.py", "evaluate.py", "attacks/*.py", "metrics.py", "numbers.py")
-CODE_AGG = source_hash("aggregate.py", "evaluate.py", "metrics.py", "io.py", "numbers.py")
-CODE_FIG = source_hash("figures.py", "aggregate.py", "io.py")
 
 DATASET = config["dataset"]
 SYNTH = DATASET["name"] == "synthetic"
