@@ -28,7 +28,14 @@ def _json_arg(text: str, what: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
-        raise SystemExit(f"eroseg: {what} is not valid JSON: {err}: {text!r}") from err
+        # YAML's flow style ({a: [b, c]}) is accepted too: the workflow passes the table and figure
+        # specs that way, which Snakemake's report shows without the escaped quotes of JSON.
+        import yaml
+
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise SystemExit(f"eroseg: {what} is not valid JSON (nor YAML): {err}: {text!r}") from err
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -644,7 +651,8 @@ def _add_aggregate_parser(sub) -> None:
     parser = sub.add_parser("aggregate", help="tables (CSV, Markdown) from evaluation JSON files")
     parser.add_argument("--evals", nargs="+", required=True, metavar="JSON",
                         help="evaluation files written by evaluate, or folders holding them")
-    parser.add_argument("--spec", default="{}", metavar="JSON", help="which tables to build, as JSON")
+    parser.add_argument("--spec", default="{}", metavar="JSON",
+                        help="which tables to build, as JSON or YAML flow style")
     parser.add_argument("--tuning", nargs="*", default=[], metavar="JSON",
                         help="tuning results (eroseg tune) for the tuning table")
     parser.add_argument("--benchmarks", nargs="*", default=[], metavar="TSV",
@@ -664,7 +672,7 @@ def _add_figures_parser(sub) -> None:
                         help="sample files of evaluate --samples; the first is drawn")
     parser.add_argument("--steps", default=None, metavar="NPZ", help="npz with an EroSeg run's per-step masks")
     parser.add_argument("--spec", default="{}", metavar="JSON",
-                        help="what to draw, as JSON (see eroseg.figures.make_figures)")
+                        help="what to draw, as JSON or YAML flow style (see eroseg.figures.make_figures)")
     parser.add_argument("--out-dir", required=True, metavar="DIR", help="output folder of the figures")
     _common_args(parser, threads=False)
     parser.set_defaults(func=cmd_figures)

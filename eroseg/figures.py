@@ -348,8 +348,11 @@ def _qualitative_figure(samples: list[str], spec: dict, classes: list[str], pale
         arrays = {k: z[k] for k in z.files}
     if "image" not in arrays:
         return _placeholder(out_dir, "qualitative", "sample file holds no images", dpi)
-    return plot_qualitative(arrays, classes, palette, out_dir, spec.get("qualitative_title", Path(samples[0]).stem),
-                            dpi)
+    drawn = spec.get("samples")
+    title = spec.get("qualitative_title") or (
+        f"{drawn['method']} under {drawn['attack']}, eps {float(drawn['eps']) * 255:g}/255, {int(drawn['steps'])} steps"
+        if drawn else Path(samples[0]).stem)
+    return plot_qualitative(arrays, classes, palette, out_dir, title, dpi)
 
 
 def _erosion_figure(steps: str | None, spec: dict, out_dir: Path, dpi: int) -> list[Path]:
@@ -360,7 +363,11 @@ def _erosion_figure(steps: str | None, spec: dict, out_dir: Path, dpi: int) -> l
         step_masks = {k: z[k] for k in z.files if k.startswith("step_")}
     if "step_fooled" not in step_masks:
         return _placeholder(out_dir, "erosion", "no per-step masks recorded", dpi)
-    return plot_erosion(step_masks, out_dir, spec.get("erosion_title", "EroSeg: erosion over iterations"), dpi)
+    drawn = spec.get("samples")
+    title = spec.get("erosion_title") or (
+        f"{drawn['attack']} on {drawn['method']}: erosion over iterations (first image)"
+        if drawn else "EroSeg: erosion over iterations")
+    return plot_erosion(step_masks, out_dir, title, dpi)
 
 
 def make_figures(*, evals: list[str], logs: list[str], samples: list[str], steps: str | None, spec: dict,
@@ -374,7 +381,9 @@ def make_figures(*, evals: list[str], logs: list[str], samples: list[str], steps
         steps: an ``.npz`` with EroSeg's per-step masks (``step_fooled``, ``step_attacked``).
         spec: ``dataset`` (for class names and palette), ``headline`` ``{eps, steps}``,
             ``sweep`` ``{method, attacks, eps_fixed, steps_fixed}``, ``per_class``
-            ``{method, attacks}``, ``dpi``.
+            ``{method, attacks}``, ``dpi``, ``samples`` ``{method, attack, eps, steps}`` (what the
+            qualitative and erosion figures show, for their titles; ``qualitative_title`` and
+            ``erosion_title`` override them).
         out_dir: output folder.
     """
     from eroseg.aggregate import Evals

@@ -12,10 +12,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn as nn
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_snakefile_cache(tmp_path_factory):
+    """One Snakefile cache ($EROSEG_CACHE_DIR: the attack registry's summary and the checked attack settings)
+    for every Snakemake run of the session, instead of one per test folder: each cold one imports torch."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EROSEG_CACHE_DIR", str(tmp_path_factory.mktemp("snakefile-cache")))
+        yield
+
 
 # The smallest smp U-Net the tests train: ResNet-18 encoder cut at depth 3, 8-channel decoder.
 TINY_UNET = {"arch": "Unet", "encoder": "resnet18", "kwargs": {"encoder_depth": 3, "decoder_channels": [8, 8, 8]}}
@@ -118,3 +130,58 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, env: dict | Non
 def copy_configs(workdir: Path) -> Path:
     """Copy config/ into ``workdir`` (each test changes its own copy); returns the copy."""
     return Path(shutil.copytree(ROOT / "config", Path(workdir) / "config"))
+
+
+# ------------------------------------------------------------------ the tiny config's whole pipeline
+TINY_RUN_CONFIG = "config/tests.yaml"
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Tests that read the tiny pipeline's results run last, so the others overlap the run (see below)."""
+    items.sort(key=lambda item: "tiny_run" in item.fixturenames)  # stable: file order kept within each part
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_run_started(request, tmp_path_factory, shared_snakefile_cache):
+    """Start the tiny config's whole pipeline in the background when a selected test needs it (``tiny_run``).
+
+    Its ~20 Snakemake jobs spend most of their time starting Python and importing torch, one core each; started
+    with the session, they overlap the unit tests instead of holding the suite for 1.5-2 minutes of their own.
+    Yields ``(workdir, process, log path)``, or None when no selected test needs the run.
+    """
+    if not any("tiny_run" in item.fixturenames for item in request.session.items):
+        yield None
+        return
+    wd = tmp_path_factory.mktemp("wf")
+    # The Snakefile resolves workflow/ and the package sources relative to itself; configs are
+    # copied so each test can change its own copy.
+    copy_configs(wd)
+    log_path = wd / "snakemake-run.log"
+    # One torch thread here (and in the processes tests start) while the run's jobs hold the cores: idle
+    # OpenMP threads spin-wait, and two of them fighting two Snakemake jobs for two cores cost more than a
+    # second thread gains (the suite took 266 s with them, 200 s without).
+    torch.set_num_threads(1)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(snakemake_cmd(wd, "--cores", "2", "--configfile", TINY_RUN_CONFIG), cwd=wd,
+                                env=snakemake_env(), stdout=log, stderr=subprocess.STDOUT)
+        mp = pytest.MonkeyPatch()
+        mp.setenv("OMP_NUM_THREADS", "1")
+        try:
+            yield wd, proc, log_path
+        finally:
+            mp.undo()
+            if proc.poll() is None:  # the session ended early (a failure with -x, Ctrl-C)
+                proc.terminate()
+                proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_run_started) -> Path:
+    """The working folder of the finished tiny pipeline (``config/tests.yaml``); fails with Snakemake's log tail."""
+    wd, proc, log_path = tiny_run_started
+    rc = proc.wait(timeout=1800)
+    if rc != 0:
+        raise AssertionError(f"snakemake --configfile {TINY_RUN_CONFIG} failed (exit {rc}):\n"
+                             f"{log_path.read_text()[-8000:]}")
+    return wd
+

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eroseg.cli import main, parse_number
+from eroseg.cli import _json_arg, main, parse_number
 from eroseg.data import generate_synthetic
 from eroseg.models import create_model, save_checkpoint
 from tests.conftest import TINY_UNET as MODEL_CFG
@@ -32,6 +32,18 @@ def test_parse_number():
     assert parse_number(0.5) == 0.5
     with pytest.raises(ValueError, match="eps.*'8//255'"):
         parse_number("8//255", name="eps")
+
+
+def test_spec_arguments_read_json_and_yaml_flow_style():
+    """The workflow passes table/figure specs in YAML flow style (readable in the report); JSON still works."""
+    flow = "{methods: [standard, pgd_at], headline: {eps: 0.03137254901960784, steps: 3}, sea: null}"
+    expected = {"methods": ["standard", "pgd_at"], "headline": {"eps": 8 / 255, "steps": 3}, "sea": None}
+    assert _json_arg(flow, "--spec") == expected
+    assert _json_arg(json.dumps(expected), "--spec") == expected
+    with pytest.raises(SystemExit, match="--spec is not valid JSON"):
+        _json_arg("{methods: [standard", "--spec")
+    with pytest.raises(SystemExit, match="--spec must be a JSON object"):
+        _json_arg("[1, 2]", "--spec")
 
 
 def test_attack_folder_writes_lossless_pngs_within_budget(setup):

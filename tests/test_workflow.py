@@ -32,13 +32,9 @@ def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    wd = tmp_path_factory.mktemp("wf")
-    # The Snakefile resolves workflow/ and the package sources relative to itself; configs are
-    # copied so each test can change its own copy.
-    copy_configs(wd)
-    snakemake(wd, "--configfile", "config/tests.yaml")
-    return wd
+def workdir(tiny_run) -> Path:
+    """The finished run of config/tests.yaml (started in the background with the session, see conftest)."""
+    return tiny_run
 
 
 def test_end_to_end_table_values(workdir):
@@ -98,6 +94,10 @@ def test_report_shows_every_table_inline_as_html(workdir):
     for path in tables:
         entry = embedded.get(f"results/tests/tables/{path.name}")
         assert entry and entry["mime_type"] == "text/html" and entry["caption"].strip(), path.name
+        # Job parameters readable: no JSON quotes (the report shows each one as \"), the spec's keys visible.
+        params = entry["job_properties"]["params"]
+        assert '\\' not in params and '"' not in params, params[:300]
+        assert "methods: [standard, pgd_at, eroseg_at]" in params and "headline: {eps: 0.0313" in params, params[:300]
         cells = table_cells(base64.b64decode(entry["data_uri"].split(",", 1)[1]).decode())
         numbers = []
         for c in cells:

@@ -78,10 +78,11 @@ CODE_AGG = source_hash("aggregate.py", "evaluate.py", "metrics.py", "io.py", "nu
 CODE_FIG = source_hash("figures.py", "aggregate.py", "io.py")
 
 # What the Snakefile needs from the attack registry (and the DAG-time parameter checks) is cached in
-# .snakemake/eroseg/, keyed by the source of eroseg.attacks and eroseg.numbers: importing the registry
-# imports torch (~2.5 s), which every dry run and every Snakemake inside a SLURM job would pay again.
+# .snakemake/eroseg/ (or $EROSEG_CACHE_DIR), keyed by the source of eroseg.attacks and eroseg.numbers:
+# importing the registry imports torch (~2.5 s), which every dry run and every Snakemake inside a SLURM
+# job would pay again. Nothing in it depends on the working folder, so runs may share one.
 _SOURCE_KEY = source_hash("attacks/*.py", "numbers.py")
-_CACHE_DIR = Path(".snakemake") / "eroseg"
+_CACHE_DIR = Path(os.environ.get("EROSEG_CACHE_DIR") or Path(".snakemake") / "eroseg")
 
 
 def _cache_write(path, text):
@@ -371,11 +372,8 @@ def figure_spec():
         dataset=DATASET["name"],
         dpi=config["figures"]["dpi"],
         per_class={"method": EVAL["sweep"]["method"], "attacks": EVAL["main_attacks"], "seed": SEEDS[0]},
-        qualitative_title=(
-            f"{EVAL['samples']['method']} under {EVAL['samples']['attack']}, "
-            f"eps {HEAD_EPS * 255:g}/255, {HEAD_STEPS} steps"
-        ),
-        erosion_title=f"{EVAL['samples']['attack']} on {EVAL['samples']['method']}: erosion over iterations (first image)",
+        samples={"method": EVAL["samples"]["method"], "attack": EVAL["samples"]["attack"], "eps": HEAD_EPS,
+                 "steps": HEAD_STEPS},
     )
     return spec
 
@@ -418,4 +416,15 @@ def benchmark_files():
 def js(obj):
     """JSON for a shell argument (quoted with :q where a rule uses it)."""
     return json.dumps(obj, sort_keys=True)
+
+
+class _FlowDumper(yaml.SafeDumper):
+    def ignore_aliases(self, data):  # a list used twice is written twice, not as &id001 / *id001
+        return True
+
+
+def flow(obj):
+    """YAML flow style (``{methods: [standard, pgd_at], ...}``) for a shell argument, for the params the
+    report shows: Snakemake's report escapes every double quote of a JSON param (``{\\"methods\\": ...}``)."""
+    return yaml.dump(obj, Dumper=_FlowDumper, default_flow_style=True, sort_keys=False, width=float("inf")).strip()
 

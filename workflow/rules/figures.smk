@@ -14,7 +14,7 @@ rule aggregate:
         ],
         [f"{OUT}/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md")],
     params:
-        spec=js(aggregate_spec()),
+        spec=flow(aggregate_spec()),
         out_dir=lambda w, output: os.path.dirname(output[0]),
         code=CODE_AGG,
     log:
@@ -38,7 +38,7 @@ rule figures:
         ],
         [f"{OUT}/figures/{f}.svg" for f in FIGURES],
     params:
-        spec=js(figure_spec()),
+        spec=flow(figure_spec()),
         out_dir=lambda w, output: os.path.dirname(output[0]),
         code=CODE_FIG,
     log:
