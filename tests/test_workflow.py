@@ -85,8 +85,29 @@ def table_cells(text: str) -> list[str]:
     return [html.unescape(c).strip() for c in re.findall(r"<t[dh](?:\s[^>]*)?>(.*?)</t[dh]>", text, re.S)]
 
 
+def assert_table_shows_csv(csv_path: Path, cells: list[str]) -> None:
+    """Every header and value of the CSV table is among ``cells`` (numbers to the table's rounding)."""
+    numbers = []
+    for c in cells:
+        try:
+            numbers.append(float(c))
+        except ValueError:
+            pass
+    csv = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    for value in [*csv.columns, *csv.to_numpy().ravel()]:
+        if value == "" or value.startswith("Unnamed"):
+            continue
+        try:
+            x = float(value)
+        except ValueError:
+            assert value in cells, f"{csv_path.name}: {value!r} not in the report's table"
+        else:
+            assert any(math.isclose(x, n, rel_tol=1e-3, abs_tol=0.006) for n in numbers), (csv_path.name, value)
+
+
 def test_report_shows_every_table_inline_as_html(workdir):
-    """Each table is in the report as an HTML table (not only a download) and carries the CSV's values."""
+    """Each table is in the report as an HTML table (not only a download) and carries the CSV's values;
+    the landing page shows the main table, the claims and the checks, in that order."""
     snakemake(workdir, "--configfile", "config/tests.yaml", "--report", "report.html")
     embedded = report_results(workdir / "report.html")
     tables = sorted((workdir / "results" / "tests" / "tables").glob("*.html"))
@@ -98,23 +119,20 @@ def test_report_shows_every_table_inline_as_html(workdir):
         params = entry["job_properties"]["params"]
         assert '\\' not in params and '"' not in params, params[:300]
         assert "methods: [standard, eroseg_at]" in params and "headline: {eps: 0.0313" in params, params[:300]
-        cells = table_cells(base64.b64decode(entry["data_uri"].split(",", 1)[1]).decode())
-        numbers = []
-        for c in cells:
-            try:
-                numbers.append(float(c))
-            except ValueError:
-                pass
-        csv = pd.read_csv(path.with_suffix(".csv"), dtype=str, keep_default_na=False)
-        for value in [*csv.columns, *csv.to_numpy().ravel()]:
-            if value == "" or value.startswith("Unnamed"):
-                continue
-            try:
-                x = float(value)
-            except ValueError:
-                assert value in cells, f"{path.name}: {value!r} not in the report's table"
-            else:
-                assert any(math.isclose(x, n, rel_tol=1e-3, abs_tol=0.006) for n in numbers), (path.name, value)
+        assert_table_shows_csv(path.with_suffix(".csv"),
+                               table_cells(base64.b64decode(entry["data_uri"].split(",", 1)[1]).decode()))
+    m = re.search(r'<script id="workflow-desc">\s*var workflow_desc = (".*?");?\s*</script>',
+                  (workdir / "report.html").read_text(), re.S)
+    assert m, "report without a workflow description"
+    landing = json.loads(m.group(1))
+    titles = []
+    for name in ("main", "claims", "checks"):
+        path = workdir / "results" / "tests" / "tables" / f"{name}.html"
+        title = re.search(r"<h3>(.*?)</h3>", path.read_text()).group(1)
+        titles.append(landing.find(title))
+        block = landing[titles[-1]:landing.index("</table>", titles[-1])]
+        assert_table_shows_csv(path.with_suffix(".csv"), table_cells(block))
+    assert -1 < titles[0] < titles[1] < titles[2], titles
 
 
 def test_second_dry_run_has_nothing_to_do(workdir):
