@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_license_is_the_declared_mit():
     text = (ROOT / "LICENSE").read_text()
     assert text.startswith("MIT License") and "Copyright (c) 2026 the eroseg authors" in text
-    assert 'license = { text = "MIT" }' in (ROOT / "pyproject.toml").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'license = "MIT"' in pyproject and 'license-files = ["LICENSE"]' in pyproject
 
 
 def test_citation_cites_this_version_and_the_paper():
