@@ -73,10 +73,11 @@ def test_end_to_end_table_values(workdir):
         assert (out / "figures" / f"{f}.svg").read_text().lstrip().startswith("<?xml")
 
 
-def report_results(path: Path) -> dict:
-    """The files embedded in a Snakemake HTML report, by path (its ``var results = {...}`` block)."""
-    m = re.search(r'<script id="results">\s*var results = (\{.*?\});?\s*</script>', path.read_text(), re.S)
-    assert m, f"{path}: no embedded results block"
+def report_data(path: Path, script_id: str, var: str):
+    """A value a Snakemake HTML report embeds as ``<script id="{script_id}"> var {var} = <JSON>;</script>``:
+    ``results`` (the embedded files by path), ``workflow-desc`` (the landing page's HTML), ..."""
+    m = re.search(rf'<script id="{script_id}">\s*var {var} = (.*?);?\s*</script>', path.read_text(), re.S)
+    assert m, f"{path}: no embedded {script_id} block"
     return json.loads(m.group(1))
 
 
@@ -109,7 +110,7 @@ def test_report_shows_every_table_inline_as_html(workdir):
     """Each table is in the report as an HTML table (not only a download) and carries the CSV's values;
     the landing page shows the main table, the claims and the checks, in that order."""
     snakemake(workdir, "--configfile", "config/tests.yaml", "--report", "report.html")
-    embedded = report_results(workdir / "report.html")
+    embedded = report_data(workdir / "report.html", "results", "results")
     tables = sorted((workdir / "results" / "tests" / "tables").glob("*.html"))
     assert {"main", "claims", "checks", "tuning", "ablation", "timings"} <= {t.stem for t in tables}
     for path in tables:
@@ -121,10 +122,7 @@ def test_report_shows_every_table_inline_as_html(workdir):
         assert "methods: [standard, eroseg_at]" in params and "headline: {eps: 0.0313" in params, params[:300]
         assert_table_shows_csv(path.with_suffix(".csv"),
                                table_cells(base64.b64decode(entry["data_uri"].split(",", 1)[1]).decode()))
-    m = re.search(r'<script id="workflow-desc">\s*var workflow_desc = (".*?");?\s*</script>',
-                  (workdir / "report.html").read_text(), re.S)
-    assert m, "report without a workflow description"
-    landing = json.loads(m.group(1))
+    landing = report_data(workdir / "report.html", "workflow-desc", "workflow_desc")
     titles = []
     for name in ("main", "claims", "checks"):
         path = workdir / "results" / "tests" / "tables" / f"{name}.html"

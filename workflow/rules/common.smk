@@ -312,7 +312,7 @@ def _attacks_to_check():
 def _check_attack_params():
     """Every attack setting is built once here, so a bad parameter fails before any model is trained.
 
-    A set of settings that passed is remembered (.snakemake/eroseg/, with the registry's source key),
+    A set of settings that passed is remembered (in the cache above, with the registry's source key),
     so an unchanged config is not checked, and torch not imported, again."""
     todo = _attacks_to_check()
     digest = hashlib.sha256(json.dumps([_SOURCE_KEY, todo], sort_keys=True, default=str).encode()).hexdigest()
