@@ -548,8 +548,9 @@ def _add_train_parser(sub) -> None:
                         help="tuning result (eroseg tune) whose chosen parameters are laid over --attack-params")
     parser.add_argument("--robust-eps", default=None, metavar="EPS",
                         help="eps of the per-epoch robust val check, e.g. 8/255 (default: no check)")
-    parser.add_argument("--robust-step-size", default="eps/4", metavar="STEP",
-                        help="PGD step size of that check (default: %(default)s)")
+    parser.add_argument("--robust-step-size", default="eps/2", metavar="STEP",
+                        help="PGD step size of that check (default: %(default)s; with 2 steps it reaches the eps "
+                             "boundary; eps/4 left standard and adversarially trained models alike)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of initialisation and data order (default: %(default)s)")
     _device_arg(parser)

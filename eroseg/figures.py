@@ -189,10 +189,10 @@ def plot_training(logs: dict[str, pd.DataFrame], out_dir: Path, dpi: int) -> lis
         c = color_for(method, METHOD_COLORS)
         ls = "-" if label.endswith("seed0") or "/" not in label else "--"
         axes[0].plot(df["epoch"], df["loss"], color=c, ls=ls, label=label)
-        if "val_miou" in df:
-            axes[1].plot(df["epoch"], df["val_miou"] * 100, color=c, ls=ls, label=label)
-        if "robust_val_miou" in df and df["robust_val_miou"].notna().any():
-            axes[2].plot(df["epoch"], df["robust_val_miou"] * 100, color=c, ls=ls, label=label)
+        for ax, column in ((axes[1], "val_miou"), (axes[2], "robust_val_miou")):
+            if column in df and df[column].notna().any():  # rows of epochs without validation are empty
+                rows = df[df[column].notna()]
+                ax.plot(rows["epoch"], rows[column] * 100, color=c, ls=ls, label=label, marker=".", ms=3)
     titles = ("training loss", "clean val mIoU", "robust val mIoU (PGD, few steps)")
     ylabels = ("cross-entropy (nats per pixel)", "mIoU (%)", "mIoU (%)")
     for ax, t, yl in zip(axes, titles, ylabels):

@@ -117,6 +117,8 @@ class TrainConfig:
             process runs alone (``None``: the per-process training batch). Validation runs on whole
             images; consecutive images of one size share a batch, so mixed sizes (VOC, ADE20K) work with
             any value; lower it when whole images under attack do not fit.
+        val_every: run the per-epoch validation (clean and robust) after every N-th epoch and after the
+            last; the other epochs' log rows leave those columns empty.
         val_robust_images: images of the val split used for the per-epoch robust mIoU.
         val_robust_steps: PGD steps of that small robust evaluation (0 disables it).
         amp: bf16 autocast on CUDA.
@@ -143,6 +145,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     loss_explosion_factor: float = 1000.0
     val_batch_size: int | None = None
+    val_every: int = 1
     val_robust_images: int = 32
     val_robust_steps: int = 3
     amp: bool = True
@@ -181,6 +184,8 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.val_every < 1:
+            raise ValueError(f"val_every must be >= 1 (validate after every N-th epoch), got {self.val_every}")
         if self.val_batch_size is not None and self.val_batch_size < 1:
             raise ValueError(f"val_batch_size must be >= 1 or null (= batch_size), got {self.val_batch_size}")
         if not 0.0 <= self.adv_fraction <= 1.0:
@@ -771,7 +776,8 @@ def end_epoch(run: _Run, state: TrainState, val_set, num_classes: int, robust_at
         "images_per_s": state.seen / max(state.seconds, 1e-9),
         "epoch_s": state.seconds,
     }
-    if val_set is not None and run.rank == 0:
+    validate = (epoch + 1) % run.cfg.val_every == 0 or epoch + 1 == run.cfg.epochs
+    if val_set is not None and run.rank == 0 and validate:
         row.update(validation_row(run, val_set, num_classes, robust_attack))
     state.rows.append(row)
     if run.rank == 0:

@@ -60,6 +60,21 @@ def test_robust_val_column_filled(tmp_path):
     assert 0 <= float(rows[0]["robust_val_miou"]) <= 1
 
 
+def test_val_every_validates_every_nth_and_the_last_epoch(tmp_path):
+    run(tmp_path, attack=noise_attack, robust_attack=noise_attack, epochs=5, val_every=2)
+    rows = list(csv.DictReader(open(tmp_path / "m.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
+    validated = [int(r["epoch"]) for r in rows if r["val_miou"] != ""]
+    assert validated == [2, 4, 5]
+    assert [int(r["epoch"]) for r in rows if r["robust_val_miou"] != ""] == validated
+    assert all(float(r["loss"]) > 0 for r in rows)  # every epoch still logs its training loss
+
+
+def test_val_every_below_one_is_refused():
+    with pytest.raises(ValueError, match="val_every must be >= 1"):
+        cfg(val_every=0)
+
+
 @pytest.mark.parametrize("fraction,expected", [(0.5, 2), (1.0, 4), (0.25, 1), (0.0, 0)])
 def test_adversarial_fraction_holds(fraction, expected):
     model = torch.nn.Conv2d(3, 2, 1)
