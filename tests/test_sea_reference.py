@@ -230,3 +230,64 @@ def test_the_reference_rule_is_not_the_default_rule():
         callback=lambda info: ours.append(info["images"]))
     with pytest.raises(AssertionError):
         _close(ours, seen)
+
+
+# ------------------------------------------------------------------------------- the sea table
+def _record(setting, stats, components=None):
+    import numpy as np
+
+    from eroseg.evaluate import EvalRecord
+    s = stats.scores()
+    return EvalRecord(method="m", seed=0, setting=setting, attack="sea" if components else "apgd",
+                      attack_params={"eps": 8 / 255, "steps": 10}, split="test", checkpoint="-", classes=None,
+                      miou=s["miou"], pixel_acc=s["pixel_acc"], per_class_iou=[], per_image=stats,
+                      components=components or {}), np
+
+
+def _sea_problem(seed):
+    """SEA's four components as random per-image counts; SEA's record holds its per-image lowest-accuracy choice."""
+    import numpy as np
+
+    from eroseg.metrics import PerImageStats
+    rng = np.random.default_rng(seed)
+    n, c = 16, 3
+    label = rng.integers(5, 40, (n, c))
+    comps = {}
+    for name in SEA_LOSSES:
+        tp = (label * rng.uniform(0, 1, (n, c))).astype(np.int64)
+        wrong = label - tp  # every wrongly predicted pixel goes to the next class
+        comps[name] = PerImageStats(tp, tp + np.roll(wrong, 1, axis=1), label)
+    acc = np.stack([v.pixel_acc for v in comps.values()])
+    pick = acc.argmin(0)
+    chosen = [list(comps.values())[pick[i]] for i in range(n)]
+    sea_stats = PerImageStats(*(np.stack([getattr(ch, f)[i] for i, ch in enumerate(chosen)])
+                                for f in ("tp", "pred", "label")))
+    return sea_stats, comps
+
+
+@pytest.mark.parametrize("rule", ["miou", "pixel_acc"])
+def test_sea_table_eroseg_adds_nothing_when_it_equals_a_component(rule):
+    from eroseg.aggregate import Evals, sea_table
+    from eroseg.metrics import PerImageStats
+    spec = {"methods": ["m"], "sea": "sea", "sea_plus": ["eroseg"], "attacks": ["eroseg"], "worst_case_rule": rule,
+            "headline": {"eps": 8 / 255, "steps": 10}}
+    gaps = []
+    for seed in range(8):
+        sea_stats, comps = _sea_problem(seed)
+        sea_rec, np = _record("sea", sea_stats, comps)
+        for name in SEA_LOSSES:  # EroSeg's per-image counts equal one SEA component's: it adds nothing
+            ero, _ = _record("eroseg", comps[name])
+            row = sea_table(Evals([sea_rec, ero], ["a", "b"]), spec).iloc[0]
+            assert row["EroSeg lowers SEA by (points)"] == 0.0, (seed, name)
+            assert row["SEA + EroSeg"] == row["SEA (worst-case rule)"]
+            gaps.append(row["SEA"] - row["SEA + EroSeg"])
+        # An EroSeg that fools every pixel of image 0 (and matches SEA elsewhere) does lower it.
+        stronger = PerImageStats(sea_stats.tp.copy(), sea_stats.pred.copy(), sea_stats.label)
+        stronger.pred[0] -= stronger.tp[0]
+        stronger.pred[0] += np.roll(stronger.tp[0], 1)
+        stronger.tp[0] = 0
+        ero, _ = _record("eroseg", stronger)
+        row = sea_table(Evals([sea_rec, ero], ["a", "b"]), spec).iloc[0]
+        assert row["EroSeg lowers SEA by (points)"] > 0
+    if rule == "miou":  # the case the old column got wrong: SEA's own rule leaves mIoU the pool's rule removes
+        assert max(gaps) > 0
