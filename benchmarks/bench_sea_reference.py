@@ -64,9 +64,13 @@ def main(argv: list[str] | None = None) -> None:
                 variants[f"ref+{f.name}"] = {"rules": dataclasses.replace(REFERENCE_RULES,
                                                                            **{f.name: getattr(default, f.name)})}
         variants["track=loss"] = {"rules": default, "track": True}
-        variants["default, no early stop"] = {"rules": dataclasses.replace(default, early_stop=False),
+        variants["default, no early stop"] = {"rules": dataclasses.replace(default, early_stop="off"),
                                               "count": True}
         variants["default (count)"] = {"rules": default, "count": True}
+        keep = dataclasses.replace(default, best_keeps_earlier=True)
+        variants["keep earlier, no early stop"] = {"rules": dataclasses.replace(keep, early_stop="off"), "count": True}
+        variants["keep earlier, stop at pixel_acc 0"] = {"rules": dataclasses.replace(keep, early_stop="pixel_acc"),
+                                                         "count": True}
     if args.variants:
         keep = args.variants.split(",")
         variants = {k: v for k, v in variants.items() if k in keep}
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, v in variants.items():
             kw = {"rules": v["rules"]} if "rules" in v else {}
             calls = []
-            cb = (lambda info: calls.append(1)) if v.get("count") else None
+            cb = calls.append if v.get("count") else None
             if v.get("track"):  # every component tracks its own attack loss
                 apgd_module = sys.modules["eroseg.attacks.apgd"]
                 saved = dict(apgd_module.TRACK_LOSSES)
@@ -129,10 +133,11 @@ def main(argv: list[str] | None = None) -> None:
             if name != "reference":
                 d = [a - b for a, b in zip(table[name], table["reference"])]
                 print(f"{name + ' - reference':34s}" + "".join(f"{v:8.2f}" for v in d) + f"{sum(d) / len(d):8.2f}")
-    if len(iterations) == 2:
-        full, stop = iterations["default, no early stop"], iterations["default (count)"]
-        print(f"evaluated iterates (4 components): without early stop {sum(full)}, with {sum(stop)} "
-              f"({100 * (1 - sum(stop) / sum(full)):.1f} % saved); per model {stop}")
+    names = list(iterations)
+    for full, stop in zip(names[::2], names[1::2]):
+        a, b = sum(iterations[full]), sum(iterations[stop])
+        print(f"evaluated iterates (4 components, all models): {full}: {a}; {stop}: {b} "
+              f"({100 * (1 - b / a):.1f} % saved); per model {iterations[stop]} of {iterations[full]}")
 
 
 if __name__ == "__main__":

@@ -253,7 +253,7 @@ def test_radius_schedule_radii_per_iteration(norm):
     eps = EPS[norm]
     seen = []
     adv = apgd(model, x, y, eps=eps, steps=10, norm=norm, radius_schedule=True, generator=gen(),
-               callback=lambda i: seen.append((i["radius"], i["images"] - x)), rules=ApgdRules(early_stop=False))
+               callback=lambda i: seen.append((i["radius"], i["images"] - x)), rules=ApgdRules(early_stop="off"))
     radii = [r for r, _ in seen]
     assert radii == [2 * eps] * 4 + [1.5 * eps] * 4 + [eps] * 5  # 3, 3, 4 iterations + the start of each part
     for r, d in seen:
@@ -384,7 +384,7 @@ def test_no_grad_inference_mode_and_dtype():
 def test_callback_contents_and_counts():
     model, x, y = setup(batch=2)
     seen = []
-    apgd(model, x, y, steps=5, loss="eroseg", callback=seen.append, generator=gen(), rules=ApgdRules(early_stop=False))
+    apgd(model, x, y, steps=5, loss="eroseg", callback=seen.append, generator=gen(), rules=ApgdRules(early_stop="off"))
     assert [i["step"] for i in seen] == list(range(6))  # T + 1 iterates
     i = seen[-1]
     for key in ("logits", "weights", "fooled", "images", "radius", "step_size", "loss", "attack_loss", "attacked",
@@ -394,7 +394,7 @@ def test_callback_contents_and_counts():
     assert torch.equal(i["fooled"], (i["logits"].argmax(1) != y) & (y != 255))
     seen.clear()
     apgd(model, x, y, steps=5, radius_schedule=True, callback=seen.append, generator=gen(),
-         rules=ApgdRules(early_stop=False))
+         rules=ApgdRules(early_stop="off"))
     assert len(seen) == 8  # T + 3: each of the three parts (1, 1, 3 iterations) also evaluates its start
 
 
@@ -407,7 +407,7 @@ def test_tracking_loss_pairing_and_its_effect():
     for track in (None, "ce", "masked_ce"):
         seen = []
         apgd(model, x, y, eps=2 / 255, steps=30, loss="masked_ce", track_loss=track, generator=gen(),
-             callback=seen.append, rules=ApgdRules(early_stop=False))
+             callback=seen.append, rules=ApgdRules(early_stop="off"))
         runs[track] = seen
     # the callback's "loss" is the tracked loss; "attack_loss" the masked CE whose gradient drives the steps
     first = runs[None][0]
@@ -432,15 +432,20 @@ def test_early_stop_saves_iterations_and_changes_nothing(name):
         y = model(x).argmax(1)
     y[:, 0, :3] = 255
     out, count = {}, {}
-    for stop in (True, False):
+    for stop in ("pixel_acc", "off"):
         calls = []
+        rules = ApgdRules(early_stop=stop, best_keeps_earlier=True)
         out[stop] = ATTACKS[name](model, x, y, eps=0.2, steps=30, radius_schedule=True, generator=gen(),
-                                  callback=calls.append, rules=ApgdRules(early_stop=stop))
+                                  callback=calls.append, rules=rules)
         count[stop] = [(c["radius"], c.get("component")) for c in calls]
-    assert torch.equal(out[True], out[False])
-    assert len(count[True]) < len(count[False])
+    assert len(count["pixel_acc"]) < len(count["off"])
     # only the 2 eps part, where every pixel flips, was cut short
-    assert [c for c in count[False] if c[0] != 0.4] == [c for c in count[True] if c[0] != 0.4]
+    assert [c for c in count["off"] if c[0] != 0.4] == [c for c in count["pixel_acc"] if c[0] != 0.4]
+    assert torch.equal(out["pixel_acc"], out["off"])  # a 0-accuracy best iterate is final: the same images
+    # The reference's test (the default) counts void pixels as right after the start: with them it never stops.
+    calls = []
+    ATTACKS[name](model, x, y, eps=0.2, steps=30, radius_schedule=True, generator=gen(), callback=calls.append)
+    assert len(calls) == len(count["off"])
 
 
 # ----------------------------------------------------------------------- SEA
@@ -466,7 +471,7 @@ def test_sea_defaults_and_callback():
     model, x, y = setup(batch=1)
     names = []
     sea(model, x, y, steps=4, callback=lambda i: names.append(i["component"]), generator=gen(),
-        rules=ApgdRules(early_stop=False))
+        rules=ApgdRules(early_stop="off"))
     # radius schedule with 4 steps: 1 + 1 + 2 iterations, 7 iterates per component
     assert names == [n for n in SEA_LOSSES for _ in range(7)]
 
@@ -557,7 +562,7 @@ def test_cuda_no_host_sync(name, norm, radius_schedule):
         {"loss": "eroseg"}
     # Without the early stop, whose flag is the one host read per iteration.
     atk = create_attack(name, eps=EPS[norm], steps=6, norm=norm, radius_schedule=radius_schedule, amp=True,
-                        rules=ApgdRules(early_stop=False), **extra)
+                        rules=ApgdRules(early_stop="off"), **extra)
     g = torch.Generator(device="cuda").manual_seed(0)
     atk(model, x, y, generator=g)  # warm-up
     torch.cuda.synchronize()

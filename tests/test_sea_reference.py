@@ -156,7 +156,7 @@ def ref_apgd_train(model, x, y, eps, n_iter, loss, track, x_init, seen, early_st
 
 
 def ref_apgd_largereps(model, x, y, eps, n_iter, loss, track, seen):
-    """``apgd_largereps``: ``int(0.3 T)``, ``int(0.3 T)``, the rest at 2, 1.5, 1 eps; each stage starts from the last."""
+    """``apgd_largereps``: ``int(0.3 T)``, ``int(0.3 T)``, the rest at 2, 1.5, 1 eps, each from the last stage."""
     n_iters = [int(c * n_iter) for c in (0.3, 0.3)]
     n_iters.append(n_iter - sum(n_iters))
     x_init = None

@@ -458,26 +458,29 @@ class ApgdRules:
             with void pixels a later iterate must fool ``n_void`` more pixels
             to replace the start.
         early_stop: with ``best_iterate``, a part ends for the batch once
-            every image's best iterate has pixel accuracy 0 (reference: the
-            same, ``early_stop=True`` in SEA). One host read per iteration.
+            every image is done (one host read per iteration): ``"pixel_acc"``
+            when every image's best iterate has pixel accuracy 0;
+            ``"reference"`` when the reference's accuracy (void pixels counted
+            as above) is 0, so never after the start for an image with void
+            pixels; ``"off"``.
     """
 
     checkpoints: str = "reference"
-    reset_momentum: bool = True
+    reset_momentum: bool = False
     count_from_restart: bool = True
-    first_count_from_start: bool = True
-    strict_condition1: bool = True
+    first_count_from_start: bool = False
+    strict_condition1: bool = False
     condition2_at_first_check: bool = True
-    best_keeps_earlier: bool = True
-    void_consistent: bool = True
-    early_stop: bool = True
+    best_keeps_earlier: bool = False
+    void_consistent: bool = False
+    early_stop: str = "reference"
 
 
 #: The reference code's choices: with them APGD and SEA compute the reference's iterates.
 REFERENCE_RULES = ApgdRules(checkpoints="reference", reset_momentum=False, count_from_restart=False,
                             first_count_from_start=False, strict_condition1=False,
                             condition2_at_first_check=False, best_keeps_earlier=False, void_consistent=False,
-                            early_stop=True)
+                            early_stop="reference")
 
 #: ``rules`` by name, for configuration files.
 NAMED_RULES = {"default": ApgdRules(), "reference": REFERENCE_RULES}
@@ -503,10 +506,12 @@ def check_loss_name(loss, key: str = "loss") -> None:
 
 
 def check_rules(rules) -> None:
-    """Raise naming the valid choices if ``rules`` is neither a name of :data:`NAMED_RULES` nor an :class:`ApgdRules`."""
+    """Raise naming the valid choices unless ``rules`` is a name of :data:`NAMED_RULES` or a valid ApgdRules."""
     if isinstance(rules, ApgdRules):
         if rules.checkpoints not in ("paper", "reference"):
             raise ValueError(f"rules.checkpoints must be 'paper' or 'reference', got {rules.checkpoints!r}")
+        if rules.early_stop not in ("pixel_acc", "reference", "off"):
+            raise ValueError(f"rules.early_stop must be 'pixel_acc', 'reference' or 'off', got {rules.early_stop!r}")
         return
     if not isinstance(rules, str) or rules not in NAMED_RULES:
         raise ValueError(f"rules must be one of {', '.join(NAMED_RULES)} or an ApgdRules; got {rules!r}")
@@ -596,8 +601,16 @@ class _PartBest(BestIterate):
         return score
 
     def all_fooled(self) -> bool:
-        """Every image's best iterate has accuracy 0 (compared as ``key``): nothing can improve (reads the host)."""
-        return bool(((self.key == 0) | self.empty).all())
+        """The early stop's test (reads the host): every image is done, as ``rules.early_stop`` says.
+
+        ``"pixel_acc"``: every best iterate has pixel accuracy 0; with ties
+        kept by the earlier iterate nothing can replace it, and with the
+        reference's ``<=`` only a later iterate of accuracy 0 could.
+        ``"reference"``: the reference's test, its ``key`` is 0, which with
+        void pixels (counted right after the start) only the start can meet.
+        """
+        done = self.key == 0 if self.rules.early_stop == "reference" else self.score == 0
+        return bool((done | self.empty).all())
 
 
 def _apgd_part(model, x, y, valid, delta, *, radius, steps, norm, loss, track_loss, loss_kw, targeted, momentum,
@@ -738,7 +751,7 @@ def run_apgd(
             best, last_delta, last_score, used = _apgd_part(
                 model, x, y, valid, delta, radius=radius, steps=n, norm=norm, loss=loss, track_loss=track_loss,
                 loss_kw=loss_kw, targeted=targeted, momentum=momentum, initial_step=initial_step, rho=rho,
-                rules=rules, early_stop=rules.early_stop and best_iterate, use_amp=use_amp, callback=callback,
+                rules=rules, early_stop=rules.early_stop != "off" and best_iterate, use_amp=use_amp, callback=callback,
                 step0=calls)
             calls += used
             # The next part starts from this part's lowest-accuracy iterate (projected onto its radius).

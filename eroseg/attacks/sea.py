@@ -65,8 +65,8 @@ def check_sea_params(*, losses: Sequence[str], component_callback: Callable | No
     if component_callback is not None and not callable(component_callback):
         raise TypeError(f"component_callback must be callable(name, adv) or None, got "
                         f"{type(component_callback).__name__}")
-    check_apgd_params(loss=losses[0], track_loss=None, rules=rules, momentum=momentum, initial_step=initial_step, rho=rho,
-                      radius_schedule=radius_schedule, q0=q0, schedule=schedule, kernel_size=kernel_size,
+    check_apgd_params(loss=losses[0], track_loss=None, rules=rules, momentum=momentum, initial_step=initial_step,
+                      rho=rho, radius_schedule=radius_schedule, q0=q0, schedule=schedule, kernel_size=kernel_size,
                       gamma=gamma, front=front, selection=selection)
 
 
@@ -165,7 +165,8 @@ def sea(
     options = checked_run_options(locals(), check_sea_params)
     best_adv = best_score = None
     for name in losses:
-        adv, score = run_apgd(model, images, labels, loss=name, track_loss=None, callback=_tagged(callback, name), **options)
+        adv, score = run_apgd(model, images, labels, loss=name, track_loss=None, callback=_tagged(callback, name),
+                              **options)
         if component_callback is not None:
             component_callback(name, adv)
         best_adv, best_score = _keep_better(best_adv, best_score, adv, score)
