@@ -64,12 +64,12 @@ def main(argv: list[str] | None = None) -> None:
                 variants[f"ref+{f.name}"] = {"rules": dataclasses.replace(REFERENCE_RULES,
                                                                            **{f.name: getattr(default, f.name)})}
         variants["track=loss"] = {"rules": default, "track": True}
-        variants["default, no early stop"] = {"rules": dataclasses.replace(default, early_stop="off"),
+        variants["default no early stop"] = {"rules": dataclasses.replace(default, early_stop="off"),
                                               "count": True}
         variants["default (count)"] = {"rules": default, "count": True}
         keep = dataclasses.replace(default, best_keeps_earlier=True)
-        variants["keep earlier, no early stop"] = {"rules": dataclasses.replace(keep, early_stop="off"), "count": True}
-        variants["keep earlier, stop at pixel_acc 0"] = {"rules": dataclasses.replace(keep, early_stop="pixel_acc"),
+        variants["keep earlier no early stop"] = {"rules": dataclasses.replace(keep, early_stop="off"), "count": True}
+        variants["keep earlier stop at 0"] = {"rules": dataclasses.replace(keep, early_stop="pixel_acc"),
                                                          "count": True}
     if args.variants:
         keep = args.variants.split(",")
