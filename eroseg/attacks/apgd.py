@@ -40,15 +40,22 @@ of highest loss seen so far (with that point's gradient) when
 After a restart the momentum term starts afresh (``x_{k-1}`` is set to the
 restart point). Everything is per image and on the device: step sizes,
 counters and flags are tensors, the checkpoint positions are Python integers
-fixed before the loop, and the loop never reads a tensor value on the host.
+fixed before the loop, and the loop reads one flag per iteration on the host
+(the early stop, ``rules.early_stop="off"`` removes it). The bookkeeping
+choices (checkpoint rule, momentum and counting after a restart, condition 2
+at ``w_1``, ``<`` or ``<=``, best-iterate ties, void pixels) are
+:class:`ApgdRules`; the defaults are the reference code's except two with no
+measured effect (docs/sea_reference.md). The restarts and halving track
+``track_loss`` (default :data:`TRACK_LOSSES`, the reference's pairing), not
+necessarily the attack loss.
 
 Best iterate (``best_iterate=True``): per image, the iterate with the lowest
 pixel accuracy (as :func:`eroseg.attacks.core.run_attack`), separate from
 the highest-loss point that the restarts use.
 
 Progressive radius reduction (``radius_schedule=True``, used by SEA): the
-``T`` iterations are split into three parts (``T // 3``, ``T // 3``, and the
-rest) run at radii ``2 eps``, ``1.5 eps`` and ``eps``; each part is a full
+``T`` iterations are split into three parts (``3 T // 10``, ``3 T // 10``, and
+the rest, as the reference) run at radii ``2 eps``, ``1.5 eps`` and ``eps``; each part is a full
 APGD run (its own checkpoints, ``eta`` restarting at ``initial_step`` times
 its radius) started from the previous part's lowest-accuracy iterate
 projected onto the new radius (as in the reference implementation). The best
