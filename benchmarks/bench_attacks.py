@@ -18,9 +18,9 @@ passes (``torch.autograd.grad`` of the mean cross-entropy with respect to a
 perturbation, like an attack step), timed the same way: ``(k + 1 passes - 1
 pass) / k``. APGD's short run has 1 iteration (2 forward passes, 1
 backward), so the difference is again ``k`` forward+backward passes. SEA's
-runs have ``3`` and ``k + 3`` iterations per component (so that both have
+runs have ``4`` and ``k + 4`` iterations per component (so that both have
 all three radius parts, each with its own start evaluation) and its step is
-``(time(k + 3) - time(3)) / (k * components)``. FGSM, a whole one-step call, is compared with one
+``(time(k + 4) - time(4)) / (k * components)``. FGSM, a whole one-step call, is compared with one
 forward+backward pass timed alone. Each round times the
 floor and every attack once, in a rotated order so that no attack always runs
 right after another; the per-round values are paired (ratios within a round)
@@ -195,7 +195,7 @@ def main(argv=None) -> dict:
             runs[n] = (create_attack("apgd", loss=loss, steps=1, **common),
                        create_attack("apgd", loss=loss, steps=k + 1, **common))
         elif n == "sea":
-            runs[n] = (create_attack("sea", steps=3, **common), create_attack("sea", steps=k + 3, **common))
+            runs[n] = (create_attack("sea", steps=4, **common), create_attack("sea", steps=k + 4, **common))
             per_call[n] = k * len(SEA_LOSSES)
         else:
             runs[n] = (create_attack(n, step_size=2 / 255, steps=1, **common),

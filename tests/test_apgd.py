@@ -20,6 +20,8 @@ from eroseg.attacks import (
 )
 from eroseg.attacks.apgd import (
     LOSSES,
+    TRACK_LOSSES,
+    ApgdRules,
     apgd_checkpoint_fractions,
     apgd_checkpoints,
     balanced_ce_loss,
@@ -193,6 +195,15 @@ def test_checkpoint_schedule_hand_worked():
     # ceil(p_j * 10) = 3, 5, 6, 7, 8, 9, 10, 10 -> distinct
     assert apgd_checkpoints(10) == [3, 5, 6, 7, 8, 9, 10]
     assert apgd_checkpoints(1) == [1]
+    # The reference's integer rule: windows max(22T//100, 1), shrinking by max(3T//100, 1) down to max(6T//100, 1).
+    assert apgd_checkpoints(100, "reference") == apgd_checkpoints(100)
+    assert apgd_checkpoints(300, "reference") == apgd_checkpoints(300) == [66, 123, 171, 210, 240, 261, 279, 297]
+    assert apgd_checkpoints(90, "reference") == [19, 36, 51, 64, 75, 84]  # windows 19, 17, 15, 13, 11, 9
+    assert apgd_checkpoints(90) == [20, 37, 52, 63, 72, 79, 84, 90]
+    assert apgd_checkpoints(120, "reference") == [26, 49, 69, 86, 100, 111, 119]
+    assert apgd_checkpoints(10, "reference") == list(range(2, 11))
+    with pytest.raises(ValueError, match="checkpoint rule must be 'paper' or 'reference', got 'ref'"):
+        apgd_checkpoints(10, "ref")
 
 
 def test_halving_rule_per_image():
@@ -204,6 +215,9 @@ def test_halving_rule_per_image():
     best_last = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0])
     out = halving_rule(n_up, 8, 0.75, halved, best, best_last)
     assert out.tolist() == [True, True, False, False, False]
+    # the reference's "<=": exactly rho * window ups halves too
+    assert halving_rule(n_up, 8, 0.75, halved, best, best_last, strict=False).tolist() == [True, True, False, False,
+                                                                                            True]
 
 
 def test_step_size_halves_at_every_checkpoint_when_the_loss_cannot_rise():
@@ -227,6 +241,9 @@ def test_step_size_halves_at_every_checkpoint_when_the_loss_cannot_rise():
 def test_radius_parts():
     assert radius_parts(10, 1.0, False) == [(1.0, 10)]
     assert radius_parts(10, 1.0, True) == [(2.0, 3), (1.5, 3), (1.0, 4)]
+    assert radius_parts(300, 1.0, True) == [(2.0, 90), (1.5, 90), (1.0, 120)]  # int(0.3 T), int(0.3 T), the rest
+    assert radius_parts(100, 1.0, True) == [(2.0, 30), (1.5, 30), (1.0, 40)]
+    assert radius_parts(3, 1.0, True) == [(1.0, 3)]
     assert radius_parts(2, 1.0, True) == [(1.0, 2)]
 
 
@@ -235,10 +252,10 @@ def test_radius_schedule_radii_per_iteration(norm):
     model, x, y = setup()
     eps = EPS[norm]
     seen = []
-    adv = apgd(model, x, y, eps=eps, steps=9, norm=norm, radius_schedule=True, generator=gen(),
-               callback=lambda i: seen.append((i["radius"], i["images"] - x)))
+    adv = apgd(model, x, y, eps=eps, steps=10, norm=norm, radius_schedule=True, generator=gen(),
+               callback=lambda i: seen.append((i["radius"], i["images"] - x)), rules=ApgdRules(early_stop="off"))
     radii = [r for r, _ in seen]
-    assert radii == [2 * eps] * 4 + [1.5 * eps] * 4 + [eps] * 4  # 3 iterations + the start of each part
+    assert radii == [2 * eps] * 4 + [1.5 * eps] * 4 + [eps] * 5  # 3, 3, 4 iterations + the start of each part
     for r, d in seen:
         assert size_of(d, norm).max() <= r + 1e-6
     # the larger radii were used, and the result is within the final eps
@@ -367,16 +384,68 @@ def test_no_grad_inference_mode_and_dtype():
 def test_callback_contents_and_counts():
     model, x, y = setup(batch=2)
     seen = []
-    apgd(model, x, y, steps=5, loss="eroseg", callback=seen.append, generator=gen())
+    apgd(model, x, y, steps=5, loss="eroseg", callback=seen.append, generator=gen(), rules=ApgdRules(early_stop="off"))
     assert [i["step"] for i in seen] == list(range(6))  # T + 1 iterates
     i = seen[-1]
-    for key in ("logits", "weights", "fooled", "images", "radius", "step_size", "loss", "attacked", "front"):
+    for key in ("logits", "weights", "fooled", "images", "radius", "step_size", "loss", "attack_loss", "attacked",
+                "front"):
         assert key in i, key
     assert i["fooled"].shape == y.shape and i["fooled"].dtype == torch.bool
     assert torch.equal(i["fooled"], (i["logits"].argmax(1) != y) & (y != 255))
     seen.clear()
-    apgd(model, x, y, steps=5, radius_schedule=True, callback=seen.append, generator=gen())
-    assert len(seen) == 8  # T + 3: each of the three parts also evaluates its start
+    apgd(model, x, y, steps=5, radius_schedule=True, callback=seen.append, generator=gen(),
+         rules=ApgdRules(early_stop="off"))
+    assert len(seen) == 8  # T + 3: each of the three parts (1, 1, 3 iterations) also evaluates its start
+
+
+def test_tracking_loss_pairing_and_its_effect():
+    """SEA's reference pairing by default; tracking another loss changes the restarts, not the steps' loss."""
+    assert TRACK_LOSSES == {"ce": "ce", "masked_ce": "ce", "balanced_ce": "ce", "js": "ce",
+                            "masked_spherical": "spherical", "eroseg": "ce", "spherical": "spherical"}
+    model, x, y = setup(batch=2, seed=3)
+    runs = {}
+    for track in (None, "ce", "masked_ce"):
+        seen = []
+        apgd(model, x, y, eps=2 / 255, steps=30, loss="masked_ce", track_loss=track, generator=gen(),
+             callback=seen.append, rules=ApgdRules(early_stop="off"))
+        runs[track] = seen
+    # the callback's "loss" is the tracked loss; "attack_loss" the masked CE whose gradient drives the steps
+    first = runs[None][0]
+    valid = y != 255
+    assert torch.allclose(first["loss"], image_loss(ce_loss(first["logits"], y, valid), valid), atol=1e-6)
+    assert torch.allclose(first["attack_loss"], image_loss(masked_ce_loss(first["logits"], y, valid), valid), atol=1e-6)
+    assert all(torch.equal(a["images"], b["images"]) for a, b in zip(runs[None], runs["ce"]))
+    assert any(not torch.equal(a["images"], b["images"]) for a, b in zip(runs[None], runs["masked_ce"]))
+
+
+@pytest.mark.parametrize("name", ["apgd", "sea"])
+def test_early_stop_saves_iterations_and_changes_nothing(name):
+    """A linear model every pixel of which flips at 2 eps: the first part stops early; the result is unchanged."""
+    torch.manual_seed(4)
+    conv = nn.Conv2d(3, K, 1).eval()
+
+    def model(z):
+        return conv((z - 0.5) * 8)
+
+    x = torch.rand(3, 3, SIZE, SIZE, generator=gen(4))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[:, 0, :3] = 255
+    out, count = {}, {}
+    for stop in ("pixel_acc", "off"):
+        calls = []
+        rules = ApgdRules(early_stop=stop, best_keeps_earlier=True)
+        out[stop] = ATTACKS[name](model, x, y, eps=0.2, steps=30, radius_schedule=True, generator=gen(),
+                                  callback=calls.append, rules=rules)
+        count[stop] = [(c["radius"], c.get("component")) for c in calls]
+    assert len(count["pixel_acc"]) < len(count["off"])
+    # only the 2 eps part, where every pixel flips, was cut short
+    assert [c for c in count["off"] if c[0] != 0.4] == [c for c in count["pixel_acc"] if c[0] != 0.4]
+    assert torch.equal(out["pixel_acc"], out["off"])  # a 0-accuracy best iterate is final: the same images
+    # The reference's test (the default) counts void pixels as right after the start: with them it never stops.
+    calls = []
+    ATTACKS[name](model, x, y, eps=0.2, steps=30, radius_schedule=True, generator=gen(), callback=calls.append)
+    assert len(calls) == len(count["off"])
 
 
 # ----------------------------------------------------------------------- SEA
@@ -401,16 +470,17 @@ def test_sea_defaults_and_callback():
     assert attack_parameters("sea")["radius_schedule"] is True
     model, x, y = setup(batch=1)
     names = []
-    sea(model, x, y, steps=3, callback=lambda i: names.append(i["component"]), generator=gen())
-    # radius schedule with 3 steps: 1 + 1 + 1 iterations, 6 iterates per component
-    assert names == [n for n in SEA_LOSSES for _ in range(6)]
+    sea(model, x, y, steps=4, callback=lambda i: names.append(i["component"]), generator=gen(),
+        rules=ApgdRules(early_stop="off"))
+    # radius schedule with 4 steps: 1 + 1 + 2 iterations, 7 iterates per component
+    assert names == [n for n in SEA_LOSSES for _ in range(7)]
 
 
 # ------------------------------------------------------------------ registry
 def test_registry_apgd_and_sea():
     assert list(ATTACKS)[-2:] == ["apgd", "sea"] and set(ATTACKS) == set(REGISTRY)
     with pytest.raises(ValueError, match="loss must be one of ce, masked_ce, balanced_ce, js, masked_spherical, "
-                                         "eroseg; got 'bogus'"):
+                                         "eroseg, spherical; got 'bogus'"):
         create_attack("apgd", loss="bogus")
     with pytest.raises(ValueError, match=r"no parameter\(s\) \['step_size'\]; valid: eps, steps, norm, loss"):
         create_attack("apgd", step_size=0.1)
@@ -440,6 +510,9 @@ def test_registry_apgd_and_sea():
     ("sea", dict(losses=["js", "js"]), ValueError, "losses must be distinct"),
     ("sea", dict(component_callback=3), TypeError, "component_callback must be callable"),
     ("sea", dict(momentum=2), ValueError, "momentum"),
+    ("apgd", dict(track_loss="bogus"), ValueError, "track_loss must be one of ce, masked_ce"),
+    ("apgd", dict(rules="paper"), ValueError, "rules must be one of default, reference or an ApgdRules; got 'paper'"),
+    ("sea", dict(rules=ApgdRules(checkpoints="x")), ValueError, "rules.checkpoints must be 'paper' or 'reference'"),
 ])
 def test_bad_parameters_are_named(name, bad, exc, match):
     model, x, y = setup(batch=1)
@@ -487,7 +560,9 @@ def test_cuda_no_host_sync(name, norm, radius_schedule):
     model, x, y = model.cuda(), x.cuda(), y.cuda()
     extra = {"losses": ("masked_ce", "balanced_ce", "js", "masked_spherical", "eroseg")} if name == "sea" else \
         {"loss": "eroseg"}
-    atk = create_attack(name, eps=EPS[norm], steps=6, norm=norm, radius_schedule=radius_schedule, amp=True, **extra)
+    # Without the early stop, whose flag is the one host read per iteration.
+    atk = create_attack(name, eps=EPS[norm], steps=6, norm=norm, radius_schedule=radius_schedule, amp=True,
+                        rules=ApgdRules(early_stop="off"), **extra)
     g = torch.Generator(device="cuda").manual_seed(0)
     atk(model, x, y, generator=g)  # warm-up
     torch.cuda.synchronize()

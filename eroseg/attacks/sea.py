@@ -9,6 +9,15 @@ on real data in the paper), each with the progressive radius reduction, and
 keeps per image the component whose result has the lowest pixel accuracy
 (ties go to the loss listed first). Adding ``"eroseg"`` or ``"ce"`` to
 ``losses`` gives the SEA + EroSeg ensemble.
+
+Each component tracks (restarts, step halving) the loss its reference pairs
+with it (:data:`eroseg.attacks.apgd.TRACK_LOSSES`): plain CE for
+``masked_ce``, ``balanced_ce`` and ``js``; the unmasked normalised
+true-class logit for ``masked_spherical`` (``tools/infer.py`` of
+nmndeep/robust-segmentation). The radius schedule runs ``3 T // 10``,
+``3 T // 10`` and the rest of the ``T`` iterations at 2, 1.5 and 1 eps.
+``rules="reference"`` reproduces the reference's iterates; the default
+rules differ where ``docs/sea_reference.md`` says why and by how much.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from eroseg.attacks.apgd import check_apgd_params, check_loss_name, checked_run_options, run_apgd
+from eroseg.attacks.apgd import ApgdRules, check_apgd_params, check_loss_name, checked_run_options, run_apgd
 
 #: SEA's losses in the paper, in its order (also the order of preference for ties).
 SEA_LOSSES = ("masked_ce", "balanced_ce", "js", "masked_spherical")
@@ -42,7 +51,7 @@ def check_sea_losses(*, losses: Sequence[str]) -> None:
         raise ValueError(f"losses must be distinct (each component runs once), got {repeated} more than once")
 
 
-def check_sea_params(*, losses: Sequence[str], component_callback: Callable | None, momentum: float,
+def check_sea_params(*, losses: Sequence[str], component_callback: Callable | None, rules, momentum: float,
                      initial_step: float, rho: float, radius_schedule: bool, q0: float, schedule: str,
                      kernel_size: int, gamma: float, front: bool, selection: bool) -> None:
     """Validate SEA's own parameters: its losses, the component callback and the APGD parameters of every component.
@@ -56,8 +65,8 @@ def check_sea_params(*, losses: Sequence[str], component_callback: Callable | No
     if component_callback is not None and not callable(component_callback):
         raise TypeError(f"component_callback must be callable(name, adv) or None, got "
                         f"{type(component_callback).__name__}")
-    check_apgd_params(loss=losses[0], momentum=momentum, initial_step=initial_step, rho=rho,
-                      radius_schedule=radius_schedule, q0=q0, schedule=schedule, kernel_size=kernel_size,
+    check_apgd_params(loss=losses[0], track_loss=None, rules=rules, momentum=momentum, initial_step=initial_step,
+                      rho=rho, radius_schedule=radius_schedule, q0=q0, schedule=schedule, kernel_size=kernel_size,
                       gamma=gamma, front=front, selection=selection)
 
 
@@ -105,6 +114,7 @@ def sea(
     momentum: float = 0.75,
     initial_step: float = 2.0,
     rho: float = 0.75,
+    rules: str | ApgdRules = "default",
     q0: float = 0.2,
     schedule: str = "linear",
     kernel_size: int = 3,
@@ -132,7 +142,8 @@ def sea(
             distinct, in order of preference for ties.
         radius_schedule: progressive radius reduction in every component.
         random_start, ignore_index, targeted, best_iterate, generator, amp,
-        momentum, initial_step, rho: as :func:`eroseg.attacks.apgd.apgd`, for every component.
+        momentum, initial_step, rho, rules: as :func:`eroseg.attacks.apgd.apgd`, for every component
+            (each component tracks the loss of :data:`eroseg.attacks.apgd.TRACK_LOSSES`).
         callback: passed to every component; ``info["component"]`` names the loss.
         component_callback: ``component_callback(loss_name, adv)`` once per
             component with its adversarial images (detached), so that an
@@ -154,7 +165,8 @@ def sea(
     options = checked_run_options(locals(), check_sea_params)
     best_adv = best_score = None
     for name in losses:
-        adv, score = run_apgd(model, images, labels, loss=name, callback=_tagged(callback, name), **options)
+        adv, score = run_apgd(model, images, labels, loss=name, track_loss=None, callback=_tagged(callback, name),
+                              **options)
         if component_callback is not None:
             component_callback(name, adv)
         best_adv, best_score = _keep_better(best_adv, best_score, adv, score)
