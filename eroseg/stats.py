@@ -41,8 +41,11 @@ def claims_options(claims: dict | None) -> dict:
     """
     if not claims:
         return {}
+    key = "config key evaluation.claims"
+    if not isinstance(claims, dict):
+        raise ValueError(f"{key}: {claims!r}; expected a mapping (attack_pairs, eroseg_at, at_baselines, ...)")
     out = {**CLAIMS_DEFAULTS, **claims}
-    key = "config key evaluation.claims."
+    key += "."
 
     def number(name, ok, expected):
         v = out[name]

@@ -117,6 +117,8 @@ def test_claims_options_fill_defaults_and_name_the_bad_key():
         with pytest.raises(ValueError, match=rf"^config key evaluation\.claims\.{key}: .*expected") as err:
             stats.claims_options({key: value})
         assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match=r"^config key evaluation\.claims: \[1\]; expected a mapping"):
+        stats.claims_options([1])
 
 
 # ------------------------------------------------------------ claims: hand-made records
