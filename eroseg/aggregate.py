@@ -540,8 +540,8 @@ def aggregate(eval_paths: list[str], spec: dict, out_dir: str | Path,
             headline steps: FGSM 1, SEA its own count); ``sea`` (the SEA setting's
             label, or None); ``worst_case`` (settings the worst case ranges over,
             SEA added); ``worst_case_rule``; ``sea_plus`` (settings added to
-            SEA in the ``sea`` table); optional ``checks``, ``claims``, ``sweep``,
-            ``ablation`` (see the table functions).
+            SEA in the ``sea`` table); optional ``checks``, ``claims`` (with it the
+            ``verdicts`` table too), ``sweep``, ``ablation`` (see the table functions).
         out_dir: where tables go.
         tuning_paths: tuning results (``eroseg tune``) for the ``tuning`` table.
         benchmark_paths: Snakemake benchmark files for the ``timings`` table (wall seconds per rule).
