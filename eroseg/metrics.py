@@ -159,7 +159,7 @@ def per_image_stats(
 WORST_CASE_RULES = ("miou", "pixel_acc")
 
 
-def _miou_of(tp: np.ndarray, pred: np.ndarray, label: np.ndarray) -> np.ndarray:
+def miou_of_counts(tp: np.ndarray, pred: np.ndarray, label: np.ndarray) -> np.ndarray:
     """mIoU over the last axis (classes with an empty union left out), vectorised over leading axes."""
     union = pred + label - tp
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -222,9 +222,9 @@ def _descend(tp: np.ndarray, pred: np.ndarray, label: np.ndarray, start: np.ndar
     """Coordinate descent on the dataset mIoU over per-image attack choices (see :func:`worst_case_stats`)."""
     rows = np.arange(tp.shape[1])
     label_tot = label.sum(0)
-    single = _miou_of(tp.sum(1), pred.sum(1), label_tot)  # [A]: each attack alone
+    single = miou_of_counts(tp.sum(1), pred.sum(1), label_tot)  # [A]: each attack alone
     choice = start.copy()
-    cur = _miou_of(tp[choice, rows].sum(0), pred[choice, rows].sum(0), label_tot)
+    cur = miou_of_counts(tp[choice, rows].sum(0), pred[choice, rows].sum(0), label_tot)
     best_single = int(np.nanargmin(single))
     if single[best_single] < cur:
         choice[:] = best_single
@@ -236,7 +236,7 @@ def _descend(tp: np.ndarray, pred: np.ndarray, label: np.ndarray, start: np.ndar
         for i in rows:
             a = choice[i]
             # mIoU with image i switched to each attack: [A]
-            cand = _miou_of(tp_tot - tp[a, i] + tp[:, i], pred_tot - pred[a, i] + pred[:, i], label_tot)
+            cand = miou_of_counts(tp_tot - tp[a, i] + tp[:, i], pred_tot - pred[a, i] + pred[:, i], label_tot)
             b = int(np.nanargmin(cand))
             if cand[b] < cur - 1e-12:
                 tp_tot += tp[b, i] - tp[a, i]

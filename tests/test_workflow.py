@@ -64,7 +64,7 @@ def test_end_to_end_table_values(workdir):
         pgd["attack_params"]["eps"] / {"eps/4": 4, "eps/2": 2}[tuning["chosen"]["step_size"]])
     main_md = (out / "tables" / "main.md").read_text()
     assert main_md.startswith("## ") and " ± " in main_md and "[" in main_md
-    for t in ("main", "claims", "checks", "tuning", "ablation"):
+    for t in ("main", "claims", "verdicts", "checks", "tuning", "ablation"):
         html = (out / "tables" / f"{t}.html").read_text()
         assert "<table" in html, t
     for f in ("robust_vs_steps", "robust_vs_eps", "per_class_iou", "training_curves", "qualitative", "erosion"):
@@ -108,11 +108,12 @@ def assert_table_shows_csv(csv_path: Path, cells: list[str]) -> None:
 
 def test_report_shows_every_table_inline_as_html(workdir):
     """Each table is in the report as an HTML table (not only a download) and carries the CSV's values;
-    the landing page shows the main table, the claims and the checks, in that order."""
+    the landing page leads with the verdicts, then the main table and the checks (the long claims table is
+    under Tables)."""
     snakemake(workdir, "--configfile", "config/tests.yaml", "--report", "report.html")
     embedded = report_data(workdir / "report.html", "results", "results")
     tables = sorted((workdir / "results" / "tests" / "tables").glob("*.html"))
-    assert {"main", "claims", "checks", "tuning", "ablation", "timings"} <= {t.stem for t in tables}
+    assert {"main", "claims", "verdicts", "checks", "tuning", "ablation", "timings"} <= {t.stem for t in tables}
     for path in tables:
         entry = embedded.get(f"results/tests/tables/{path.name}")
         assert entry and entry["mime_type"] == "text/html" and entry["caption"].strip(), path.name
@@ -124,13 +125,15 @@ def test_report_shows_every_table_inline_as_html(workdir):
                                table_cells(base64.b64decode(entry["data_uri"].split(",", 1)[1]).decode()))
     landing = report_data(workdir / "report.html", "workflow-desc", "workflow_desc")
     titles = []
-    for name in ("main", "claims", "checks"):
+    for name in ("verdicts", "main", "checks"):
         path = workdir / "results" / "tests" / "tables" / f"{name}.html"
         title = re.search(r"<h3>(.*?)</h3>", path.read_text()).group(1)
         titles.append(landing.find(title))
         block = landing[titles[-1]:landing.index("</table>", titles[-1])]
         assert_table_shows_csv(path.with_suffix(".csv"), table_cells(block))
     assert -1 < titles[0] < titles[1] < titles[2], titles
+    claims_title = re.search(r"<h3>(.*?)</h3>", (path.parent / "claims.html").read_text()).group(1)
+    assert claims_title not in landing
 
 
 def test_second_dry_run_has_nothing_to_do(workdir):
@@ -201,6 +204,16 @@ def test_bad_config_names_the_key(tmp_path):
     res = _dry_run_with_train(tmp_path, epochs=0)
     assert res.returncode != 0
     assert "epochs" in res.stdout + res.stderr
+
+
+def test_bad_claims_value_is_one_line_naming_the_key(tmp_path):
+    copy_configs(tmp_path)
+    cfg = yaml.safe_load((tmp_path / "config" / "tests.yaml").read_text())
+    cfg["evaluation"]["claims"]["min_effect"] = -1
+    (tmp_path / "config" / "bad.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    res = snakemake(tmp_path, "-n", "--configfile", "config/bad.yaml", check=False)
+    assert res.returncode != 0
+    assert "config key evaluation.claims.min_effect: -1; expected points of mIoU >= 0" in res.stdout + res.stderr
 
 
 def test_unknown_config_key_names_itself_and_the_closest_valid_key(tmp_path):

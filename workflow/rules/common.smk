@@ -12,6 +12,7 @@ import yaml
 from snakemake.utils import validate
 
 from eroseg.numbers import eps_tag, parse_number, resolve_attack_params
+from eroseg.stats import claims_options
 from eroseg.tune import grid_candidates
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -33,6 +34,7 @@ def _unknown_keys(cfg, schema, where=""):
 
 
 _unknown_keys(config, yaml.safe_load(SCHEMA.read_text()))
+claims_options((config.get("evaluation") or {}).get("claims"))  # a bad claims value: one line naming its key
 validate(config, schema="../schemas/config.schema.yaml")
 
 # GPU slots per GPU for eroseg.device (several light jobs may share a GPU), unless the user set it.
@@ -74,7 +76,7 @@ def source_hash(*patterns):
 CODE_DATA = source_hash("data/*.py", "io.py")
 CODE_TRAIN = source_hash("data/*.py", "io.py", "models.py", "train.py", "attacks/*.py", "metrics.py", "numbers.py")
 CODE_EVAL = source_hash("data/*.py", "io.py", "models.py", "evaluate.py", "attacks/*.py", "metrics.py", "numbers.py")
-CODE_AGG = source_hash("aggregate.py", "evaluate.py", "metrics.py", "io.py", "numbers.py")
+CODE_AGG = source_hash("aggregate.py", "stats.py", "evaluate.py", "metrics.py", "io.py", "numbers.py")
 CODE_FIG = source_hash("figures.py", "aggregate.py", "io.py")
 
 # What the Snakefile needs from the attack registry (and the DAG-time parameter checks) is cached in
@@ -348,7 +350,7 @@ def training_attack(method):
 
 
 def aggregate_spec():
-    claims = EVAL.get("claims")
+    claims = claims_options(EVAL.get("claims")) or None  # the bootstrap seed and every default, visible in params
     return {
         "methods": METHODS,
         "headline": {"eps": HEAD_EPS, "steps": HEAD_STEPS},
@@ -382,8 +384,9 @@ _check_attack_params()
 
 #: Tables aggregate writes (CSV, Markdown, HTML); the optional ones only when configured.
 TABLES = ["main", "results", "steps", "eps", "ablation", "timings"] + (["tuning"] if TUNED_FAMILIES else []) + (["sea"] if SEA else []) + (
-    ["checks"] if CHECKS else []) + (["claims"] if EVAL.get("claims") else [])
-TABLE_CAPTIONS = {"main": "table_main", "claims": "table_claims", "checks": "table_checks", "sea": "table_sea"}
+    ["checks"] if CHECKS else []) + (["claims", "verdicts"] if EVAL.get("claims") else [])
+TABLE_CAPTIONS = {"main": "table_main", "claims": "table_claims", "verdicts": "table_verdicts", "checks": "table_checks",
+                  "sea": "table_sea"}
 FIGURES = ["robust_vs_steps", "robust_vs_eps", "per_class_iou", "training_curves", "qualitative", "erosion"]
 FIGURE_CAPTIONS = {
     "robust_vs_steps": "fig_sweeps",
