@@ -255,3 +255,43 @@ def test_slurm_profile_dry_run_requests_gpus(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     train_blocks = re.findall(r"^rule train:\n((?:    .*\n)+)", res.stdout + res.stderr, flags=re.M)
     assert train_blocks and all("gpu=2" in b for b in train_blocks), train_blocks
+
+
+def _dry_run_with(tmp_path: Path, change) -> subprocess.CompletedProcess:
+    """A dry run of the tests config after ``change(cfg)`` (not checked for success)."""
+    copy_configs(tmp_path)
+    cfg = yaml.safe_load((tmp_path / "config" / "tests.yaml").read_text())
+    change(cfg)
+    (tmp_path / "config" / "changed.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return snakemake(tmp_path, "-n", "-p", "--configfile", "config/changed.yaml", check=False)
+
+
+@pytest.mark.parametrize("key", ["train_split", "val_split", "test_split"])
+def test_split_name_holding_a_command_is_refused_and_never_run(tmp_path, key):
+    res = _dry_run_with(tmp_path, lambda c: c["dataset"].update({key: "test $(touch pwned)"}))
+    assert res.returncode != 0 and not (tmp_path / "pwned").exists()
+    out = res.stdout + res.stderr
+    assert key in out and "does not match" in out, out[-2000:]
+
+
+@pytest.mark.parametrize("run", ["..", ".", "../elsewhere", ".hidden"])
+def test_run_name_stays_one_folder_under_results(tmp_path, run):
+    res = _dry_run_with(tmp_path, lambda c: c.update(run=run))
+    assert res.returncode != 0 and "does not match" in res.stdout + res.stderr, (res.stdout + res.stderr)[-2000:]
+
+
+#: Shell fields of the rules that are not quoted with ``:q``: numbers, and flags the rule quotes itself.
+UNQUOTED_FIELDS = {"threads", "wildcards.seed", "params.module", "params.max_images", "params.params_file",
+                   "params.n_train", "params.n_val", "params.n_test", "params.height", "params.width",
+                   "params.seed", "params.batch_size", "params.n"}
+
+
+def test_every_value_in_a_rule_command_is_quoted():
+    """Names and paths from the config reach the shell quoted (``{x:q}``), so no value is ever read as shell code."""
+    unquoted = []
+    for smk in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
+        for block in re.findall(r"^    shell:\n((?:        .*\n?)+)", smk.read_text(), flags=re.M):
+            for field, spec in re.findall(r"(?<!\{)\{([A-Za-z_.]+)(:[^}]*)?\}(?!\})", block):
+                if spec != ":q" and field not in UNQUOTED_FIELDS:
+                    unquoted.append(f"{smk.name}: {{{field}{spec}}}")
+    assert not unquoted, unquoted

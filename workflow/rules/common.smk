@@ -4,6 +4,8 @@ import difflib
 import hashlib
 import json
 import os
+import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -126,9 +128,15 @@ if SYNTH:
 else:
     if not DATASET.get("root"):
         raise ValueError(f"config key dataset.root: required for dataset {DATASET['name']!r} (path to its root)")
+    if re.search(r"\$\(|`", DATASET["root"]):
+        raise ValueError(f"config key dataset.root: {DATASET['root']!r} holds a shell command ($(...) or `...`), "
+                         "which is never run; give the folder's path (~ and $VARS are expanded)")
+    _unset = [m.group(0) for m in re.finditer(r"\$(\w+)|\$\{(\w+)\}", DATASET["root"])
+              if (m.group(1) or m.group(2)) not in os.environ]
+    if _unset:
+        raise ValueError(f"config key dataset.root: {DATASET['root']!r} names the environment variable "
+                         f"{_unset[0]}, which is not set; set it or give the folder's path")
     DATA_ROOT = os.path.expandvars(os.path.expanduser(DATASET["root"]))
-    if "$" in DATA_ROOT:
-        raise ValueError(f"config key dataset.root: {DATASET['root']!r} names an environment variable that is not set")
 
 METHODS = list(config["methods"])
 SEEDS = [int(s) for s in config["seeds"]]

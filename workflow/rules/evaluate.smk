@@ -30,9 +30,9 @@ rule evaluate:
     conda:
         "../envs/eroseg.yml"
     shell:
-        "\"$EROSEG_PYTHON\" -m eroseg evaluate --checkpoint {input.model} --dataset {params.dataset} --root {params.root:q}"
-        " --split {params.split} --batch-size {params.batch_size} {params.max_images} --seed {wildcards.seed}"
-        " --settings {params.settings:q} --threads {threads} > {log} 2>&1"
+        "\"$EROSEG_PYTHON\" -m eroseg evaluate --checkpoint {input.model:q} --dataset {params.dataset:q} --root {params.root:q}"
+        " --split {params.split:q} --batch-size {params.batch_size} {params.max_images} --seed {wildcards.seed}"
+        " --settings {params.settings:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule samples:
@@ -58,8 +58,8 @@ rule samples:
     conda:
         "../envs/eroseg.yml"
     shell:
-        "\"$EROSEG_PYTHON\" -m eroseg evaluate --checkpoint {input.model} --dataset {params.dataset} --root {params.root:q}"
-        " --split {params.split} --batch-size {params.n} --max-images {params.n} --seed 0"
-        " --attack {params.attack} --attack-params {params.attack_params:q} --setting {params.setting}"
-        " --samples {output.npz} --samples-n {params.n} --record-steps"
-        " --threads {threads} --out {output.json} > {log} 2>&1"
+        "\"$EROSEG_PYTHON\" -m eroseg evaluate --checkpoint {input.model:q} --dataset {params.dataset:q} --root {params.root:q}"
+        " --split {params.split:q} --batch-size {params.n} --max-images {params.n} --seed 0"
+        " --attack {params.attack:q} --attack-params {params.attack_params:q} --setting {params.setting:q}"
+        " --samples {output.npz:q} --samples-n {params.n} --record-steps"
+        " --threads {threads} --out {output.json:q} > {log:q} 2>&1"

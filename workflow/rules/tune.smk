@@ -29,7 +29,7 @@ rule tune:
     conda:
         "../envs/eroseg.yml"
     shell:
-        "\"$EROSEG_PYTHON\" -m eroseg tune --checkpoints {input.models} --dataset {params.dataset} --root {params.root:q}"
-        " --split {params.split} --family {wildcards.family} --attack {params.attack}"
+        "\"$EROSEG_PYTHON\" -m eroseg tune --checkpoints {input.models:q} --dataset {params.dataset:q} --root {params.root:q}"
+        " --split {params.split:q} --family {wildcards.family:q} --attack {params.attack:q}"
         " --attack-params {params.base:q} --grid {params.grid:q} --max-images {params.max_images}"
-        " --batch-size {params.batch_size} --threads {threads} --out {output} > {log} 2>&1"
+        " --batch-size {params.batch_size} --threads {threads} --out {output:q} > {log:q} 2>&1"
