@@ -253,7 +253,7 @@ def _settings(args) -> list[dict]:
 def cmd_evaluate(args) -> None:
     from eroseg.data import dataset_info
     from eroseg.device import select_device
-    from eroseg.io import check_writable_dir, exclusive_lock
+    from eroseg.io import check_writable_dir, exclusive_lock, manifest_names, remove_stale_temps, write_eval_manifest
     from eroseg.models import check_checkpoint_matches
 
     settings = _settings(args)
@@ -261,6 +261,8 @@ def cmd_evaluate(args) -> None:
     attacks = [_make_attack(s["attack"], s["params"], {"amp": args.amp}) for s in settings]
     for s in settings:
         check_writable_dir(s["out"], f"evaluation output of {s['setting']}")
+    if args.manifest:
+        manifest_names(args.manifest, [s["out"] for s in settings])
     device = select_device(args.device)
     model, meta = _model_arg(args, device)
     check_checkpoint_matches(meta, args.dataset, dataset_info(args.dataset).num_classes,
@@ -269,7 +271,13 @@ def cmd_evaluate(args) -> None:
     with contextlib.ExitStack() as locks:  # one writer per output: a second evaluate on the same files fails at once
         for s in settings:
             locks.enter_context(exclusive_lock(s["out"]))
+            remove_stale_temps(s["out"])  # left by a killed writer; the lock says none is alive
+        for extra in (args.manifest, args.samples):
+            if extra:
+                remove_stale_temps(extra)
         _evaluate_settings(args, settings, attacks, model, meta, dataset, device)
+        if args.manifest:  # last: a folder with a manifest holds a finished job's results
+            write_eval_manifest(args.manifest, [s["out"] for s in settings])
 
 
 def _evaluate_settings(args, settings, attacks, model, meta, dataset, device) -> None:
@@ -394,14 +402,15 @@ def cmd_tune(args) -> None:
 
 
 def _eval_files(paths: list[str]) -> list[str]:
-    """Evaluation JSON files: files as given, folders (one model's evaluations) expanded to the JSON under them."""
+    """Evaluation JSON files: files as given; a folder (one model's evaluations) gives the files its manifest
+    lists (every one present), or without a manifest the non-hidden JSON under it
+    (:func:`eroseg.io.eval_folder_files`)."""
+    from eroseg.io import eval_folder_files
+
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(p.rglob("*.json"))
-            if not found:
-                raise FileNotFoundError(f"{p}: folder holds no evaluation JSON")
-            out.extend(str(f) for f in found)
+            out.extend(str(f) for f in eval_folder_files(p))
         else:
             out.append(str(p))
     return out
@@ -591,6 +600,9 @@ def _add_evaluate_parser(sub) -> None:
     _device_arg(parser)
     parser.add_argument("--out", default=None, metavar="JSON",
                         help="output of the single setting: metrics and per-image counts")
+    parser.add_argument("--manifest", default=None, metavar="JSON",
+                        help="written last: the list of every output, relative to its folder, which must hold them "
+                             "all; aggregate and figures then refuse that folder if one is missing")
     _common_args(parser)
     parser.set_defaults(func=cmd_evaluate)
 

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eroseg.cli import _json_arg, main, parse_number
+from eroseg.cli import _eval_files, _json_arg, main, parse_number
 from eroseg.data import generate_synthetic
 from eroseg.models import create_model, save_checkpoint
 from tests.conftest import TINY_UNET as MODEL_CFG
@@ -96,3 +97,46 @@ def test_errors_are_one_line_with_the_file(tmp_path):
                           "--dataset", "synthetic", "--root", ".", "--out", str(tmp_path / "o.json")],
                          capture_output=True, text=True)
     assert res.returncode == 1 and "x.pt" in res.stderr and "Traceback" not in res.stderr
+
+
+def _errors(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def _evaluate_folder(setup, folder):
+    """Clean and FGSM evaluations of the tiny model into ``folder``, listed in its manifest."""
+    d, root, ckpt = setup
+    settings = [{"setting": "clean", "attack": "none", "out": str(folder / "clean.json")},
+                {"setting": "fgsm", "attack": "fgsm", "params": {"eps": "4/255"},
+                 "out": str(folder / "fgsm" / "e.json")}]
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--dataset", "synthetic", "--root", str(root), "--split", "val",
+                 "--settings", json.dumps(settings), "--manifest", str(folder / "manifest.json"),
+                 "--device", "cpu", "--quiet"]) == 0
+
+
+def test_evaluation_folder_missing_a_listed_file_is_refused_naming_it(setup, tmp_path, caplog):
+    folder = tmp_path / "eval" / "standard" / "seed0"
+    _evaluate_folder(setup, folder)
+    assert json.loads((folder / "manifest.json").read_text())["files"] == ["clean.json", "fgsm/e.json"]
+    assert _eval_files([str(folder)]) == [str(folder / "clean.json"), str(folder / "fgsm" / "e.json")]
+    (folder / "clean.json").unlink()
+    assert main(["aggregate", "--evals", str(folder), "--out-dir", str(tmp_path / "tables"), "--quiet"]) == 1
+    (msg,) = _errors(caplog)
+    assert f"{folder / 'clean.json'}: missing from its evaluation folder" in msg and "\n" not in msg
+    assert not (tmp_path / "tables").exists()
+    # A folder Snakemake made whose manifest is gone is refused too.
+    (folder / "manifest.json").unlink()
+    (folder / ".snakemake_timestamp").touch()
+    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+        _eval_files([str(folder)])
+
+
+def test_hidden_temp_files_are_never_aggregated_and_evaluate_removes_stale_ones(setup, tmp_path):
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    stale = folder / ".clean.abcd1234.tmp.json"  # what a killed writer of clean.json leaves (eroseg.io.atomic_path)
+    stale.write_text('{"half": ')
+    (folder / "by_hand.json").write_text("{}")
+    assert _eval_files([str(folder)]) == [str(folder / "by_hand.json")]  # no manifest: non-hidden JSON only
+    _evaluate_folder(setup, folder)
+    assert not stale.exists()

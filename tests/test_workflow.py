@@ -295,3 +295,23 @@ def test_every_value_in_a_rule_command_is_quoted():
                 if spec != ":q" and field not in UNQUOTED_FIELDS:
                     unquoted.append(f"{smk.name}: {{{field}{spec}}}")
     assert not unquoted, unquoted
+
+
+def test_evaluation_folder_that_lost_a_file_is_refused_naming_it(tmp_path):
+    """Snakemake sees the folder only: a finished evaluation (it has its manifest) missing a result must not
+    pass as up to date, nor reach the tables without it."""
+    folder = tmp_path / "results" / "tests" / "eval" / "standard" / "seed0"
+    (folder / "pgd").mkdir(parents=True)
+    (folder / "pgd" / "eps8_steps3.json").write_text("{}")
+    (folder / "manifest.json").write_text(json.dumps({"version": 1, "files": ["clean.json", "pgd/eps8_steps3.json"]}))
+    res = _dry_run_with(tmp_path, lambda c: None)
+    assert res.returncode != 0
+    missing = folder.relative_to(tmp_path) / "clean.json"
+    assert f"{missing}: missing from its evaluation folder" in res.stdout + res.stderr
+
+
+def test_dataset_root_holding_a_command_is_refused_as_such(tmp_path):
+    res = _dry_run_with(tmp_path, lambda c: c["dataset"].update(name="voc", root=str(tmp_path / "$(touch pwned)")))
+    assert res.returncode != 0 and not (tmp_path / "pwned").exists()
+    out = res.stdout + res.stderr
+    assert "holds a shell command" in out and "environment variable" not in out, out[-2000:]

@@ -13,6 +13,7 @@ import yaml
 
 from snakemake.utils import validate
 
+from eroseg.io import EVAL_MANIFEST, eval_folder_files
 from eroseg.numbers import eps_tag, parse_number, resolve_attack_params
 from eroseg.tune import grid_candidates
 
@@ -245,6 +246,17 @@ def eval_file(method, seed, setting, eps, steps):
 
 def all_eval_dirs():
     return [eval_dir(m, s) for m in METHODS for s in SEEDS]
+
+
+def _check_eval_folders():
+    """A finished evaluation folder (it has its manifest) that lost a file is refused, naming the file:
+    Snakemake sees only the folder, and aggregating the rest would change the tables silently."""
+    for folder in all_eval_dirs():
+        if (Path(folder) / EVAL_MANIFEST).is_file():
+            eval_folder_files(folder)
+
+
+_check_eval_folders()
 
 
 def samples_path():
