@@ -315,3 +315,17 @@ def test_dataset_root_holding_a_command_is_refused_as_such(tmp_path):
     assert res.returncode != 0 and not (tmp_path / "pwned").exists()
     out = res.stdout + res.stderr
     assert "holds a shell command" in out and "environment variable" not in out, out[-2000:]
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("eps", "16/255", "evaluation.attacks.pgd_restarts.params.eps: a setting runs at the eps"),
+    ("steps", 50, "evaluation.attacks.pgd_restarts.params.steps: would be overwritten"),
+])
+def test_setting_params_eps_or_steps_are_refused_not_overwritten(tmp_path, key, value, expected):
+    res = _dry_run_with(tmp_path, lambda c: c["evaluation"]["attacks"]["pgd_restarts"].update(params={key: value}))
+    assert res.returncode != 0 and expected in res.stdout + res.stderr, (res.stdout + res.stderr)[-2000:]
+
+
+def test_tuning_grid_over_eps_is_refused(tmp_path):
+    res = _dry_run_with(tmp_path, lambda c: c["tuning"]["grids"]["pgd"].update(eps=["4/255", "8/255"]))
+    assert res.returncode != 0 and "tuning.grids.pgd.eps: eps is fixed by the evaluation" in res.stdout + res.stderr

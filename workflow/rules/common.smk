@@ -203,6 +203,31 @@ def _check_names():
 _check_names()
 
 
+def _check_budget_params():
+    """eps and steps come from where a setting runs (headline, sweep, checks; its own ``steps`` key), and name
+    its result files: a setting's own ``params.eps`` / ``params.steps`` or a tuning grid over them is refused
+    rather than overwritten or laid over a file that names another budget."""
+    where_eps = "evaluation.headline.eps, evaluation.sweep.eps or evaluation.checks.eps"
+    for a, entry in ATTACKS.items():
+        params = entry.get("params") or {}
+        if "eps" in params:
+            raise ValueError(f"config key evaluation.attacks.{a}.params.eps: a setting runs at the eps of the "
+                             f"table it serves ({where_eps}), which would overwrite {params['eps']!r}; remove it "
+                             "and list that eps there")
+        if "steps" in params:
+            raise ValueError(f"config key evaluation.attacks.{a}.params.steps: would be overwritten by the "
+                             f"headline or sweep steps; fix this setting's steps with evaluation.attacks.{a}.steps: "
+                             f"{params['steps']!r} instead")
+    for fam, grid in (TUNE.get("grids") or {}).items():
+        for key in ("eps", "steps"):
+            if key in grid:
+                raise ValueError(f"config key tuning.grids.{fam}.{key}: {key} is fixed by the evaluation, not "
+                                 "tuned (it names the result files); tune the attack's other parameters")
+
+
+_check_budget_params()
+
+
 def steps_of(setting, steps):
     """Steps of a setting in a grid of ``steps``: 1 for single-step attacks (the registry says which, e.g.
     FGSM), else the setting's own ``steps`` if the config fixes them (e.g. SEA's iterations), else ``steps``."""
