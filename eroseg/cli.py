@@ -242,7 +242,7 @@ def _settings(args) -> list[dict]:
         if not isinstance(params, dict):
             raise ValueError(f"--settings[{k}].params must be a JSON object, got {params!r}")
         params = _tuned(params, item.get("params_file"))
-        restarts = item.get("restarts") or 1
+        restarts = item.get("restarts", 1)
         if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
             raise ValueError(f"--settings[{k}].restarts must be an integer >= 1, got {restarts!r}")
         out.append({"setting": item.get("setting") or ("clean" if attack == "none" else attack), "attack": attack,
@@ -473,11 +473,29 @@ def _dataset_names() -> list[str]:
 _NUMBER_HELP = "numbers as 0.03, '8/255' or (step_size only) 'eps/4'"
 
 
+def _int_at_least(low: int):
+    """An argparse type: an integer >= ``low``, refused in argparse's one line otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
+
+
 def _common_args(parser, threads=True) -> None:
     """Add ``--quiet`` and (``threads``) ``--threads`` to a subcommand's parser."""
     parser.add_argument("--quiet", action="store_true", help="log warnings only (no progress, no info lines)")
     if threads:
-        parser.add_argument("--threads", type=int, default=None, metavar="N",
+        parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                             help="torch CPU threads (default: torch's choice)")
 
 
@@ -509,14 +527,14 @@ def _add_synthesize_parser(sub) -> None:
     """The ``eroseg synthesize`` subcommand's parser."""
     parser = sub.add_parser("synthesize", help="generate the embedded synthetic dataset (PASCAL VOC layout)")
     parser.add_argument("--root", required=True, metavar="DIR", help="output folder of the dataset")
-    parser.add_argument("--n-train", type=int, required=True, metavar="N", help="number of training images")
-    parser.add_argument("--n-val", type=int, required=True, metavar="N",
+    parser.add_argument("--n-train", type=_positive_int, required=True, metavar="N", help="number of training images")
+    parser.add_argument("--n-val", type=_positive_int, required=True, metavar="N",
                         help="validation images (the split for choices)")
-    parser.add_argument("--n-test", type=int, default=0, metavar="N",
+    parser.add_argument("--n-test", type=_non_negative_int, default=0, metavar="N",
                         help="test images (the split whose numbers are reported; default: %(default)s, none)")
-    parser.add_argument("--height", type=int, required=True, metavar="PX", help="image height in pixels")
-    parser.add_argument("--width", type=int, required=True, metavar="PX", help="image width in pixels")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--height", type=_positive_int, required=True, metavar="PX", help="image height in pixels")
+    parser.add_argument("--width", type=_positive_int, required=True, metavar="PX", help="image width in pixels")
+    parser.add_argument("--seed", type=_non_negative_int, default=0,
                         help="generator seed; same seed, same files (default: %(default)s)")
     _common_args(parser, threads=False)
     parser.set_defaults(func=cmd_synthesize)
@@ -559,7 +577,7 @@ def _add_train_parser(sub) -> None:
                         help="eps of the per-epoch robust val check, e.g. 8/255 (default: no check)")
     parser.add_argument("--robust-step-size", default="eps/4", metavar="STEP",
                         help="PGD step size of that check (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=_non_negative_int, default=0,
                         help="seed of initialisation and data order (default: %(default)s)")
     _device_arg(parser)
     parser.add_argument("--out", required=True, metavar="FILE", help="output checkpoint (.pt)")
@@ -581,20 +599,21 @@ def _add_evaluate_parser(sub) -> None:
                         help=f"attack parameters as JSON, e.g. {{\"eps\": \"8/255\", \"steps\": 20}}; {_NUMBER_HELP}")
     parser.add_argument("--setting", "--name", dest="setting", default=None,
                         help="label of this attack setting in tables (default: the attack name, or clean)")
-    parser.add_argument("--restarts", type=int, default=1, metavar="N",
+    parser.add_argument("--restarts", type=_positive_int, default=1, metavar="N",
                         help="independent runs of the attack; per image the run with the lowest pixel accuracy is kept")
     parser.add_argument("--settings", default=None, metavar="JSON",
                         help="several settings in one process, as a JSON list of {setting, attack, params, "
                              "params_file, restarts, out} (replaces --attack/--attack-params/--setting/"
                              "--restarts/--out)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the attack's random start (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=16, metavar="N",
+    parser.add_argument("--seed", type=_non_negative_int, default=0,
+                        help="seed of the attack's random start (default: %(default)s)")
+    parser.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
                         help="images per batch (default: %(default)s)")
-    parser.add_argument("--max-images", type=int, default=None, metavar="N",
+    parser.add_argument("--max-images", type=_positive_int, default=None, metavar="N",
                         help="evaluate the first N images only (default: all)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     parser.add_argument("--samples", default=None, metavar="NPZ", help="write qualitative examples (.npz) here")
-    parser.add_argument("--samples-n", type=int, default=4, metavar="N",
+    parser.add_argument("--samples-n", type=_positive_int, default=4, metavar="N",
                         help="number of examples in --samples (default: %(default)s)")
     parser.add_argument("--record-steps", action="store_true", help="record per-step attack masks into --samples")
     _device_arg(parser)
@@ -622,10 +641,12 @@ def _add_tune_parser(sub) -> None:
     parser.add_argument("--attack-params", default="{}", metavar="JSON",
                         help="parameters every candidate shares, as JSON")
     parser.add_argument("--grid", required=True, metavar="JSON", help="parameter -> list of candidate values, as JSON")
-    parser.add_argument("--max-images", type=int, default=None, metavar="N", help="images of the split per candidate")
-    parser.add_argument("--batch-size", type=int, default=16, metavar="N",
+    parser.add_argument("--max-images", type=_positive_int, default=None, metavar="N",
+                        help="images of the split per candidate")
+    parser.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
                         help="images per batch (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default: %(default)s)")
+    parser.add_argument("--seed", type=_non_negative_int, default=0,
+                        help="seed of the attacks' random starts (default: %(default)s)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     _device_arg(parser)
     parser.add_argument("--out", required=True, metavar="JSON", help="output: every candidate's scores and the choice")
@@ -646,11 +667,13 @@ def _add_attack_parser(sub) -> None:
     parser.add_argument("--attack", required=True, choices=attacks, metavar="NAME", help="attack: %(choices)s")
     parser.add_argument("--attack-params", default="{}", metavar="JSON",
                         help=f"attack parameters as JSON, e.g. {{\"eps\": \"8/255\", \"steps\": 20}}; {_NUMBER_HELP}")
-    parser.add_argument("--max-images", type=int, default=None, metavar="N", help="attack the first N images only")
-    parser.add_argument("--max-pixels", type=int, default=None, metavar="N",
+    parser.add_argument("--max-images", type=_positive_int, default=None, metavar="N",
+                        help="attack the first N images only")
+    parser.add_argument("--max-pixels", type=_non_negative_int, default=None, metavar="N",
                         help="skip images with more pixels (H x W) than this, with a warning (default: 4e6 on a CPU, "
                              "16e6 on a GPU; 0: no budget)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the attack's random start (default: %(default)s)")
+    parser.add_argument("--seed", type=_non_negative_int, default=0,
+                        help="seed of the attack's random start (default: %(default)s)")
     _device_arg(parser)
     parser.add_argument("--out-dir", required=True, metavar="DIR",
                         help="output folder: adv/, pred_clean/, pred_adv/, side_by_side/ PNGs and summary.csv")
@@ -713,9 +736,10 @@ def main(argv: list[str] | None = None) -> int:
     _setup(args)
     try:
         args.func(args)
-    except (ValueError, OSError, RuntimeError) as err:
-        # Errors a user can act on (bad input, a file or folder, a full disk, a
-        # locked output, a diverged training run): one line, no traceback.
+    except (ValueError, TypeError, OSError, RuntimeError) as err:
+        # Errors a user can act on (bad input or a value of the wrong type, a file or folder, a full
+        # disk, a locked output, a diverged training run): one line, no traceback
+        # (EROSEG_TRACEBACK=1 shows it).
         if os.environ.get("EROSEG_TRACEBACK"):
             raise
         if isinstance(err, OSError) and err.errno == errno.ENOSPC:

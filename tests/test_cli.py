@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eroseg.cli import _eval_files, _json_arg, main, parse_number
+from eroseg.cli import _eval_files, _json_arg, _settings, build_parser, main, parse_number
 from eroseg.data import generate_synthetic
 from eroseg.models import create_model, save_checkpoint
 from tests.conftest import TINY_UNET as MODEL_CFG
@@ -140,3 +140,32 @@ def test_hidden_temp_files_are_never_aggregated_and_evaluate_removes_stale_ones(
     assert _eval_files([str(folder)]) == [str(folder / "by_hand.json")]  # no manifest: non-hidden JSON only
     _evaluate_folder(setup, folder)
     assert not stale.exists()
+
+
+@pytest.mark.parametrize("attack, params, expected", [
+    ("pgd", {"steps": 2.5}, "steps must be an integer >= 1, got float 2.5"),
+    ("pgd", {"steps": 1e9}, "steps must be an integer >= 1, got float 1000000000.0"),
+    ("eroseg", {"q0": "0.5"}, "q0 must be a real number in [0, 1], got str '0.5'"),
+    ("pgd", {"random_start": "yes"}, "random_start must be a bool (True/False), got str 'yes'"),
+])
+def test_a_value_of_the_wrong_type_is_one_line(setup, tmp_path, caplog, attack, params, expected):
+    d, root, ckpt = setup
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--dataset", "synthetic", "--root", str(root),
+                 "--attack", attack, "--attack-params", json.dumps({"eps": "8/255", **params}),
+                 "--out", str(tmp_path / "o.json"), "--device", "cpu", "--quiet"]) == 1
+    assert _errors(caplog) == [expected]
+
+
+@pytest.mark.parametrize("flag", ["--restarts", "--max-images", "--batch-size"])
+def test_counts_below_one_are_refused_not_replaced(setup, tmp_path, capsys, flag):
+    d, root, ckpt = setup
+    with pytest.raises(SystemExit) as err:
+        main(["evaluate", "--checkpoint", str(ckpt), "--dataset", "synthetic", "--root", str(root),
+              "--attack", "fgsm", "--attack-params", '{"eps": "4/255"}', flag, "0",
+              "--out", str(tmp_path / "o.json"), "--device", "cpu"])
+    assert err.value.code == 2 and f"argument {flag}: expected an integer >= 1, got '0'" in capsys.readouterr().err
+    assert not (tmp_path / "o.json").exists()
+    settings = [{"attack": "fgsm", "params": {"eps": "4/255"}, "restarts": 0, "out": str(tmp_path / "o.json")}]
+    with pytest.raises(ValueError, match=r"--settings\[0\].restarts must be an integer >= 1, got 0"):
+        _settings(build_parser().parse_args(["evaluate", "--checkpoint", str(ckpt), "--dataset", "synthetic",
+                                             "--root", str(root), "--settings", json.dumps(settings)]))
