@@ -172,7 +172,7 @@ def cmd_prepare(args) -> None:
 
     prepare_dataset(
         args.dataset, os.path.expandvars(os.path.expanduser(args.root)), args.splits,
-        manifest_path=args.manifest, frequencies_path=args.frequencies,
+        manifest_path=args.manifest, frequencies_path=args.frequencies, max_pixels=args.max_pixels,
     )
 
 
@@ -252,6 +252,7 @@ def _settings(args) -> list[dict]:
 
 def cmd_evaluate(args) -> None:
     from eroseg.data import dataset_info
+    from eroseg.data.batching import check_pixel_budget
     from eroseg.device import select_device
     from eroseg.io import check_writable_dir, exclusive_lock, manifest_names, remove_stale_temps, write_eval_manifest
     from eroseg.models import check_checkpoint_matches
@@ -268,6 +269,7 @@ def cmd_evaluate(args) -> None:
     check_checkpoint_matches(meta, args.dataset, dataset_info(args.dataset).num_classes,
                              args.checkpoint or f"model factory {args.model_factory}")
     dataset = _dataset(args.dataset, args.root, args.split)
+    check_pixel_budget(dataset, _max_pixels(args.max_pixels, device), args.max_images)
     with contextlib.ExitStack() as locks:  # one writer per output: a second evaluate on the same files fails at once
         for s in settings:
             locks.enter_context(exclusive_lock(s["out"]))
@@ -315,7 +317,7 @@ def cmd_attack(args) -> None:
 
     from eroseg.data import dataset_info
     from eroseg.device import select_device
-    from eroseg.export import DEFAULT_MAX_PIXELS, SUMMARY_COLUMNS, attack_and_save, folder_images, load_image
+    from eroseg.export import SUMMARY_COLUMNS, attack_and_save, folder_images, load_image
     from eroseg.io import atomic_write_text, check_writable_dir
     from eroseg.models import check_checkpoint_matches
 
@@ -339,10 +341,8 @@ def cmd_attack(args) -> None:
     else:
         info = dataset_info(meta.get("dataset") or "synthetic")
         items = [(f.stem, lambda f=f: (load_image(f), None)) for f in folder_images(args.images)[: args.max_images]]
-    max_pixels = DEFAULT_MAX_PIXELS.get(device.type, DEFAULT_MAX_PIXELS["cuda"]) if args.max_pixels is None \
-        else args.max_pixels
     rows = attack_and_save(model, items, attack, args.out_dir, info.palette, device=device, seed=args.seed,
-                           max_pixels=max_pixels, progress=not args.quiet)
+                           max_pixels=_max_pixels(args.max_pixels, device), progress=not args.quiet)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS)
     w.writeheader()
@@ -353,6 +353,13 @@ def cmd_attack(args) -> None:
         raise ValueError(f"{args.out_dir}: no image attacked; all {len(rows)} skipped (reasons in {summary})")
     log.info("attacked %d images -> %s%s", len(rows) - len(skipped), args.out_dir,
              f"; skipped {len(skipped)} (listed in {summary}): {', '.join(skipped[:5])}" if skipped else "")
+
+
+def _max_pixels(value: int | None, device) -> int:
+    """``--max-pixels``, or the default budget of the device's type (0: no budget)."""
+    from eroseg.data.batching import DEFAULT_MAX_PIXELS
+
+    return DEFAULT_MAX_PIXELS.get(device.type, DEFAULT_MAX_PIXELS["cuda"]) if value is None else value
 
 
 def _tuned(params: dict, path: str | None) -> dict:
@@ -370,16 +377,26 @@ def _tuned(params: dict, path: str | None) -> dict:
 
 
 def cmd_tune(args) -> None:
-    from eroseg.device import select_device
-    from eroseg.evaluate import evaluate
-    from eroseg.io import write_json
-    from eroseg.models import load_model
-    from eroseg.tune import TUNING_VERSION, grid_candidates, tune
+    from eroseg.io import check_writable_dir, exclusive_lock, remove_stale_temps
+    from eroseg.tune import grid_candidates
 
     base = _json_arg(args.attack_params, "--attack-params")
     grid = _json_arg(args.grid, "--grid")
     for cand in grid_candidates(grid):  # every candidate is checked before any model is loaded
         _make_attack(args.attack, {**base, **cand})
+    check_writable_dir(args.out, "tuning result (--out)")
+    with exclusive_lock(args.out):  # one writer: a second tune on the same output fails at once
+        remove_stale_temps(args.out)
+        _tune(args, base, grid)
+
+
+def _tune(args, base: dict, grid: dict) -> None:
+    from eroseg.device import select_device
+    from eroseg.evaluate import evaluate
+    from eroseg.io import write_json
+    from eroseg.models import load_model
+    from eroseg.tune import TUNING_VERSION, tune
+
     device = select_device(args.device)
     dataset = _dataset(args.dataset, args.root, args.split)
     models, num_classes = {}, None
@@ -549,6 +566,9 @@ def _add_prepare_parser(sub) -> None:
     parser.add_argument("--manifest", required=True, metavar="CSV", help="output: one row per sample")
     parser.add_argument("--frequencies", required=True, metavar="CSV",
                         help="output: pixel count and fraction per class")
+    parser.add_argument("--max-pixels", type=_non_negative_int, default=16_000_000, metavar="N",
+                        help="refuse, naming it, an image with more pixels (H x W) than this, the most a GPU "
+                             "evaluates whole (default: %(default)s; 0: no budget)")
     _common_args(parser, threads=False)
     parser.set_defaults(func=cmd_prepare)
 
@@ -611,6 +631,9 @@ def _add_evaluate_parser(sub) -> None:
                         help="images per batch (default: %(default)s)")
     parser.add_argument("--max-images", type=_positive_int, default=None, metavar="N",
                         help="evaluate the first N images only (default: all)")
+    parser.add_argument("--max-pixels", type=_non_negative_int, default=None, metavar="N",
+                        help="refuse, naming it, an image with more pixels (H x W) than this, before any work "
+                             "(default: 4e6 on a CPU, 16e6 on a GPU; 0: no budget)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     parser.add_argument("--samples", default=None, metavar="NPZ", help="write qualitative examples (.npz) here")
     parser.add_argument("--samples-n", type=_positive_int, default=4, metavar="N",

@@ -12,6 +12,7 @@ that a group sharing a results folder on a cluster can read them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import json
@@ -40,7 +41,8 @@ def _current_umask() -> int:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
 
-    On an exception the temporary file is removed and ``path`` is untouched.
+    On an exception the temporary file is removed and ``path`` is untouched; a
+    full disk (``ENOSPC``) is raised as an ``OSError`` whose ``filename`` is ``path``.
     The temporary name keeps the target's suffix so that writers that infer
     the format from the extension (matplotlib, PIL) still work. The file gets
     mode ``0666 & ~umask`` (see the module docstring).
@@ -56,6 +58,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as err:
+        if err.errno == errno.ENOSPC and not err.filename:  # a full disk names no file: name the output
+            raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -169,3 +169,44 @@ def test_counts_below_one_are_refused_not_replaced(setup, tmp_path, capsys, flag
     with pytest.raises(ValueError, match=r"--settings\[0\].restarts must be an integer >= 1, got 0"):
         _settings(build_parser().parse_args(["evaluate", "--checkpoint", str(ckpt), "--dataset", "synthetic",
                                              "--root", str(root), "--settings", json.dumps(settings)]))
+
+
+def test_evaluate_and_prepare_refuse_an_image_above_the_pixel_budget_naming_it(setup, tmp_path, caplog):
+    d, root, ckpt = setup
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--dataset", "synthetic", "--root", str(root),
+                 "--split", "val", "--max-pixels", "1000", "--out", str(tmp_path / "o.json"), "--device", "cpu"]) == 1
+    assert main(["prepare", "--dataset", "synthetic", "--root", str(root), "--splits", "val", "--max-pixels", "1000",
+                 "--manifest", str(tmp_path / "m.csv"), "--frequencies", str(tmp_path / "f.csv")]) == 1
+    for msg in _errors(caplog):
+        assert "val_00000.png: 32x32 image (1,024 pixels) is above the pixel budget of 1,000 (--max-pixels)" in msg
+    assert len(_errors(caplog)) == 2 and not (tmp_path / "o.json").exists() and not (tmp_path / "m.csv").exists()
+
+
+def test_full_disk_names_the_file_being_written(setup, tmp_path, caplog, monkeypatch):
+    import errno
+    import pathlib
+
+    d, root, ckpt = setup
+
+    def full(self, *args, **kwargs):  # what the OS raises: no file name
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full)
+    out = tmp_path / "o.json"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--dataset", "synthetic", "--root", str(root),
+                 "--split", "val", "--out", str(out), "--device", "cpu", "--quiet"]) == 1
+    (msg,) = _errors(caplog)
+    assert msg.startswith(f"no space left on device while writing {out}:"), msg
+
+
+def test_second_tune_on_the_same_output_fails_at_once(setup, tmp_path, caplog):
+    from eroseg.io import exclusive_lock
+
+    d, root, ckpt = setup
+    out = tmp_path / "tuning" / "pgd.json"
+    with exclusive_lock(out):
+        assert main(["tune", "--checkpoints", str(ckpt), "--dataset", "synthetic", "--root", str(root),
+                     "--family", "pgd", "--attack", "pgd", "--attack-params", '{"eps": "8/255", "steps": 1}',
+                     "--grid", '{"step_size": ["eps/4"]}', "--out", str(out), "--device", "cpu"]) == 1
+    (msg,) = _errors(caplog)
+    assert f"{out}: another eroseg process (pid " in msg and not out.exists()
