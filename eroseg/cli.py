@@ -81,6 +81,11 @@ def load_model_factory(spec: str, *, dataset: str | None = None, device="cpu"):
     unless it already is a wrapped model. ``module`` may also be a path to a
     ``.py`` file; the current directory is searched after ``sys.path``.
 
+    This runs code: the module is imported (its top-level code runs) and the
+    function called, with the caller's permissions; to find ``module`` the
+    current directory is appended to ``sys.path`` (for the rest of the
+    process), so a ``module.py`` lying in it is imported.
+
     Args:
         spec: ``"package.module:function"`` or ``"path/to/file.py:function"``.
         dataset: dataset name; gives ``num_classes`` and ``classes`` when ``meta`` lacks them.
@@ -531,7 +536,10 @@ def _model_args(parser) -> None:
     group.add_argument("--model-factory", default=None, metavar="MODULE:FUNCTION",
                        help="your own model instead of a checkpoint: a function returning an nn.Module or "
                             "(module, meta dict), e.g. mymodels:build or path/to/mymodels.py:build; the model "
-                            "is wrapped with eroseg.models.wrap_model (see docs/own_model.md)")
+                            "is wrapped with eroseg.models.wrap_model (see docs/own_model.md). This RUNS CODE: "
+                            "MODULE is imported (its top-level code runs) and FUNCTION called, with your "
+                            "permissions; the current folder is appended to sys.path to find MODULE, so name "
+                            "only code you trust")
 
 
 def _device_arg(parser) -> None:
