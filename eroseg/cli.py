@@ -81,6 +81,11 @@ def load_model_factory(spec: str, *, dataset: str | None = None, device="cpu"):
     unless it already is a wrapped model. ``module`` may also be a path to a
     ``.py`` file; the current directory is searched after ``sys.path``.
 
+    This runs code: the module is imported (its top-level code runs) and the
+    function called, with the caller's permissions; to find ``module`` the
+    current directory is appended to ``sys.path`` (for the rest of the
+    process), so a ``module.py`` lying in it is imported.
+
     Args:
         spec: ``"package.module:function"`` or ``"path/to/file.py:function"``.
         dataset: dataset name; gives ``num_classes`` and ``classes`` when ``meta`` lacks them.
@@ -172,7 +177,7 @@ def cmd_prepare(args) -> None:
 
     prepare_dataset(
         args.dataset, os.path.expandvars(os.path.expanduser(args.root)), args.splits,
-        manifest_path=args.manifest, frequencies_path=args.frequencies,
+        manifest_path=args.manifest, frequencies_path=args.frequencies, max_pixels=args.max_pixels,
     )
 
 
@@ -242,7 +247,7 @@ def _settings(args) -> list[dict]:
         if not isinstance(params, dict):
             raise ValueError(f"--settings[{k}].params must be a JSON object, got {params!r}")
         params = _tuned(params, item.get("params_file"))
-        restarts = item.get("restarts") or 1
+        restarts = item.get("restarts", 1)
         if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
             raise ValueError(f"--settings[{k}].restarts must be an integer >= 1, got {restarts!r}")
         out.append({"setting": item.get("setting") or ("clean" if attack == "none" else attack), "attack": attack,
@@ -252,8 +257,9 @@ def _settings(args) -> list[dict]:
 
 def cmd_evaluate(args) -> None:
     from eroseg.data import dataset_info
+    from eroseg.data.batching import check_pixel_budget
     from eroseg.device import select_device
-    from eroseg.io import check_writable_dir, exclusive_lock
+    from eroseg.io import check_writable_dir, exclusive_lock, manifest_names, remove_stale_temps, write_eval_manifest
     from eroseg.models import check_checkpoint_matches
 
     settings = _settings(args)
@@ -261,15 +267,24 @@ def cmd_evaluate(args) -> None:
     attacks = [_make_attack(s["attack"], s["params"], {"amp": args.amp}) for s in settings]
     for s in settings:
         check_writable_dir(s["out"], f"evaluation output of {s['setting']}")
+    if args.manifest:
+        manifest_names(args.manifest, [s["out"] for s in settings])
     device = select_device(args.device)
     model, meta = _model_arg(args, device)
     check_checkpoint_matches(meta, args.dataset, dataset_info(args.dataset).num_classes,
                              args.checkpoint or f"model factory {args.model_factory}")
     dataset = _dataset(args.dataset, args.root, args.split)
+    check_pixel_budget(dataset, _max_pixels(args.max_pixels, device), args.max_images)
     with contextlib.ExitStack() as locks:  # one writer per output: a second evaluate on the same files fails at once
         for s in settings:
             locks.enter_context(exclusive_lock(s["out"]))
+            remove_stale_temps(s["out"])  # left by a killed writer; the lock says none is alive
+        for extra in (args.manifest, args.samples):
+            if extra:
+                remove_stale_temps(extra)
         _evaluate_settings(args, settings, attacks, model, meta, dataset, device)
+        if args.manifest:  # last: a folder with a manifest holds a finished job's results
+            write_eval_manifest(args.manifest, [s["out"] for s in settings])
 
 
 def _evaluate_settings(args, settings, attacks, model, meta, dataset, device) -> None:
@@ -307,7 +322,7 @@ def cmd_attack(args) -> None:
 
     from eroseg.data import dataset_info
     from eroseg.device import select_device
-    from eroseg.export import DEFAULT_MAX_PIXELS, SUMMARY_COLUMNS, attack_and_save, folder_images, load_image
+    from eroseg.export import SUMMARY_COLUMNS, attack_and_save, folder_images, load_image
     from eroseg.io import atomic_write_text, check_writable_dir
     from eroseg.models import check_checkpoint_matches
 
@@ -331,10 +346,8 @@ def cmd_attack(args) -> None:
     else:
         info = dataset_info(meta.get("dataset") or "synthetic")
         items = [(f.stem, lambda f=f: (load_image(f), None)) for f in folder_images(args.images)[: args.max_images]]
-    max_pixels = DEFAULT_MAX_PIXELS.get(device.type, DEFAULT_MAX_PIXELS["cuda"]) if args.max_pixels is None \
-        else args.max_pixels
     rows = attack_and_save(model, items, attack, args.out_dir, info.palette, device=device, seed=args.seed,
-                           max_pixels=max_pixels, progress=not args.quiet)
+                           max_pixels=_max_pixels(args.max_pixels, device), progress=not args.quiet)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS)
     w.writeheader()
@@ -345,6 +358,13 @@ def cmd_attack(args) -> None:
         raise ValueError(f"{args.out_dir}: no image attacked; all {len(rows)} skipped (reasons in {summary})")
     log.info("attacked %d images -> %s%s", len(rows) - len(skipped), args.out_dir,
              f"; skipped {len(skipped)} (listed in {summary}): {', '.join(skipped[:5])}" if skipped else "")
+
+
+def _max_pixels(value: int | None, device) -> int:
+    """``--max-pixels``, or the default budget of the device's type (0: no budget)."""
+    from eroseg.data.batching import DEFAULT_MAX_PIXELS
+
+    return DEFAULT_MAX_PIXELS.get(device.type, DEFAULT_MAX_PIXELS["cuda"]) if value is None else value
 
 
 def _tuned(params: dict, path: str | None) -> dict:
@@ -362,16 +382,26 @@ def _tuned(params: dict, path: str | None) -> dict:
 
 
 def cmd_tune(args) -> None:
-    from eroseg.device import select_device
-    from eroseg.evaluate import evaluate
-    from eroseg.io import write_json
-    from eroseg.models import load_model
-    from eroseg.tune import TUNING_VERSION, grid_candidates, tune
+    from eroseg.io import check_writable_dir, exclusive_lock, remove_stale_temps
+    from eroseg.tune import grid_candidates
 
     base = _json_arg(args.attack_params, "--attack-params")
     grid = _json_arg(args.grid, "--grid")
     for cand in grid_candidates(grid):  # every candidate is checked before any model is loaded
         _make_attack(args.attack, {**base, **cand})
+    check_writable_dir(args.out, "tuning result (--out)")
+    with exclusive_lock(args.out):  # one writer: a second tune on the same output fails at once
+        remove_stale_temps(args.out)
+        _tune(args, base, grid)
+
+
+def _tune(args, base: dict, grid: dict) -> None:
+    from eroseg.device import select_device
+    from eroseg.evaluate import evaluate
+    from eroseg.io import write_json
+    from eroseg.models import load_model
+    from eroseg.tune import TUNING_VERSION, tune
+
     device = select_device(args.device)
     dataset = _dataset(args.dataset, args.root, args.split)
     models, num_classes = {}, None
@@ -394,14 +424,15 @@ def cmd_tune(args) -> None:
 
 
 def _eval_files(paths: list[str]) -> list[str]:
-    """Evaluation JSON files: files as given, folders (one model's evaluations) expanded to the JSON under them."""
+    """Evaluation JSON files: files as given; a folder (one model's evaluations) gives the files its manifest
+    lists (every one present), or without a manifest the non-hidden JSON under it
+    (:func:`eroseg.io.eval_folder_files`)."""
+    from eroseg.io import eval_folder_files
+
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(p.rglob("*.json"))
-            if not found:
-                raise FileNotFoundError(f"{p}: folder holds no evaluation JSON")
-            out.extend(str(f) for f in found)
+            out.extend(str(f) for f in eval_folder_files(p))
         else:
             out.append(str(p))
     return out
@@ -464,11 +495,29 @@ def _dataset_names() -> list[str]:
 _NUMBER_HELP = "numbers as 0.03, '8/255' or (step_size only) 'eps/4'"
 
 
+def _int_at_least(low: int):
+    """An argparse type: an integer >= ``low``, refused in argparse's one line otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
+
+
 def _common_args(parser, threads=True) -> None:
     """Add ``--quiet`` and (``threads``) ``--threads`` to a subcommand's parser."""
     parser.add_argument("--quiet", action="store_true", help="log warnings only (no progress, no info lines)")
     if threads:
-        parser.add_argument("--threads", type=int, default=None, metavar="N",
+        parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                             help="torch CPU threads (default: torch's choice)")
 
 
@@ -487,7 +536,10 @@ def _model_args(parser) -> None:
     group.add_argument("--model-factory", default=None, metavar="MODULE:FUNCTION",
                        help="your own model instead of a checkpoint: a function returning an nn.Module or "
                             "(module, meta dict), e.g. mymodels:build or path/to/mymodels.py:build; the model "
-                            "is wrapped with eroseg.models.wrap_model (see docs/own_model.md)")
+                            "is wrapped with eroseg.models.wrap_model (see docs/own_model.md). This RUNS CODE: "
+                            "MODULE is imported (its top-level code runs) and FUNCTION called, with your "
+                            "permissions; the current folder is appended to sys.path to find MODULE, so name "
+                            "only code you trust")
 
 
 def _device_arg(parser) -> None:
@@ -500,14 +552,14 @@ def _add_synthesize_parser(sub) -> None:
     """The ``eroseg synthesize`` subcommand's parser."""
     parser = sub.add_parser("synthesize", help="generate the embedded synthetic dataset (PASCAL VOC layout)")
     parser.add_argument("--root", required=True, metavar="DIR", help="output folder of the dataset")
-    parser.add_argument("--n-train", type=int, required=True, metavar="N", help="number of training images")
-    parser.add_argument("--n-val", type=int, required=True, metavar="N",
+    parser.add_argument("--n-train", type=_positive_int, required=True, metavar="N", help="number of training images")
+    parser.add_argument("--n-val", type=_positive_int, required=True, metavar="N",
                         help="validation images (the split for choices)")
-    parser.add_argument("--n-test", type=int, default=0, metavar="N",
+    parser.add_argument("--n-test", type=_non_negative_int, default=0, metavar="N",
                         help="test images (the split whose numbers are reported; default: %(default)s, none)")
-    parser.add_argument("--height", type=int, required=True, metavar="PX", help="image height in pixels")
-    parser.add_argument("--width", type=int, required=True, metavar="PX", help="image width in pixels")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--height", type=_positive_int, required=True, metavar="PX", help="image height in pixels")
+    parser.add_argument("--width", type=_positive_int, required=True, metavar="PX", help="image width in pixels")
+    parser.add_argument("--seed", type=_non_negative_int, default=0,
                         help="generator seed; same seed, same files (default: %(default)s)")
     _common_args(parser, threads=False)
     parser.set_defaults(func=cmd_synthesize)
@@ -522,6 +574,9 @@ def _add_prepare_parser(sub) -> None:
     parser.add_argument("--manifest", required=True, metavar="CSV", help="output: one row per sample")
     parser.add_argument("--frequencies", required=True, metavar="CSV",
                         help="output: pixel count and fraction per class")
+    parser.add_argument("--max-pixels", type=_non_negative_int, default=16_000_000, metavar="N",
+                        help="refuse, naming it, an image with more pixels (H x W) than this, the most a GPU "
+                             "evaluates whole (default: %(default)s; 0: no budget)")
     _common_args(parser, threads=False)
     parser.set_defaults(func=cmd_prepare)
 
@@ -551,7 +606,7 @@ def _add_train_parser(sub) -> None:
     parser.add_argument("--robust-step-size", default="eps/2", metavar="STEP",
                         help="PGD step size of that check (default: %(default)s; with 2 steps it reaches the eps "
                              "boundary; eps/4 left standard and adversarially trained models alike)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=_non_negative_int, default=0,
                         help="seed of initialisation and data order (default: %(default)s)")
     _device_arg(parser)
     parser.add_argument("--out", required=True, metavar="FILE", help="output checkpoint (.pt)")
@@ -573,25 +628,32 @@ def _add_evaluate_parser(sub) -> None:
                         help=f"attack parameters as JSON, e.g. {{\"eps\": \"8/255\", \"steps\": 20}}; {_NUMBER_HELP}")
     parser.add_argument("--setting", "--name", dest="setting", default=None,
                         help="label of this attack setting in tables (default: the attack name, or clean)")
-    parser.add_argument("--restarts", type=int, default=1, metavar="N",
+    parser.add_argument("--restarts", type=_positive_int, default=1, metavar="N",
                         help="independent runs of the attack; per image the run with the lowest pixel accuracy is kept")
     parser.add_argument("--settings", default=None, metavar="JSON",
                         help="several settings in one process, as a JSON list of {setting, attack, params, "
                              "params_file, restarts, out} (replaces --attack/--attack-params/--setting/"
                              "--restarts/--out)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the attack's random start (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=16, metavar="N",
+    parser.add_argument("--seed", type=_non_negative_int, default=0,
+                        help="seed of the attack's random start (default: %(default)s)")
+    parser.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
                         help="images per batch (default: %(default)s)")
-    parser.add_argument("--max-images", type=int, default=None, metavar="N",
+    parser.add_argument("--max-images", type=_positive_int, default=None, metavar="N",
                         help="evaluate the first N images only (default: all)")
+    parser.add_argument("--max-pixels", type=_non_negative_int, default=None, metavar="N",
+                        help="refuse, naming it, an image with more pixels (H x W) than this, before any work "
+                             "(default: 4e6 on a CPU, 16e6 on a GPU; 0: no budget)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     parser.add_argument("--samples", default=None, metavar="NPZ", help="write qualitative examples (.npz) here")
-    parser.add_argument("--samples-n", type=int, default=4, metavar="N",
+    parser.add_argument("--samples-n", type=_positive_int, default=4, metavar="N",
                         help="number of examples in --samples (default: %(default)s)")
     parser.add_argument("--record-steps", action="store_true", help="record per-step attack masks into --samples")
     _device_arg(parser)
     parser.add_argument("--out", default=None, metavar="JSON",
                         help="output of the single setting: metrics and per-image counts")
+    parser.add_argument("--manifest", default=None, metavar="JSON",
+                        help="written last: the list of every output, relative to its folder, which must hold them "
+                             "all; aggregate and figures then refuse that folder if one is missing")
     _common_args(parser)
     parser.set_defaults(func=cmd_evaluate)
 
@@ -611,10 +673,12 @@ def _add_tune_parser(sub) -> None:
     parser.add_argument("--attack-params", default="{}", metavar="JSON",
                         help="parameters every candidate shares, as JSON")
     parser.add_argument("--grid", required=True, metavar="JSON", help="parameter -> list of candidate values, as JSON")
-    parser.add_argument("--max-images", type=int, default=None, metavar="N", help="images of the split per candidate")
-    parser.add_argument("--batch-size", type=int, default=16, metavar="N",
+    parser.add_argument("--max-images", type=_positive_int, default=None, metavar="N",
+                        help="images of the split per candidate")
+    parser.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
                         help="images per batch (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts (default: %(default)s)")
+    parser.add_argument("--seed", type=_non_negative_int, default=0,
+                        help="seed of the attacks' random starts (default: %(default)s)")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     _device_arg(parser)
     parser.add_argument("--out", required=True, metavar="JSON", help="output: every candidate's scores and the choice")
@@ -635,11 +699,13 @@ def _add_attack_parser(sub) -> None:
     parser.add_argument("--attack", required=True, choices=attacks, metavar="NAME", help="attack: %(choices)s")
     parser.add_argument("--attack-params", default="{}", metavar="JSON",
                         help=f"attack parameters as JSON, e.g. {{\"eps\": \"8/255\", \"steps\": 20}}; {_NUMBER_HELP}")
-    parser.add_argument("--max-images", type=int, default=None, metavar="N", help="attack the first N images only")
-    parser.add_argument("--max-pixels", type=int, default=None, metavar="N",
+    parser.add_argument("--max-images", type=_positive_int, default=None, metavar="N",
+                        help="attack the first N images only")
+    parser.add_argument("--max-pixels", type=_non_negative_int, default=None, metavar="N",
                         help="skip images with more pixels (H x W) than this, with a warning (default: 4e6 on a CPU, "
                              "16e6 on a GPU; 0: no budget)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the attack's random start (default: %(default)s)")
+    parser.add_argument("--seed", type=_non_negative_int, default=0,
+                        help="seed of the attack's random start (default: %(default)s)")
     _device_arg(parser)
     parser.add_argument("--out-dir", required=True, metavar="DIR",
                         help="output folder: adv/, pred_clean/, pred_adv/, side_by_side/ PNGs and summary.csv")
@@ -702,9 +768,10 @@ def main(argv: list[str] | None = None) -> int:
     _setup(args)
     try:
         args.func(args)
-    except (ValueError, OSError, RuntimeError) as err:
-        # Errors a user can act on (bad input, a file or folder, a full disk, a
-        # locked output, a diverged training run): one line, no traceback.
+    except (ValueError, TypeError, OSError, RuntimeError) as err:
+        # Errors a user can act on (bad input or a value of the wrong type, a file or folder, a full
+        # disk, a locked output, a diverged training run): one line, no traceback
+        # (EROSEG_TRACEBACK=1 shows it).
         if os.environ.get("EROSEG_TRACEBACK"):
             raise
         if isinstance(err, OSError) and err.errno == errno.ENOSPC:

@@ -29,8 +29,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
-#: Default pixel budget per image (``eroseg attack --max-pixels``), by device type.
-DEFAULT_MAX_PIXELS = {"cpu": 4_000_000, "cuda": 16_000_000}
 SUMMARY_COLUMNS = ["id", "linf", "pixel_acc", "skipped"]
 
 

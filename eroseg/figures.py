@@ -20,6 +20,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
+import matplotlib.colors  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
@@ -48,6 +49,27 @@ def color_for(name: str, table: dict) -> tuple:
         return table[name]
     h = sum(ord(c) * (i + 1) for i, c in enumerate(name))
     return plt.get_cmap("tab20").colors[h % 20]
+
+
+def distinct_colors(names, table: dict) -> dict:
+    """One colour per name, never two alike, in the order given (the config's).
+
+    A name keeps its colour in ``table`` unless an earlier name already holds
+    that colour; every other name takes the first colour of tab10, then tab20,
+    that no earlier name holds (grey shades are left to ``clean`` / ``standard``).
+    """
+    palette = [*plt.get_cmap("tab10").colors, *plt.get_cmap("tab20").colors]
+    out: dict = {}
+    taken: set = set()
+    key = matplotlib.colors.to_hex
+    for name in dict.fromkeys(names):
+        color = table.get(name)
+        if color is None or key(color) in taken:
+            color = next((c for c in palette if key(c) not in taken and key(c) not in {"#7f7f7f", "#c7c7c7"}),
+                         color_for(name, {}))
+        out[name] = color
+        taken.add(key(color))
+    return out
 
 
 def _save(fig, out_dir: Path, name: str, dpi: int) -> list[Path]:
@@ -113,12 +135,13 @@ def plot_sweep(df: pd.DataFrame, x: str, out_dir: Path, name: str, title: str, x
     xs = set(df[x])
     if clean is not None and is_eps:
         xs.add(0.0)
+    colors = distinct_colors(["clean", *df["setting"]], ATTACK_COLORS)
     for attack, g in df.groupby("setting", sort=False, observed=True):
         g = g.groupby(x, as_index=False)["miou"].mean().sort_values(x)
         gx, gy = list(g[x]), list(g["miou"] * 100)
         if clean is not None and is_eps:  # eps = 0 is the clean model: every curve starts there
             gx, gy = [0.0, *gx], [clean * 100, *gy]
-        ax.plot(gx, gy, marker="o", label=attack, color=color_for(attack, ATTACK_COLORS), clip_on=False, zorder=3)
+        ax.plot(gx, gy, marker="o", label=attack, color=colors[attack], clip_on=False, zorder=3)
     if clean is not None:
         if is_eps:
             ax.plot([0], [clean * 100], ls="none", marker="s", ms=8, color=ATTACK_COLORS["clean"],
@@ -151,10 +174,11 @@ def plot_per_class(evals: list[dict], classes: list[str], out_dir: Path, title: 
     width = 0.8 / max(len(evals), 1)
     x = np.arange(len(classes))
     any_zero = any_absent = False
+    colors = distinct_colors([d["setting"] for d in evals], ATTACK_COLORS)
     for i, d in enumerate(evals):
         iou = np.array([np.nan if v is None else v for v in d["per_class_iou"]], dtype=float) * 100
         pos = x + (i - (len(evals) - 1) / 2) * width
-        color = color_for(d["setting"], ATTACK_COLORS)
+        color = colors[d["setting"]]
         ax.bar(pos, np.nan_to_num(iou), width, label=d["setting"], color=color)
         zero = iou == 0
         if zero.any():
@@ -182,11 +206,14 @@ def plot_per_class(evals: list[dict], classes: list[str], out_dir: Path, title: 
     return _save(fig, out_dir, "per_class_iou", dpi)
 
 
-def plot_training(logs: dict[str, pd.DataFrame], out_dir: Path, dpi: int) -> list[Path]:
+def plot_training(logs: dict[str, pd.DataFrame], out_dir: Path, dpi: int, methods: list[str] | None = None
+                  ) -> list[Path]:
+    """Loss, clean and robust val mIoU per epoch; one colour per method (``methods``: the config's order)."""
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    colors = distinct_colors([*(methods or []), *(label.split("/")[0] for label in logs)], METHOD_COLORS)
     for label, df in logs.items():
         method = label.split("/")[0]
-        c = color_for(method, METHOD_COLORS)
+        c = colors[method]
         ls = "-" if label.endswith("seed0") or "/" not in label else "--"
         axes[0].plot(df["epoch"], df["loss"], color=c, ls=ls, label=label)
         for ax, column in ((axes[1], "val_miou"), (axes[2], "robust_val_miou")):
@@ -330,13 +357,15 @@ def _per_class_figure(evals: list[str], spec: dict, default_method: str, default
                           f"{method}: per-class IoU, eps {headline_eps:g}/255, {headline_steps} steps", dpi)
 
 
-def _training_figure(logs: list[str], out_dir: Path, dpi: int) -> list[Path]:
+def _training_figure(logs: list[str], out_dir: Path, dpi: int, methods: list[str] | None = None) -> list[Path]:
     """``training_curves`` from the training logs, each at ``.../<method>/seed<k>/log.csv``."""
     frames = {}
     for p in logs:
         path = Path(p)
         frames[f"{path.parent.parent.name}/{path.parent.name}"] = pd.read_csv(path)
-    return plot_training(frames, out_dir, dpi) if frames else _placeholder(out_dir, "training_curves", "no logs", dpi)
+    if not frames:
+        return _placeholder(out_dir, "training_curves", "no logs", dpi)
+    return plot_training(frames, out_dir, dpi, methods)
 
 
 def _qualitative_figure(samples: list[str], spec: dict, classes: list[str], palette, out_dir: Path,
@@ -379,7 +408,8 @@ def make_figures(*, evals: list[str], logs: list[str], samples: list[str], steps
         logs: training log CSVs, each at ``.../<method>/seed<k>/log.csv``.
         samples: sample ``.npz`` files; the first is drawn in the qualitative grid.
         steps: an ``.npz`` with EroSeg's per-step masks (``step_fooled``, ``step_attacked``).
-        spec: ``dataset`` (for class names and palette), ``headline`` ``{eps, steps}``,
+        spec: ``dataset`` (for class names and palette), ``methods`` (their order gives their colours),
+            ``headline`` ``{eps, steps}``,
             ``sweep`` ``{method, attacks, eps_fixed, steps_fixed}``, ``per_class``
             ``{method, attacks}``, ``dpi``, ``samples`` ``{method, attack, eps, steps}`` (what the
             qualitative and erosion figures show, for their titles; ``qualitative_title`` and
@@ -404,7 +434,7 @@ def make_figures(*, evals: list[str], logs: list[str], samples: list[str], steps
     written = _sweep_figures(frame, sweep, sweep_attacks, headline_eps, headline_steps, out_dir, dpi)
     written += _per_class_figure(evals, spec, sweep.get("method", "standard"), sweep_attacks, headline_eps,
                                  headline_steps, classes, out_dir, dpi)
-    written += _training_figure(logs, out_dir, dpi)
+    written += _training_figure(logs, out_dir, dpi, spec.get("methods"))
     written += _qualitative_figure(samples, spec, classes, info.palette, out_dir, dpi)
     written += _erosion_figure(steps, spec, out_dir, dpi)
     return written

@@ -12,6 +12,7 @@ that a group sharing a results folder on a cluster can read them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import json
@@ -40,7 +41,8 @@ def _current_umask() -> int:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
 
-    On an exception the temporary file is removed and ``path`` is untouched.
+    On an exception the temporary file is removed and ``path`` is untouched; a
+    full disk (``ENOSPC``) is raised as an ``OSError`` whose ``filename`` is ``path``.
     The temporary name keeps the target's suffix so that writers that infer
     the format from the extension (matplotlib, PIL) still work. The file gets
     mode ``0666 & ~umask`` (see the module docstring).
@@ -56,6 +58,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as err:
+        if err.errno == errno.ENOSPC and not err.filename:  # a full disk names no file: name the output
+            raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from err
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -149,6 +155,73 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
             tmp.unlink()
             removed.append(tmp)
     return removed
+
+
+#: Name of the file in which ``eroseg evaluate --manifest`` lists every result file of one evaluation folder.
+EVAL_MANIFEST = "manifest.json"
+
+
+def write_eval_manifest(path: str | os.PathLike, files: list[str | os.PathLike]) -> None:
+    """List ``files`` (every result an evaluation job wrote) in the manifest ``path``, relative to its folder.
+
+    Written last, so a folder with a manifest is a finished job's; a file the manifest lists but the
+    folder lacks was removed afterwards, and readers refuse the folder instead of aggregating the rest.
+
+    Raises:
+        ValueError: a file outside the manifest's folder.
+    """
+    write_json(path, {"version": 1, "files": manifest_names(path, files)})
+
+
+def manifest_names(path: str | os.PathLike, files: list[str | os.PathLike]) -> list[str]:
+    """``files`` relative to the folder of manifest ``path`` (sorted, once each).
+
+    Raises:
+        ValueError: a file outside that folder.
+    """
+    folder = Path(path).parent
+    names = set()
+    for f in files:
+        rel = os.path.relpath(f, folder)
+        if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+            raise ValueError(f"--manifest {path}: its folder must hold every output, but {f} lies outside it")
+        names.add(Path(rel).as_posix())
+    return sorted(names)
+
+
+def eval_folder_files(folder: str | os.PathLike) -> list[Path]:
+    """The result files of an evaluation folder: those its manifest lists, all present.
+
+    A folder without a manifest (results gathered by hand) gives its ``*.json`` files, hidden ones
+    (temporary files of a killed writer) left out.
+
+    Raises:
+        FileNotFoundError: a listed file is missing (named, with the fix), a folder that Snakemake
+            made (``.snakemake_timestamp``) has no manifest, or the folder holds no result.
+        ValueError: the manifest is not valid.
+    """
+    folder = Path(folder)
+    manifest = folder / EVAL_MANIFEST
+    if manifest.is_file():
+        data = read_json(manifest)
+        if not isinstance(data, dict) or not isinstance(data.get("files"), list):
+            raise ValueError(f"{manifest}: not an evaluation manifest (an object with a 'files' list)")
+        files = [folder / name for name in data["files"]]
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{missing[0]}: missing from its evaluation folder ({len(missing)} of the {len(files)} results "
+                f"{manifest} lists); the other results of that model are not used alone: delete {folder} and "
+                "rerun (Snakemake evaluates that model again)")
+        return files
+    if (folder / ".snakemake_timestamp").exists():
+        raise FileNotFoundError(f"{folder}: no {EVAL_MANIFEST}, so its evaluation did not finish or the manifest "
+                                f"was removed; delete {folder} and rerun")
+    files = sorted(f for f in folder.rglob("*.json")
+                   if not any(part.startswith(".") for part in f.relative_to(folder).parts))
+    if not files:
+        raise FileNotFoundError(f"{folder}: folder holds no evaluation JSON")
+    return files
 
 
 def check_writable_dir(path: str | os.PathLike, what: str = "output") -> None:

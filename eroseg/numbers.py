@@ -62,18 +62,33 @@ def parse_number(value: Any, *, eps: float | None = None, name: str = "value", m
     if not out > 0 or out != out or out == float("inf"):
         raise ValueError(f"{name}: must be a finite number > 0, got {value!r}")
     if max_value is not None and out > max_value:
-        raise ValueError(f"{name}: {value!r} is above {max_value:g}, the pixel range of images in [0, 1]; "
-                         f"budgets are in pixel units: did you mean '{value}/255'?")
+        raise ValueError(above_pixel_range(name, value, max_value))
     return out
 
 
+def above_pixel_range(name: str, value: Any, max_value: float = 1.0) -> str:
+    """The one message for a budget above the pixel range (CLI, config and :func:`eroseg.attacks.create_attack`).
+
+    Linf budgets (``eps``, ``step_size``) are in pixel units, at most 1 for images in [0, 1]; a larger
+    value is almost always meant in 1/255 units, so the message suggests ``'<value>/255'``.
+    """
+    shown = f"{value:g}" if isinstance(value, Real) and not isinstance(value, bool) else str(value).strip()
+    return (f"{name}: {value!r} is above {max_value:g}, the pixel range of images in [0, 1]; "
+            f"Linf budgets are in pixel units: did you mean '{shown}/255'?")
+
+
 def resolve_attack_params(params: dict) -> dict:
-    """Turn ``eps`` / ``step_size`` given as text (``"8/255"``, ``"eps/4"``) into floats, checked against [0, 1]."""
+    """Turn ``eps`` / ``step_size`` given as text (``"8/255"``, ``"eps/4"``) into floats.
+
+    Linf budgets (the default norm) must lie in (0, 1], as :func:`eroseg.attacks.create_attack` checks them;
+    L2 budgets only need to be > 0 (an L2 radius grows with the image size).
+    """
     out = dict(params)
+    cap = 1.0 if out.get("norm", "linf") == "linf" else None
     if "eps" in out:
-        out["eps"] = parse_number(out["eps"], name="eps", max_value=1.0)
+        out["eps"] = parse_number(out["eps"], name="eps", max_value=cap)
     if "step_size" in out:
-        out["step_size"] = parse_number(out["step_size"], eps=out.get("eps"), name="step_size", max_value=1.0)
+        out["step_size"] = parse_number(out["step_size"], eps=out.get("eps"), name="step_size", max_value=cap)
     return out
 
 

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eroseg.cli import _json_arg, main, parse_number
+from eroseg.cli import _eval_files, _json_arg, _settings, build_parser, main, parse_number
 from eroseg.data import generate_synthetic
 from eroseg.models import create_model, save_checkpoint
 from tests.conftest import TINY_UNET as MODEL_CFG
@@ -96,3 +97,116 @@ def test_errors_are_one_line_with_the_file(tmp_path):
                           "--dataset", "synthetic", "--root", ".", "--out", str(tmp_path / "o.json")],
                          capture_output=True, text=True)
     assert res.returncode == 1 and "x.pt" in res.stderr and "Traceback" not in res.stderr
+
+
+def _errors(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def _evaluate_folder(setup, folder):
+    """Clean and FGSM evaluations of the tiny model into ``folder``, listed in its manifest."""
+    d, root, ckpt = setup
+    settings = [{"setting": "clean", "attack": "none", "out": str(folder / "clean.json")},
+                {"setting": "fgsm", "attack": "fgsm", "params": {"eps": "4/255"},
+                 "out": str(folder / "fgsm" / "e.json")}]
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--dataset", "synthetic", "--root", str(root), "--split", "val",
+                 "--settings", json.dumps(settings), "--manifest", str(folder / "manifest.json"),
+                 "--device", "cpu", "--quiet"]) == 0
+
+
+def test_evaluation_folder_missing_a_listed_file_is_refused_naming_it(setup, tmp_path, caplog):
+    folder = tmp_path / "eval" / "standard" / "seed0"
+    _evaluate_folder(setup, folder)
+    assert json.loads((folder / "manifest.json").read_text())["files"] == ["clean.json", "fgsm/e.json"]
+    assert _eval_files([str(folder)]) == [str(folder / "clean.json"), str(folder / "fgsm" / "e.json")]
+    (folder / "clean.json").unlink()
+    assert main(["aggregate", "--evals", str(folder), "--out-dir", str(tmp_path / "tables"), "--quiet"]) == 1
+    (msg,) = _errors(caplog)
+    assert f"{folder / 'clean.json'}: missing from its evaluation folder" in msg and "\n" not in msg
+    assert not (tmp_path / "tables").exists()
+    # A folder Snakemake made whose manifest is gone is refused too.
+    (folder / "manifest.json").unlink()
+    (folder / ".snakemake_timestamp").touch()
+    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+        _eval_files([str(folder)])
+
+
+def test_hidden_temp_files_are_never_aggregated_and_evaluate_removes_stale_ones(setup, tmp_path):
+    folder = tmp_path / "eval"
+    folder.mkdir()
+    stale = folder / ".clean.abcd1234.tmp.json"  # what a killed writer of clean.json leaves (eroseg.io.atomic_path)
+    stale.write_text('{"half": ')
+    (folder / "by_hand.json").write_text("{}")
+    assert _eval_files([str(folder)]) == [str(folder / "by_hand.json")]  # no manifest: non-hidden JSON only
+    _evaluate_folder(setup, folder)
+    assert not stale.exists()
+
+
+@pytest.mark.parametrize("attack, params, expected", [
+    ("pgd", {"steps": 2.5}, "steps must be an integer >= 1, got float 2.5"),
+    ("pgd", {"steps": 1e9}, "steps must be an integer >= 1, got float 1000000000.0"),
+    ("eroseg", {"q0": "0.5"}, "q0 must be a real number in [0, 1], got str '0.5'"),
+    ("pgd", {"random_start": "yes"}, "random_start must be a bool (True/False), got str 'yes'"),
+])
+def test_a_value_of_the_wrong_type_is_one_line(setup, tmp_path, caplog, attack, params, expected):
+    d, root, ckpt = setup
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--dataset", "synthetic", "--root", str(root),
+                 "--attack", attack, "--attack-params", json.dumps({"eps": "8/255", **params}),
+                 "--out", str(tmp_path / "o.json"), "--device", "cpu", "--quiet"]) == 1
+    assert _errors(caplog) == [expected]
+
+
+@pytest.mark.parametrize("flag", ["--restarts", "--max-images", "--batch-size"])
+def test_counts_below_one_are_refused_not_replaced(setup, tmp_path, capsys, flag):
+    d, root, ckpt = setup
+    with pytest.raises(SystemExit) as err:
+        main(["evaluate", "--checkpoint", str(ckpt), "--dataset", "synthetic", "--root", str(root),
+              "--attack", "fgsm", "--attack-params", '{"eps": "4/255"}', flag, "0",
+              "--out", str(tmp_path / "o.json"), "--device", "cpu"])
+    assert err.value.code == 2 and f"argument {flag}: expected an integer >= 1, got '0'" in capsys.readouterr().err
+    assert not (tmp_path / "o.json").exists()
+    settings = [{"attack": "fgsm", "params": {"eps": "4/255"}, "restarts": 0, "out": str(tmp_path / "o.json")}]
+    with pytest.raises(ValueError, match=r"--settings\[0\].restarts must be an integer >= 1, got 0"):
+        _settings(build_parser().parse_args(["evaluate", "--checkpoint", str(ckpt), "--dataset", "synthetic",
+                                             "--root", str(root), "--settings", json.dumps(settings)]))
+
+
+def test_evaluate_and_prepare_refuse_an_image_above_the_pixel_budget_naming_it(setup, tmp_path, caplog):
+    d, root, ckpt = setup
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--dataset", "synthetic", "--root", str(root),
+                 "--split", "val", "--max-pixels", "1000", "--out", str(tmp_path / "o.json"), "--device", "cpu"]) == 1
+    assert main(["prepare", "--dataset", "synthetic", "--root", str(root), "--splits", "val", "--max-pixels", "1000",
+                 "--manifest", str(tmp_path / "m.csv"), "--frequencies", str(tmp_path / "f.csv")]) == 1
+    for msg in _errors(caplog):
+        assert "val_00000.png: 32x32 image (1,024 pixels) is above the pixel budget of 1,000 (--max-pixels)" in msg
+    assert len(_errors(caplog)) == 2 and not (tmp_path / "o.json").exists() and not (tmp_path / "m.csv").exists()
+
+
+def test_full_disk_names_the_file_being_written(setup, tmp_path, caplog, monkeypatch):
+    import errno
+    import pathlib
+
+    d, root, ckpt = setup
+
+    def full(self, *args, **kwargs):  # what the OS raises: no file name
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full)
+    out = tmp_path / "o.json"
+    assert main(["evaluate", "--checkpoint", str(ckpt), "--dataset", "synthetic", "--root", str(root),
+                 "--split", "val", "--out", str(out), "--device", "cpu", "--quiet"]) == 1
+    (msg,) = _errors(caplog)
+    assert msg.startswith(f"no space left on device while writing {out}:"), msg
+
+
+def test_second_tune_on_the_same_output_fails_at_once(setup, tmp_path, caplog):
+    from eroseg.io import exclusive_lock
+
+    d, root, ckpt = setup
+    out = tmp_path / "tuning" / "pgd.json"
+    with exclusive_lock(out):
+        assert main(["tune", "--checkpoints", str(ckpt), "--dataset", "synthetic", "--root", str(root),
+                     "--family", "pgd", "--attack", "pgd", "--attack-params", '{"eps": "8/255", "steps": 1}',
+                     "--grid", '{"step_size": ["eps/4"]}', "--out", str(out), "--device", "cpu"]) == 1
+    (msg,) = _errors(caplog)
+    assert f"{out}: another eroseg process (pid " in msg and not out.exists()

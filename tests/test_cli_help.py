@@ -47,3 +47,19 @@ def test_building_the_parser_imports_no_torch():
     code = "import sys; from eroseg.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("command", ["attack", "evaluate"])
+def test_model_factory_help_says_it_runs_code_from_the_current_folder(command, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    line = text[text.rindex("--model-factory MODULE:FUNCTION"):]
+    assert "RUNS CODE" in line[:700] and "current folder is appended to sys.path" in line[:700], line[:700]
+
+
+def test_model_factory_docs_say_it_runs_code_from_the_current_folder():
+    from pathlib import Path
+
+    text = " ".join((Path(__file__).resolve().parents[1] / "docs" / "own_model.md").read_text().split())
+    assert "**It runs code.**" in text and "appends the current folder to `sys.path`" in text

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.ticker
 import numpy as np
+import pandas as pd
 import pytest
 
 import eroseg.figures as figures
@@ -165,3 +168,27 @@ def test_every_plot_axis_has_units(rendered):
     for ax in rendered[2]["training_curves"].axes:
         assert isinstance(ax.xaxis.get_major_locator(), matplotlib.ticker.MaxNLocator)
         assert all(float(t).is_integer() for t in ax.get_xticks())
+
+
+def _configs_methods():
+    import yaml
+
+    root = Path(__file__).resolve().parents[1] / "config"
+    return {p.name: list(yaml.safe_load(p.read_text())["methods"]) for p in sorted(root.glob("*.yaml"))}
+
+
+@pytest.mark.parametrize("methods", [
+    *_configs_methods().values(),
+    ["standard", "pgd_at", "cospgd_at", "eroseg_at", "eroseg_at_tuned"],  # the tuned one hashed onto cospgd's green
+    [f"m{k}" for k in range(12)],
+])
+def test_every_method_of_a_config_gets_its_own_colour_in_the_training_curves(tmp_path, monkeypatch, methods):
+    import matplotlib.colors
+
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, out_dir, name, dpi: drawn.setdefault(name, fig) and [])
+    log = pd.DataFrame({"epoch": [1, 2], "loss": [1.0, 0.5], "val_miou": [0.2, 0.3]})
+    figures.plot_training({f"{m}/seed0": log for m in methods}, tmp_path, 60, methods)
+    lines = drawn["training_curves"].axes[0].get_lines()
+    colours = {line.get_label().split("/")[0]: matplotlib.colors.to_hex(line.get_color()) for line in lines}
+    assert list(colours) == methods and len(set(colours.values())) == len(methods), colours

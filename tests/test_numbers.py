@@ -40,3 +40,27 @@ def test_eps_tag_and_label():
 def test_relative_step_size_by_zero():
     with pytest.raises(ValueError, match="divides by zero"):
         parse_number("eps/0", eps=0.03, name="step_size")
+
+
+@pytest.mark.parametrize("params, name", [({"eps": 8, "step_size": 2 / 255}, "eps"),
+                                          ({"eps": 8 / 255, "step_size": 2}, "step_size")])
+def test_one_budget_rule_for_the_api_the_cli_and_the_config(params, name):
+    """create_attack refuses a Linf budget above 1 with the very line the CLI and the config give."""
+    from eroseg.attacks import create_attack
+
+    with pytest.raises(ValueError) as api:
+        create_attack("pgd", steps=2, **params)
+    with pytest.raises(ValueError) as cli:
+        resolve_attack_params(params)
+    assert str(api.value) == str(cli.value) and f"{name}: " in str(api.value)
+    assert f"did you mean '{params[name]:g}/255'?" in str(api.value)
+    with pytest.raises(ValueError, match=r"config key x: 8 is above 1.*did you mean '8/255'\?"):
+        parse_number(8, name="config key x", max_value=1.0)
+
+
+def test_l2_budgets_above_1_are_valid_everywhere():
+    from eroseg.attacks import create_attack
+
+    params = {"eps": 1.5, "step_size": "eps/4", "norm": "l2"}
+    assert resolve_attack_params(params) == {"eps": 1.5, "step_size": 0.375, "norm": "l2"}
+    create_attack("pgd", steps=2, **resolve_attack_params(params))

@@ -268,3 +268,77 @@ def test_slurm_profile_dry_run_requests_gpus(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     train_blocks = re.findall(r"^rule train:\n((?:    .*\n)+)", res.stdout + res.stderr, flags=re.M)
     assert train_blocks and all("gpu=2" in b for b in train_blocks), train_blocks
+
+
+def _dry_run_with(tmp_path: Path, change) -> subprocess.CompletedProcess:
+    """A dry run of the tests config after ``change(cfg)`` (not checked for success)."""
+    copy_configs(tmp_path)
+    cfg = yaml.safe_load((tmp_path / "config" / "tests.yaml").read_text())
+    change(cfg)
+    (tmp_path / "config" / "changed.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return snakemake(tmp_path, "-n", "-p", "--configfile", "config/changed.yaml", check=False)
+
+
+@pytest.mark.parametrize("key", ["train_split", "val_split", "test_split"])
+def test_split_name_holding_a_command_is_refused_and_never_run(tmp_path, key):
+    res = _dry_run_with(tmp_path, lambda c: c["dataset"].update({key: "test $(touch pwned)"}))
+    assert res.returncode != 0 and not (tmp_path / "pwned").exists()
+    out = res.stdout + res.stderr
+    assert key in out and "does not match" in out, out[-2000:]
+
+
+@pytest.mark.parametrize("run", ["..", ".", "../elsewhere", ".hidden"])
+def test_run_name_stays_one_folder_under_results(tmp_path, run):
+    res = _dry_run_with(tmp_path, lambda c: c.update(run=run))
+    assert res.returncode != 0 and "does not match" in res.stdout + res.stderr, (res.stdout + res.stderr)[-2000:]
+
+
+#: Shell fields of the rules that are not quoted with ``:q``: numbers, and flags the rule quotes itself.
+UNQUOTED_FIELDS = {"threads", "wildcards.seed", "params.module", "params.max_images", "params.params_file",
+                   "params.n_train", "params.n_val", "params.n_test", "params.height", "params.width",
+                   "params.seed", "params.batch_size", "params.n"}
+
+
+def test_every_value_in_a_rule_command_is_quoted():
+    """Names and paths from the config reach the shell quoted (``{x:q}``), so no value is ever read as shell code."""
+    unquoted = []
+    for smk in sorted((ROOT / "workflow" / "rules").glob("*.smk")):
+        for block in re.findall(r"^    shell:\n((?:        .*\n?)+)", smk.read_text(), flags=re.M):
+            for field, spec in re.findall(r"(?<!\{)\{([A-Za-z_.]+)(:[^}]*)?\}(?!\})", block):
+                if spec != ":q" and field not in UNQUOTED_FIELDS:
+                    unquoted.append(f"{smk.name}: {{{field}{spec}}}")
+    assert not unquoted, unquoted
+
+
+def test_evaluation_folder_that_lost_a_file_is_refused_naming_it(tmp_path):
+    """Snakemake sees the folder only: a finished evaluation (it has its manifest) missing a result must not
+    pass as up to date, nor reach the tables without it."""
+    folder = tmp_path / "results" / "tests" / "eval" / "standard" / "seed0"
+    (folder / "pgd").mkdir(parents=True)
+    (folder / "pgd" / "eps8_steps3.json").write_text("{}")
+    (folder / "manifest.json").write_text(json.dumps({"version": 1, "files": ["clean.json", "pgd/eps8_steps3.json"]}))
+    res = _dry_run_with(tmp_path, lambda c: None)
+    assert res.returncode != 0
+    missing = folder.relative_to(tmp_path) / "clean.json"
+    assert f"{missing}: missing from its evaluation folder" in res.stdout + res.stderr
+
+
+def test_dataset_root_holding_a_command_is_refused_as_such(tmp_path):
+    res = _dry_run_with(tmp_path, lambda c: c["dataset"].update(name="voc", root=str(tmp_path / "$(touch pwned)")))
+    assert res.returncode != 0 and not (tmp_path / "pwned").exists()
+    out = res.stdout + res.stderr
+    assert "holds a shell command" in out and "environment variable" not in out, out[-2000:]
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("eps", "16/255", "evaluation.attacks.pgd_restarts.params.eps: a setting runs at the eps"),
+    ("steps", 50, "evaluation.attacks.pgd_restarts.params.steps: would be overwritten"),
+])
+def test_setting_params_eps_or_steps_are_refused_not_overwritten(tmp_path, key, value, expected):
+    res = _dry_run_with(tmp_path, lambda c: c["evaluation"]["attacks"]["pgd_restarts"].update(params={key: value}))
+    assert res.returncode != 0 and expected in res.stdout + res.stderr, (res.stdout + res.stderr)[-2000:]
+
+
+def test_tuning_grid_over_eps_is_refused(tmp_path):
+    res = _dry_run_with(tmp_path, lambda c: c["tuning"]["grids"]["pgd"].update(eps=["4/255", "8/255"]))
+    assert res.returncode != 0 and "tuning.grids.pgd.eps: eps is fixed by the evaluation" in res.stdout + res.stderr

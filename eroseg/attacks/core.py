@@ -35,6 +35,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from eroseg.numbers import above_pixel_range
+
 #: Threat models: per-element (``linf``) or per-image Euclidean (``l2``) budget.
 NORMS = ("linf", "l2")
 
@@ -69,12 +71,17 @@ def check_common(params: Mapping[str, Any]) -> None:
         TypeError: a parameter has the wrong type (e.g. ``eps="8/255"``, ``steps=2.5``,
             ``random_start="false"``).
         ValueError: a parameter has a bad value (``eps <= 0``, ``steps < 1``,
-            ``step_size <= 0``, ``norm`` not in :data:`NORMS`).
+            ``step_size <= 0``, ``norm`` not in :data:`NORMS`, a Linf ``eps`` or
+            ``step_size`` above 1, the pixel range: "did you mean '8/255'?").
     """
     if "eps" in params:
         _check_positive("eps", params["eps"], " (pixel units, e.g. 8/255)")
     if "step_size" in params:
         _check_positive("step_size", params["step_size"], " (pixel units, e.g. 2/255)")
+    if params.get("norm", "linf") == "linf":  # the one rule of eroseg.numbers (CLI and config too)
+        for name in ("eps", "step_size"):
+            if name in params and params[name] > 1:
+                raise ValueError(above_pixel_range(name, params[name]))
     if "steps" in params:
         steps = params["steps"]
         if not isinstance(steps, numbers.Integral) or isinstance(steps, bool):

@@ -50,6 +50,38 @@ def sample_size(dataset, index: int) -> tuple[int, int]:
     return int(label.shape[-2]), int(label.shape[-1])
 
 
+#: Default pixel budget (H x W) per image, by device type: ``eroseg attack`` skips larger images,
+#: ``eroseg evaluate`` refuses them (``--max-pixels``); ``eroseg prepare`` refuses above the GPU budget.
+DEFAULT_MAX_PIXELS = {"cpu": 4_000_000, "cuda": 16_000_000}
+
+
+def pixel_budget_error(name: str, height: int, width: int, max_pixels: int, flag: str = "--max-pixels") -> str:
+    """The one line for an image above a pixel budget (evaluate, prepare; attack skips such images instead)."""
+    return (f"{name}: {height}x{width} image ({height * width:,} pixels) is above the pixel budget of "
+            f"{max_pixels:,} ({flag}), too large to evaluate whole; resize the image or raise {flag} (0: no budget)")
+
+
+def check_pixel_budget(dataset, max_pixels: int | None, count: int | None = None) -> None:
+    """Refuse the first of the first ``count`` samples with more than ``max_pixels`` pixels, before any is decoded.
+
+    Sizes come from :func:`sample_size` (the image header where the reader allows), so a huge image is
+    named here instead of failing later as an allocation error that names no image.
+
+    Raises:
+        ValueError: naming the sample's image file (or id) and its size; ``max_pixels`` 0 or None: no check.
+    """
+    if not max_pixels:
+        return
+    n = len(dataset) if count is None else min(count, len(dataset))
+    for i in range(n):
+        h, w = sample_size(dataset, i)
+        if h * w > max_pixels:
+            image_path = getattr(dataset, "image_path", None)
+            ids = getattr(dataset, "ids", None)
+            name = str(image_path(i)) if callable(image_path) else f"sample {ids[i] if ids is not None else i}"
+            raise ValueError(pixel_budget_error(name, h, w, max_pixels))
+
+
 def size_batches(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
     """Group indices ``0..len(sizes)-1`` into batches of one exact size.
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from eroseg.data.batching import DEFAULT_MAX_PIXELS, pixel_budget_error
 from eroseg.data.checks import check_label_size, check_label_values
 from eroseg.data.errors import IGNORE_INDEX, DatasetError
 from eroseg.io import atomic_write_text
@@ -29,12 +30,15 @@ MANIFEST_COLUMNS = ("split", "id", "image", "label", "height", "width", "valid_p
 FREQUENCY_COLUMNS = ("class_id", "class_name", "pixels", "fraction")
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """``(height, width)`` of an image from its header; fully decoded to catch truncated files."""
+def _image_size(path: Path, max_pixels: int | None = None) -> tuple[int, int]:
+    """``(height, width)`` of an image from its header; fully decoded to catch truncated files, unless it has
+    more than ``max_pixels`` pixels (then refused, naming it, before the decode allocates them)."""
     try:
         with Image.open(path) as im:
-            im.load()
             w, h = im.size
+            if max_pixels and h * w > max_pixels:
+                raise DatasetError(pixel_budget_error(str(path), h, w, max_pixels))
+            im.load()
     except OSError as err:
         raise DatasetError(f"{path}: cannot read image ({err}); expected a readable JPEG or PNG") from err
     return h, w
@@ -70,7 +74,8 @@ def _check_splits(splits: Sequence[str], frequency_split: str | None) -> tuple[l
     return splits, frequency_split
 
 
-def _validate_split(dataset, split: str, root: Path, num_classes: int, pixels: np.ndarray | None) -> list[tuple]:
+def _validate_split(dataset, split: str, root: Path, num_classes: int, pixels: np.ndarray | None,
+                    max_pixels: int | None = None) -> list[tuple]:
     """Open and check every sample of one split; returns its manifest rows.
 
     Args:
@@ -80,6 +85,7 @@ def _validate_split(dataset, split: str, root: Path, num_classes: int, pixels: n
         num_classes: number of classes of the dataset.
         pixels: per-class pixel counts, added to in place; None where the
             split's class frequencies are not counted.
+        max_pixels: refuse an image with more pixels (H x W) than this; None or 0: no budget.
 
     Raises:
         DatasetError: at the first bad sample, naming its file and the problem.
@@ -87,7 +93,7 @@ def _validate_split(dataset, split: str, root: Path, num_classes: int, pixels: n
     rows = []
     for i in range(len(dataset)):
         image_path, label_path = Path(dataset.image_path(i)), Path(dataset.label_path(i))
-        height_width = _image_size(image_path)
+        height_width = _image_size(image_path, max_pixels)
         label = dataset.load_label(i)
         check_label_size(label.shape, height_width, label_path)
         check_label_values(label, num_classes, label_path)
@@ -107,6 +113,7 @@ def prepare_dataset(
     manifest_path: str | os.PathLike,
     frequencies_path: str | os.PathLike,
     frequency_split: str | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS["cuda"],
 ) -> dict:
     """Validate every sample of ``splits``; write the manifest and class-frequency CSVs.
 
@@ -122,6 +129,9 @@ def prepare_dataset(
             ``frequency_split``).
         frequency_split: split the class frequencies are counted on;
             ``"train"`` if listed in ``splits``, else the first split.
+        max_pixels: refuse an image with more pixels (H x W) than this, naming it
+            (default: the GPU budget of :data:`eroseg.data.batching.DEFAULT_MAX_PIXELS`, the largest image
+            evaluated whole); None or 0: no budget.
 
     Returns:
         A summary: ``dataset``, ``root``, ``num_classes``, ``samples`` (per
@@ -145,7 +155,8 @@ def prepare_dataset(
     for split in splits:
         # num_classes=None: values are checked here, where the message can name the split.
         dataset = get_dataset(dataset_name, root, split, num_classes=None)
-        rows += _validate_split(dataset, split, root, num_classes, pixels if split == frequency_split else None)
+        rows += _validate_split(dataset, split, root, num_classes, pixels if split == frequency_split else None,
+                                max_pixels)
         samples[split] = len(dataset)
         log.info("%s: split %s: %d samples valid", root, split, len(dataset))
 

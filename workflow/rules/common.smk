@@ -4,6 +4,8 @@ import difflib
 import hashlib
 import json
 import os
+import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import yaml
 
 from snakemake.utils import validate
 
+from eroseg.io import EVAL_MANIFEST, eval_folder_files
 from eroseg.numbers import eps_tag, parse_number, resolve_attack_params
 from eroseg.stats import claims_options
 from eroseg.tune import grid_candidates
@@ -128,9 +131,15 @@ if SYNTH:
 else:
     if not DATASET.get("root"):
         raise ValueError(f"config key dataset.root: required for dataset {DATASET['name']!r} (path to its root)")
+    if re.search(r"\$\(|`", DATASET["root"]):
+        raise ValueError(f"config key dataset.root: {DATASET['root']!r} holds a shell command ($(...) or `...`), "
+                         "which is never run; give the folder's path (~ and $VARS are expanded)")
+    _unset = [m.group(0) for m in re.finditer(r"\$(\w+)|\$\{(\w+)\}", DATASET["root"])
+              if (m.group(1) or m.group(2)) not in os.environ]
+    if _unset:
+        raise ValueError(f"config key dataset.root: {DATASET['root']!r} names the environment variable "
+                         f"{_unset[0]}, which is not set; set it or give the folder's path")
     DATA_ROOT = os.path.expandvars(os.path.expanduser(DATASET["root"]))
-    if "$" in DATA_ROOT:
-        raise ValueError(f"config key dataset.root: {DATASET['root']!r} names an environment variable that is not set")
 
 METHODS = list(config["methods"])
 SEEDS = [int(s) for s in config["seeds"]]
@@ -196,6 +205,31 @@ def _check_names():
 _check_names()
 
 
+def _check_budget_params():
+    """eps and steps come from where a setting runs (headline, sweep, checks; its own ``steps`` key), and name
+    its result files: a setting's own ``params.eps`` / ``params.steps`` or a tuning grid over them is refused
+    rather than overwritten or laid over a file that names another budget."""
+    where_eps = "evaluation.headline.eps, evaluation.sweep.eps or evaluation.checks.eps"
+    for a, entry in ATTACKS.items():
+        params = entry.get("params") or {}
+        if "eps" in params:
+            raise ValueError(f"config key evaluation.attacks.{a}.params.eps: a setting runs at the eps of the "
+                             f"table it serves ({where_eps}), which would overwrite {params['eps']!r}; remove it "
+                             "and list that eps there")
+        if "steps" in params:
+            raise ValueError(f"config key evaluation.attacks.{a}.params.steps: would be overwritten by the "
+                             f"headline or sweep steps; fix this setting's steps with evaluation.attacks.{a}.steps: "
+                             f"{params['steps']!r} instead")
+    for fam, grid in (TUNE.get("grids") or {}).items():
+        for key in ("eps", "steps"):
+            if key in grid:
+                raise ValueError(f"config key tuning.grids.{fam}.{key}: {key} is fixed by the evaluation, not "
+                                 "tuned (it names the result files); tune the attack's other parameters")
+
+
+_check_budget_params()
+
+
 def steps_of(setting, steps):
     """Steps of a setting in a grid of ``steps``: 1 for single-step attacks (the registry says which, e.g.
     FGSM), else the setting's own ``steps`` if the config fixes them (e.g. SEA's iterations), else ``steps``."""
@@ -239,6 +273,17 @@ def eval_file(method, seed, setting, eps, steps):
 
 def all_eval_dirs():
     return [eval_dir(m, s) for m in METHODS for s in SEEDS]
+
+
+def _check_eval_folders():
+    """A finished evaluation folder (it has its manifest) that lost a file is refused, naming the file:
+    Snakemake sees only the folder, and aggregating the rest would change the tables silently."""
+    for folder in all_eval_dirs():
+        if (Path(folder) / EVAL_MANIFEST).is_file():
+            eval_folder_files(folder)
+
+
+_check_eval_folders()
 
 
 def samples_path():

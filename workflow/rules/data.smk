@@ -22,8 +22,8 @@ if SYNTH:
         conda:
             "../envs/eroseg.yml"
         shell:
-            "\"$EROSEG_PYTHON\" -m eroseg synthesize --root {output} --n-train {params.n_train} --n-val {params.n_val} --n-test {params.n_test}"
-            " --height {params.height} --width {params.width} --seed {params.seed} > {log} 2>&1"
+            "\"$EROSEG_PYTHON\" -m eroseg synthesize --root {output:q} --n-train {params.n_train} --n-val {params.n_val} --n-test {params.n_test}"
+            " --height {params.height} --width {params.width} --seed {params.seed} > {log:q} 2>&1"
 
 
 rule prepare:
@@ -42,5 +42,5 @@ rule prepare:
     conda:
         "../envs/eroseg.yml"
     shell:
-        "\"$EROSEG_PYTHON\" -m eroseg prepare --dataset {params.dataset} --root {params.root:q} --splits {params.splits}"
-        " --manifest {output.manifest} --frequencies {output.frequencies} > {log} 2>&1"
+        "\"$EROSEG_PYTHON\" -m eroseg prepare --dataset {params.dataset:q} --root {params.root:q} --splits {params.splits:q}"
+        " --manifest {output.manifest:q} --frequencies {output.frequencies:q} > {log:q} 2>&1"

@@ -2,7 +2,9 @@
 # asks for it, on the reported split (dataset.test_split). One job per model: the
 # model and the data load once and each setting writes its own JSON (metrics plus
 # per-image counts, so worst cases are computed in aggregation without attacking
-# again). Changing an attack setting reruns the evaluation of the models it
+# again); the job lists every file it wrote in the folder's manifest.json, and a folder that lacks one of
+# them is refused (here when the workflow is parsed, and by aggregate) instead of being aggregated without
+# it. Changing an attack setting reruns the evaluation of the models it
 # applies to; changing a method retrains it and re-evaluates its models only.
 
 
@@ -19,6 +21,7 @@ rule evaluate:
         batch_size=EVAL["batch_size"],
         max_images=f"--max-images {EVAL['max_images']}" if EVAL.get("max_images") else "",
         settings=lambda wc: js(evaluation_settings(wc.method, int(wc.seed))),
+        manifest=lambda wc, output: f"{output[0]}/{EVAL_MANIFEST}",
         code=CODE_EVAL,
     threads: config["resources"]["threads"]
     resources:
@@ -30,9 +33,9 @@ rule evaluate:
     conda:
         "../envs/eroseg.yml"
     shell:
-        "\"$EROSEG_PYTHON\" -m eroseg evaluate --checkpoint {input.model} --dataset {params.dataset} --root {params.root:q}"
-        " --split {params.split} --batch-size {params.batch_size} {params.max_images} --seed {wildcards.seed}"
-        " --settings {params.settings:q} --threads {threads} > {log} 2>&1"
+        "\"$EROSEG_PYTHON\" -m eroseg evaluate --checkpoint {input.model:q} --dataset {params.dataset:q} --root {params.root:q}"
+        " --split {params.split:q} --batch-size {params.batch_size} {params.max_images} --seed {wildcards.seed}"
+        " --settings {params.settings:q} --manifest {params.manifest:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule samples:
@@ -58,8 +61,8 @@ rule samples:
     conda:
         "../envs/eroseg.yml"
     shell:
-        "\"$EROSEG_PYTHON\" -m eroseg evaluate --checkpoint {input.model} --dataset {params.dataset} --root {params.root:q}"
-        " --split {params.split} --batch-size {params.n} --max-images {params.n} --seed 0"
-        " --attack {params.attack} --attack-params {params.attack_params:q} --setting {params.setting}"
-        " --samples {output.npz} --samples-n {params.n} --record-steps"
-        " --threads {threads} --out {output.json} > {log} 2>&1"
+        "\"$EROSEG_PYTHON\" -m eroseg evaluate --checkpoint {input.model:q} --dataset {params.dataset:q} --root {params.root:q}"
+        " --split {params.split:q} --batch-size {params.n} --max-images {params.n} --seed 0"
+        " --attack {params.attack:q} --attack-params {params.attack_params:q} --setting {params.setting:q}"
+        " --samples {output.npz:q} --samples-n {params.n} --record-steps"
+        " --threads {threads} --out {output.json:q} > {log:q} 2>&1"

@@ -22,7 +22,7 @@ rule aggregate:
     conda:
         "../envs/eroseg.yml"
     shell:
-        "\"$EROSEG_PYTHON\" -m eroseg aggregate --evals {input.evals} --tuning {input.tuning} --benchmarks {input.benchmarks} --spec {params.spec:q} --out-dir {params.out_dir} > {log} 2>&1"
+        "\"$EROSEG_PYTHON\" -m eroseg aggregate --evals {input.evals:q} --tuning {input.tuning:q} --benchmarks {input.benchmarks:q} --spec {params.spec:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule figures:
@@ -46,5 +46,5 @@ rule figures:
     conda:
         "../envs/eroseg.yml"
     shell:
-        "MPLBACKEND=Agg \"$EROSEG_PYTHON\" -m eroseg figures --evals {input.evals} --logs {input.logs} --samples {input.samples}"
-        " --steps {input.samples} --spec {params.spec:q} --out-dir {params.out_dir} > {log} 2>&1"
+        "MPLBACKEND=Agg \"$EROSEG_PYTHON\" -m eroseg figures --evals {input.evals:q} --logs {input.logs:q} --samples {input.samples:q}"
+        " --steps {input.samples:q} --spec {params.spec:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -16,7 +16,7 @@ rule tune:
         attack=lambda wc: ATTACKS[wc.family]["attack"],
         base=lambda wc: js(tuning_base_params(wc.family)),
         grid=lambda wc: js(TUNE["grids"][wc.family]),
-        max_images=TUNE.get("max_images") or 0,
+        max_images=f"--max-images {TUNE['max_images']}" if TUNE.get("max_images") else "",
         batch_size=EVAL["batch_size"],
         code=CODE_EVAL,
     threads: config["resources"]["threads"]
@@ -29,7 +29,7 @@ rule tune:
     conda:
         "../envs/eroseg.yml"
     shell:
-        "\"$EROSEG_PYTHON\" -m eroseg tune --checkpoints {input.models} --dataset {params.dataset} --root {params.root:q}"
-        " --split {params.split} --family {wildcards.family} --attack {params.attack}"
-        " --attack-params {params.base:q} --grid {params.grid:q} --max-images {params.max_images}"
-        " --batch-size {params.batch_size} --threads {threads} --out {output} > {log} 2>&1"
+        "\"$EROSEG_PYTHON\" -m eroseg tune --checkpoints {input.models:q} --dataset {params.dataset:q} --root {params.root:q}"
+        " --split {params.split:q} --family {wildcards.family:q} --attack {params.attack:q}"
+        " --attack-params {params.base:q} --grid {params.grid:q} {params.max_images}"
+        " --batch-size {params.batch_size} --threads {threads} --out {output:q} > {log:q} 2>&1"
