@@ -122,7 +122,8 @@ class TrainConfig:
         val_robust_images: images of the val split used for the per-epoch robust mIoU.
         val_robust_steps: PGD steps of that small robust evaluation (0 disables it).
         amp: bf16 autocast on CUDA.
-        channels_last: channels_last memory format on CUDA.
+        channels_last: channels_last memory format for the model and the training batches (CPU and CUDA; on 2
+            CPU cores it made a training step of the default's small U-Net 13 % cheaper).
         num_workers: DataLoader workers.
         deterministic: ask torch for deterministic algorithms.
     """
@@ -498,7 +499,7 @@ def _prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device, wor
         # Batch statistics over the global batch, as one process would compute them.
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
-    if cfg.channels_last and device.type == "cuda":
+    if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -666,7 +667,7 @@ def train_step(run: _Run, state: TrainState, images: torch.Tensor, labels: torch
     labels = labels.to(run.device, non_blocking=True)
     if cfg.hflip > 0:
         images, labels = _flip(run, epoch, step, images, labels)
-    if cfg.channels_last and run.device.type == "cuda":
+    if cfg.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     for group in run.opt.param_groups:
         group["lr"] = lr_at(cfg, epoch * run.steps_per_epoch + step, run.total_steps)
