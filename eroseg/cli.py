@@ -207,11 +207,13 @@ def cmd_import_model(args) -> None:
     if classes != info.num_classes or built.get("dataset") not in (None, args.dataset):
         raise ValueError(f"{where}: the model is for {built.get('dataset') or 'a dataset'} with {classes} classes, "
                          f"but the data is {args.dataset} with {info.num_classes} classes")
+    model.num_classes, declared = None, model.num_classes  # the channels are compared below, with the data's
     try:  # a forward pass now, so that a model whose output eroseg cannot read fails here, named
         with torch.no_grad():
             out = model(torch.rand(1, 3, 64, 64))
     except (ValueError, TypeError, RuntimeError) as err:
         raise ValueError(f"{where}: a forward pass of the model on a [1, 3, 64, 64] image failed: {err}") from None
+    model.num_classes = declared
     if out.shape[1] != classes:
         raise ValueError(f"{where}: the model returns {out.shape[1]} channels; the data has {classes} classes")
     meta = {**built, "num_classes": classes, "classes": list(built.get("classes") or info.classes),
