@@ -289,3 +289,15 @@ def test_external_model_through_the_whole_pipeline(tiny_run, tmp_path):
     assert "mine" in set(checks.method)
     record = json.loads((out / "eval" / "mine" / "seed0" / "clean.json").read_text())
     assert record["method"] == "mine" and record["checkpoint"].endswith("models/mine/seed0/model.pt")
+
+
+def test_docs_config_snippets_pass_the_check():
+    """The ``methods:`` blocks of docs/own_model.md are entries eroseg.external accepts, with an external model."""
+    import re
+
+    text = (ROOT / "docs" / "own_model.md").read_text()
+    snippets = [yaml.safe_load(code) for code in re.findall(r"^```yaml\n(.*?)^```", text, re.S | re.M)
+                if "methods:" in code]
+    assert len(snippets) >= 2
+    for cfg in snippets:
+        assert check_methods(cfg["methods"]), cfg
