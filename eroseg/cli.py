@@ -98,38 +98,14 @@ def load_model_factory(spec: str, *, dataset: str | None = None, device="cpu"):
         ValueError: malformed spec, module or function not found, or a factory
             that returns something else than a module (the message names the spec).
     """
-    import importlib
-    import importlib.util
-
     import torch.nn as nn
 
+    from eroseg.external import import_factory
     from eroseg.models import SegmentationModel, wrap_model
 
     where = f"--model-factory {spec!r}"
-    module_name, sep, func_name = str(spec).rpartition(":")
-    if not sep or not module_name or not func_name:
-        raise ValueError(f"{where}: expected MODULE:FUNCTION, e.g. mymodels:build or path/to/mymodels.py:build")
-    try:
-        if module_name.endswith(".py"):
-            path = Path(os.path.expanduser(module_name))
-            if not path.is_file():
-                raise FileNotFoundError(f"{where}: file {path} not found")
-            mod_spec = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(mod_spec)
-            mod_spec.loader.exec_module(module)
-        else:
-            if os.getcwd() not in sys.path:
-                sys.path.append(os.getcwd())  # as `python -m` would; installed packages still come first
-            module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"{where}: cannot import {module_name!r} ({err}); is it on PYTHONPATH?") from err
-    factory = module
-    for part in func_name.split("."):
-        if not hasattr(factory, part):
-            raise ValueError(f"{where}: {module_name!r} has no attribute {func_name!r}")
-        factory = getattr(factory, part)
-    if not callable(factory):
-        raise ValueError(f"{where}: {func_name!r} is not callable")
+    factory = import_factory(spec, where)
+    func_name = str(spec).rpartition(":")[2]
     built = factory()
     meta: dict = {}
     if isinstance(built, tuple) and len(built) == 2 and isinstance(built[1], dict):
@@ -215,6 +191,41 @@ def cmd_train(args) -> None:
               "dataset": args.dataset, "classes": list(info.classes)},
         robust_attack=robust, progress=not args.quiet and rank == 0,
     )
+
+
+def cmd_import_model(args) -> None:
+    import torch
+
+    from eroseg.data import dataset_info
+    from eroseg.external import build_external
+    from eroseg.io import check_writable_dir
+    from eroseg.models import save_checkpoint
+
+    where = args.config_key or "--factory/--weights/--options"
+    entry = {**_json_arg(args.options, "--options"), "factory": args.factory}
+    if args.weights:
+        entry["weights"] = args.weights
+    check_writable_dir(args.out, "checkpoint (--out)")
+    info = dataset_info(args.dataset)
+    model, built = build_external(entry, num_classes=info.num_classes, where=where)
+    classes = int(built["num_classes"] or info.num_classes)
+    if classes != info.num_classes or built.get("dataset") not in (None, args.dataset):
+        raise ValueError(f"{where}: the model is for {built.get('dataset') or 'a dataset'} with {classes} classes, "
+                         f"but the data is {args.dataset} with {info.num_classes} classes")
+    model.num_classes, declared = None, model.num_classes  # the channels are compared below, with the data's
+    try:  # a forward pass now, so that a model whose output eroseg cannot read fails here, named
+        with torch.no_grad():
+            out = model(torch.rand(1, 3, 64, 64))
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise ValueError(f"{where}: a forward pass of the model on a [1, 3, 64, 64] image failed: {err}") from None
+    model.num_classes = declared
+    if out.shape[1] != classes:
+        raise ValueError(f"{where}: the model returns {out.shape[1]} channels; the data has {classes} classes")
+    meta = {**built, "num_classes": classes, "classes": list(built.get("classes") or info.classes),
+            "dataset": args.dataset, "method": args.method, "seed": args.seed, "weights_file": args.weights or None}
+    save_checkpoint(args.out, model, meta)
+    log.info("%s: %s%s -> %s (%d classes)", args.method, args.factory,
+             f" with {args.weights}" if args.weights else "", args.out, classes)
 
 
 def _settings(args) -> list[dict]:
@@ -658,6 +669,29 @@ def _add_evaluate_parser(sub) -> None:
     parser.set_defaults(func=cmd_evaluate)
 
 
+def _add_import_model_parser(sub) -> None:
+    """The ``eroseg import-model`` subcommand's parser."""
+    parser = sub.add_parser(
+        "import-model", help="build your own pretrained model with its factory and weights file and write it as an "
+        "eroseg checkpoint (what the workflow does for methods.<name>.external); runs the factory's code")
+    parser.add_argument("--factory", required=True, metavar="SPEC",
+                        help="torchvision:BUILDER (e.g. torchvision:lraspp_mobilenet_v3_large), MODULE:FUNCTION or "
+                             "path/to/file.py:FUNCTION; a module is imported (the current folder is searched after "
+                             "sys.path) and a file executed: this runs that code")
+    parser.add_argument("--weights", default=None, metavar="FILE",
+                        help="state dict loaded into the factory's model (.pt, .pth, .bin or .safetensors)")
+    parser.add_argument("--options", default="{}", metavar="JSON",
+                        help="the rest of the entry as JSON: mean, std, num_classes, output_key, pad_multiple, kwargs")
+    parser.add_argument("--dataset", required=True, choices=_LazyChoices(_dataset_names), metavar="NAME",
+                        help="the dataset the model is evaluated on: %(choices)s (its class count must match)")
+    parser.add_argument("--method", required=True, help="method name stored in the checkpoint")
+    parser.add_argument("--seed", type=int, default=0, help="seed stored in the checkpoint (default: %(default)s)")
+    parser.add_argument("--config-key", default=None, metavar="KEY", help="config key named in errors")
+    parser.add_argument("--out", required=True, metavar="FILE", help="output checkpoint (.pt)")
+    _common_args(parser, threads=False)
+    parser.set_defaults(func=cmd_import_model)
+
+
 def _add_tune_parser(sub) -> None:
     """The ``eroseg tune`` subcommand's parser."""
     attacks = _LazyChoices(_attack_names)
@@ -752,8 +786,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eroseg", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"eroseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_synthesize_parser, _add_prepare_parser, _add_train_parser, _add_evaluate_parser,
-                _add_tune_parser, _add_attack_parser, _add_aggregate_parser, _add_figures_parser):
+    for add in (_add_synthesize_parser, _add_prepare_parser, _add_train_parser, _add_import_model_parser,
+                _add_evaluate_parser, _add_tune_parser, _add_attack_parser, _add_aggregate_parser, _add_figures_parser):
         add(sub)
     return parser
 

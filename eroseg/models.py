@@ -396,12 +396,17 @@ def _low_on_space(path: Path, margin: int = 64 * 2**20) -> bool:
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[SegmentationModel, dict]:
     """Rebuild the model of a checkpoint; returns ``(model in eval mode, meta)``.
 
+    The checkpoint of an external model (``eroseg import-model``) is rebuilt by
+    its factory, which runs only if trusted (see :mod:`eroseg.external`).
+
     Raises:
         ValueError: naming the file, when the metadata lacks the model config or
             the class count, or when the weights do not fit the model it describes.
     """
     ckpt = load_checkpoint(path, map_location)
     meta = ckpt.get("meta")
+    if isinstance(meta, dict) and isinstance(meta.get("external"), dict):
+        return _load_external(path, ckpt, meta, map_location)
     if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict) or "num_classes" not in meta:
         have = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
         raise ValueError(
@@ -421,6 +426,23 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
             f"({meta['model'].get('arch', 'Unet')}/{meta['model'].get('encoder', 'resnet18')}, "
             f"{meta['num_classes']} classes): {detail}"
         ) from None
+    return model.to(map_location).eval(), meta
+
+
+def _load_external(path, ckpt: dict, meta: dict, map_location) -> tuple[SegmentationModel, dict]:
+    """Rebuild the model of a checkpoint ``eroseg import-model`` wrote (see :mod:`eroseg.external`)."""
+    from eroseg.external import rebuild_external
+
+    if "num_classes" not in meta:
+        raise ValueError(f"{path}: checkpoint of an external model lacks 'num_classes'; import it again")
+    model = rebuild_external(meta["external"], int(meta["num_classes"]), where=str(path))
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, KeyError) as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        raise ValueError(f"{path}: weights do not match the model its factory {meta['external'].get('factory')!r} "
+                         f"builds now (was the factory changed? import the model again): "
+                         f"{lines[1] if len(lines) > 1 else (lines[0] if lines else type(err).__name__)}") from None
     return model.to(map_location).eval(), meta
 
 

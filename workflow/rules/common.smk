@@ -20,6 +20,12 @@ from eroseg.tune import grid_candidates
 
 SCHEMA = Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 
+# Methods with an `external` entry (a pretrained model of the user's, not trained here; eroseg.external owns
+# the entry): checked before the schema, so that a bad entry is one line naming its key.
+from eroseg.external import TRUST_ENV, check_methods, factory_file, trusted_factories
+
+EXTERNAL = check_methods(config.get("methods"))
+
 
 def _unknown_keys(cfg, schema, where=""):
     """One line for the first config key the schema does not know, with the closest valid key."""
@@ -143,6 +149,25 @@ else:
 
 METHODS = list(config["methods"])
 SEEDS = [int(s) for s in config["seeds"]]
+TRAINED = [m for m in METHODS if m not in EXTERNAL]
+for _m, _entry in EXTERNAL.items():
+    if "weights" in _entry:
+        _entry["weights"] = os.path.expanduser(_entry["weights"])
+        if not Path(_entry["weights"]).is_file():
+            raise ValueError(f"config key methods.{_m}.external.weights: file {_entry['weights']!r} not found "
+                             f"(paths are relative to the working folder, {os.getcwd()})")
+    if factory_file(_entry["factory"]) and not Path(os.path.expanduser(factory_file(_entry["factory"]))).is_file():
+        raise ValueError(f"config key methods.{_m}.external.factory: file {factory_file(_entry['factory'])!r} not "
+                         f"found (paths are relative to the working folder, {os.getcwd()})")
+# The checkpoints the import rule writes name their factories; the jobs may rebuild those of this config.
+os.environ[TRUST_ENV] = json.dumps(sorted(set(trusted_factories()) | {e["factory"] for e in EXTERNAL.values()}))
+
+
+def seeds_of(method):
+    """Seeds a method is evaluated with: every seed for a trained method (one model per seed); the first for
+    an external one, which is one model (its seed is the attacks' random start)."""
+    return SEEDS[:1] if method in EXTERNAL else SEEDS
+
 EVAL = config["evaluation"]
 ATTACKS = EVAL["attacks"]
 HEAD_EPS = _parse(EVAL["headline"]["eps"], key="evaluation.headline.eps")
@@ -272,7 +297,7 @@ def eval_file(method, seed, setting, eps, steps):
 
 
 def all_eval_dirs():
-    return [eval_dir(m, s) for m in METHODS for s in SEEDS]
+    return [eval_dir(m, s) for m in METHODS for s in seeds_of(m)]
 
 
 def _check_eval_folders():
@@ -447,7 +472,7 @@ def all_outputs():
     return (
         [f"{OUT}/data/manifest.csv"]
         + [tuning_path(f) for f in TUNED_FAMILIES]
-        + [model_path(m, s) for m in METHODS for s in SEEDS]
+        + [model_path(m, s) for m in METHODS for s in seeds_of(m)]
         + all_eval_dirs()
         + [f"{OUT}/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md", "html")]
         + [f"{OUT}/figures/{f}.{ext}" for f in FIGURES for ext in ("png", "svg")]
@@ -456,8 +481,8 @@ def all_outputs():
 
 def benchmark_files():
     """Per-job wall times Snakemake records (``benchmark:``) for the timings table."""
-    return ([f"{OUT}/benchmarks/train/{m}_seed{s}.tsv" for m in METHODS for s in SEEDS]
-            + [f"{OUT}/benchmarks/evaluate/{m}_seed{s}.tsv" for m in METHODS for s in SEEDS]
+    return ([f"{OUT}/benchmarks/train/{m}_seed{s}.tsv" for m in TRAINED for s in SEEDS]
+            + [f"{OUT}/benchmarks/evaluate/{m}_seed{s}.tsv" for m in METHODS for s in seeds_of(m)]
             + [f"{OUT}/benchmarks/tune/{f}.tsv" for f in TUNED_FAMILIES])
 
 

@@ -28,7 +28,7 @@ rule aggregate:
 rule figures:
     input:
         evals=all_eval_dirs(),
-        logs=[f"{OUT}/models/{m}/seed{s}/log.csv" for m in METHODS for s in SEEDS],
+        logs=[f"{OUT}/models/{m}/seed{s}/log.csv" for m in TRAINED for s in SEEDS],  # external models: no log
         samples=samples_path(),
     output:
         [
