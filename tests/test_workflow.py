@@ -222,6 +222,34 @@ def test_unknown_config_key_names_itself_and_the_closest_valid_key(tmp_path):
     assert "config key train.batchsize: unknown; did you mean train.batch_size?" in res.stdout + res.stderr
 
 
+def _dry_run_with(tmp_path, change) -> str:
+    """Output of a failing dry run of the tests config after ``change(cfg)``."""
+    copy_configs(tmp_path)
+    cfg = yaml.safe_load((tmp_path / "config" / "tests.yaml").read_text())
+    change(cfg)
+    (tmp_path / "config" / "bad.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    res = snakemake(tmp_path, "-n", "--configfile", "config/bad.yaml", check=False)
+    assert res.returncode != 0
+    return res.stdout + res.stderr
+
+
+def test_misspelt_tuned_training_attack_is_named_as_unknown_not_as_missing_grid(tmp_path):
+    out = _dry_run_with(tmp_path, lambda cfg: cfg["methods"].update(eroseg_at={"attack": "erosg", "tuned": True}))
+    assert "config key methods.eroseg_at.attack: unknown attack 'erosg'; valid: fgsm, pgd" in out
+    assert "did you mean 'eroseg'?" in out and "no tuning grid" not in out
+
+
+def test_every_budget_out_of_range_is_named(tmp_path):
+    def change(cfg):
+        cfg["evaluation"]["headline"]["eps"] = 8
+        cfg["adversarial_training"]["eps"] = 8
+
+    out = _dry_run_with(tmp_path, change)
+    assert "2 bad numbers in the config" in out
+    for key in ("evaluation.headline.eps", "adversarial_training.eps"):
+        assert f"config key {key}: 8 is above 1, the pixel range" in out and "did you mean '8/255'?" in out, key
+
+
 def test_rules_run_the_package_with_snakemakes_own_interpreter(tmp_path):
     """A Snakemake started from a venv that is not activated (eroseg not on PATH) still finds the package."""
     copy_configs(tmp_path)
