@@ -206,10 +206,15 @@ def cmd_train(args) -> None:
     train(
         model, train_set=train_set, val_set=val_set, num_classes=info.num_classes, model_cfg=model_cfg, cfg=cfg,
         attack=attack, out=args.out, log_path=args.log, seed=args.seed, device=device,
-        meta={"method": args.method, "attack": args.attack, "attack_params": attack_params,
+        meta={"method": args.method or default_method(args.attack), "attack": args.attack, "attack_params": attack_params,
               "dataset": args.dataset, "classes": list(info.classes)},
         robust_attack=robust, progress=not args.quiet and rank == 0,
     )
+
+
+def default_method(attack: str | None) -> str:
+    """Method name stored by ``eroseg train`` without ``--method``: ``standard``, or ``<attack>_at``."""
+    return "standard" if attack in (None, "", "none") else f"{attack}_at"
 
 
 def _settings(args) -> list[dict]:
@@ -538,7 +543,8 @@ def _add_train_parser(sub) -> None:
                         help="model config as JSON (arch, encoder, encoder_weights, kwargs)")
     parser.add_argument("--train", default="{}", metavar="JSON",
                         help="training config as JSON (see eroseg.train.TrainConfig)")
-    parser.add_argument("--method", default=None, help="method name stored in the checkpoint")
+    parser.add_argument("--method", default=None,
+                        help="method name stored in the checkpoint (default: standard, or <attack>_at)")
     parser.add_argument("--attack", default=None, choices=attacks_or_none, metavar="NAME",
                         help="attack that makes the training examples: %(choices)s (none: standard training)")
     parser.add_argument("--attack-params", default="{}", metavar="JSON",
@@ -591,7 +597,8 @@ def _add_evaluate_parser(sub) -> None:
     parser.add_argument("--record-steps", action="store_true", help="record per-step attack masks into --samples")
     _device_arg(parser)
     parser.add_argument("--out", default=None, metavar="JSON",
-                        help="output of the single setting: metrics and per-image counts")
+                        help="output of the single setting: metrics (miou, pixel_acc, per_class_iou as fractions "
+                             "in [0, 1]; tables show percent) and per-image counts")
     _common_args(parser)
     parser.set_defaults(func=cmd_evaluate)
 
@@ -683,7 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``eroseg`` parser: one subparser per subcommand, each built by its ``_add_<command>_parser``."""
     from eroseg import __version__
 
-    parser = argparse.ArgumentParser(prog="eroseg", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="eroseg", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--version", action="version", version=f"eroseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_synthesize_parser, _add_prepare_parser, _add_train_parser, _add_evaluate_parser,

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eroseg.cli import _json_arg, main, parse_number
+from eroseg.cli import _json_arg, default_method, main, parse_number
 from eroseg.data import generate_synthetic
-from eroseg.models import create_model, save_checkpoint
+from eroseg.models import create_model, load_checkpoint, save_checkpoint
 from tests.conftest import TINY_UNET as MODEL_CFG
 
 
@@ -96,3 +96,15 @@ def test_errors_are_one_line_with_the_file(tmp_path):
                           "--dataset", "synthetic", "--root", ".", "--out", str(tmp_path / "o.json")],
                          capture_output=True, text=True)
     assert res.returncode == 1 and "x.pt" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_training_without_method_stores_a_method_name(setup, tmp_path):
+    """`eroseg train` without --method records `<attack>_at` (or `standard`), never null, in the checkpoint."""
+    _, root, _ = setup
+    out = tmp_path / "m.pt"
+    assert main(["train", "--dataset", "synthetic", "--root", str(root), "--model", json.dumps(MODEL_CFG),
+                 "--train", '{"epochs": 1, "batch_size": 4, "amp": false, "val_robust_steps": 0}',
+                 "--attack", "fgsm", "--attack-params", '{"eps": "8/255"}', "--out", str(out),
+                 "--log", str(tmp_path / "log.csv"), "--device", "cpu", "--quiet"]) == 0
+    assert load_checkpoint(out)["meta"]["method"] == "fgsm_at"
+    assert default_method(None) == default_method("none") == "standard"

@@ -47,3 +47,11 @@ def test_building_the_parser_imports_no_torch():
     code = "import sys; from eroseg.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False"
+
+
+def test_help_shows_no_raw_rst():
+    """Docstrings feed the help texts; their RST markup (``x``, :func:`x`) must not reach the console."""
+    texts = [build_parser().format_help(), *(sp.format_help() for sp in subcommands().values())]
+    raw = [line.strip() for text in texts for line in text.splitlines() if "``" in line or ":func:`" in line
+           or ":class:`" in line]
+    assert raw == []
