@@ -296,3 +296,24 @@ def test_slurm_profile_dry_run_requests_gpus(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     train_blocks = re.findall(r"^rule train:\n((?:    .*\n)+)", res.stdout + res.stderr, flags=re.M)
     assert train_blocks and all("gpu=2" in b for b in train_blocks), train_blocks
+
+
+def test_slurm_gpus_per_train_needs_the_per_job_cap_raised(tmp_path):
+    """docs/slurm.md: in the slurm profile `gpu` is a cap per job, so `gpus_per_train: 2` asks SLURM for 2 GPUs
+    only with `--resources gpu=2`; evaluations keep asking for 1."""
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="snakemake-executor-plugin-slurm not installed")
+    copy_configs(tmp_path)
+    cfg = yaml.safe_load((tmp_path / "config" / "tests.yaml").read_text())
+    cfg.setdefault("resources", {}).update(gpus_per_train=2, jobs_per_gpu=1)
+    (tmp_path / "config" / "g2.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    env = snakemake_env(EROSEG_SLURM_ACCOUNT="acct", EROSEG_SLURM_PARTITION="cpu", EROSEG_SLURM_GPU_PARTITION="gpu")
+    profile = str(ROOT / "workflow" / "profiles" / "slurm")
+    requests = {}
+    for extra in ([], ["--resources", "gpu=2"]):
+        res = subprocess.run(snakemake_cmd(tmp_path, "-n", "--profile", profile, "--configfile", "config/g2.yaml",
+                                           *extra), capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+        requests[bool(extra)] = {(rule, gpus) for rule, gpus in re.findall(
+            r"^ *rule (train|evaluate):\n(?: {4,}.*\n)*? {4,}resources: .*?\bgpu=(\d+)", res.stdout + res.stderr,
+            flags=re.M)}
+    assert requests == {False: {("train", "1"), ("evaluate", "1")}, True: {("train", "2"), ("evaluate", "1")}}
