@@ -206,8 +206,8 @@ def cmd_train(args) -> None:
     train(
         model, train_set=train_set, val_set=val_set, num_classes=info.num_classes, model_cfg=model_cfg, cfg=cfg,
         attack=attack, out=args.out, log_path=args.log, seed=args.seed, device=device,
-        meta={"method": args.method or default_method(args.attack), "attack": args.attack, "attack_params": attack_params,
-              "dataset": args.dataset, "classes": list(info.classes)},
+        meta={"method": args.method or default_method(args.attack), "attack": args.attack,
+              "attack_params": attack_params, "dataset": args.dataset, "classes": list(info.classes)},
         robust_attack=robust, progress=not args.quiet and rank == 0,
     )
 
@@ -412,10 +412,17 @@ def _eval_files(paths: list[str]) -> list[str]:
     return out
 
 
+def _spec_arg(text: str) -> dict:
+    """A table / figure spec (JSON or YAML flow style) with its budgets (``eps: 8/255``) as numbers."""
+    from eroseg.numbers import budgets_as_numbers
+
+    return budgets_as_numbers(_json_arg(text, "--spec"))
+
+
 def cmd_aggregate(args) -> None:
     from eroseg.aggregate import aggregate
 
-    aggregate(_eval_files(args.evals), _json_arg(args.spec, "--spec"), args.out_dir, tuning_paths=args.tuning,
+    aggregate(_eval_files(args.evals), _spec_arg(args.spec), args.out_dir, tuning_paths=args.tuning,
               benchmark_paths=args.benchmarks)
 
 
@@ -424,7 +431,7 @@ def cmd_figures(args) -> None:
 
     make_figures(
         evals=_eval_files(args.evals), logs=args.logs, samples=args.samples, steps=args.steps,
-        spec=_json_arg(args.spec, "--spec"), out_dir=args.out_dir,
+        spec=_spec_arg(args.spec), out_dir=args.out_dir,
     )
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eroseg.cli import _json_arg, default_method, main, parse_number
+from eroseg.cli import _json_arg, _spec_arg, default_method, main, parse_number
 from eroseg.data import generate_synthetic
 from eroseg.models import create_model, load_checkpoint, save_checkpoint
 from tests.conftest import TINY_UNET as MODEL_CFG
@@ -40,6 +40,9 @@ def test_spec_arguments_read_json_and_yaml_flow_style():
     expected = {"methods": ["standard", "pgd_at"], "headline": {"eps": 8 / 255, "steps": 3}, "sea": None}
     assert _json_arg(flow, "--spec") == expected
     assert _json_arg(json.dumps(expected), "--spec") == expected
+    # Budgets as the workflow writes them (the report shows eps: 8/255) reach aggregate and figures as floats.
+    assert _spec_arg("{headline: {eps: 8/255, steps: 3}, checks: {eps: [16/255, 255/255]}}") == {
+        "headline": {"eps": 8 / 255, "steps": 3}, "checks": {"eps": [16 / 255, 1.0]}}
     with pytest.raises(SystemExit, match="--spec is not valid JSON"):
         _json_arg("{methods: [standard", "--spec")
     with pytest.raises(SystemExit, match="--spec must be a JSON object"):

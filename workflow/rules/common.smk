@@ -11,7 +11,7 @@ import yaml
 
 from snakemake.utils import validate
 
-from eroseg.numbers import eps_tag, parse_number, resolve_attack_params
+from eroseg.numbers import budgets_as_text, eps_tag, parse_number, resolve_attack_params
 from eroseg.stats import claims_options
 from eroseg.tune import grid_candidates
 
@@ -466,6 +466,8 @@ class _FlowDumper(yaml.SafeDumper):
 
 def flow(obj):
     """YAML flow style (``{methods: [standard, pgd_at], ...}``) for a shell argument, for the params the
-    report shows: Snakemake's report escapes every double quote of a JSON param (``{\\"methods\\": ...}``)."""
+    report shows: Snakemake's report escapes every double quote of a JSON param (``{\\"methods\\": ...}``).
+    Budgets are written as fractions (``eps: 8/255``); the package reads them back (eroseg.numbers)."""
+    obj = budgets_as_text(obj)
     return yaml.dump(obj, Dumper=_FlowDumper, default_flow_style=True, sort_keys=False, width=float("inf")).strip()
 
