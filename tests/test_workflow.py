@@ -82,8 +82,13 @@ def report_data(path: Path, script_id: str, var: str):
 
 
 def table_cells(text: str) -> list[str]:
-    """Text of every header and data cell of the HTML tables in ``text``."""
-    return [html.unescape(c).strip() for c in re.findall(r"<t[dh](?:\s[^>]*)?>(.*?)</t[dh]>", text, re.S)]
+    """Text of every header and data cell of the HTML tables in ``text``, as a reader sees it: markup inside a cell
+    (an interval on its own line, a header's break opportunities) dropped, whitespace collapsed."""
+    cells = []
+    for c in re.findall(r"<t[dh](?:\s[^>]*)?>(.*?)</t[dh]>", text, re.S):
+        c = re.sub(r"<[^>]*>", "", re.sub(r"<br\s*/?>", " ", c))
+        cells.append(" ".join(html.unescape(c).split()))
+    return cells
 
 
 def assert_table_shows_csv(csv_path: Path, cells: list[str]) -> None:
