@@ -10,8 +10,8 @@ Tables (each written as ``<name>.csv``, ``<name>.md`` and ``<name>.html``):
 
 - ``results``: one row per evaluation (long form).
 - ``main``: methods x attack settings at the headline eps and steps: clean
-  first, then each attack, SEA, and the worst case over all of them last; mean
-  ± std over seeds with a 95 % confidence interval.
+  first, then the worst case over all of them and SEA (the robust numbers),
+  then each attack; mean ± std over seeds with a 95 % confidence interval.
 - ``sea``: per method, SEA's components: how often each was the per-image
   worst (pixel accuracy) and each one's mIoU alone; SEA alone, the other
   attacks' worst case, and SEA + EroSeg.
@@ -28,8 +28,10 @@ Tables (each written as ``<name>.csv``, ``<name>.md`` and ``<name>.html``):
 
 from __future__ import annotations
 
+import html
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -110,18 +112,55 @@ class Evals:
 
 
 # ----------------------------------------------------------------------- output
+#: A cell of :func:`fmt_cell`: ``"31.6 ± 0.4 [30.6, 32.6]"``.
+_WITH_INTERVAL = re.compile(r"^(.*\S) (\[[^\[\]]*\])$")
+
+#: Style of the HTML tables, standalone and (the same rules) inlined on the report's landing page
+#: (``workflow/report/workflow.rst``): text wraps at spaces, a mean ± std never, its interval on a
+#: second line, headers also after an underscore, so that a wide table fits a laptop's width.
+TABLE_STYLE = ("table{border-collapse:collapse;font:13px sans-serif}"
+               "td,th{padding:2px 6px;text-align:right;vertical-align:top;border-bottom:1px solid #ddd}"
+               "thead th{vertical-align:bottom}td:first-child,th:first-child{text-align:left}"
+               ".m,.ci{white-space:nowrap}.ci{color:#666;font-size:90%}")
+
+
+def _html_cell(value) -> str:
+    """A cell for the HTML table: escaped; ``mean ± std [low, high]`` as the mean line over the interval line."""
+    text = html.escape(str(value))
+    m = _WITH_INTERVAL.match(text)
+    return f'<span class="m">{m.group(1)}</span><br><span class="ci">{m.group(2)}</span>' if m else text
+
+
+def _html_header(name) -> str:
+    """A column header that may break after an underscore (``worst_case``, ``apgd_eroseg``)."""
+    return html.escape(str(name)).replace("_", "_<wbr>")
+
+
+def table_html(df: pd.DataFrame, index: bool = True) -> str:
+    """``df`` as an HTML table with the same values as its CSV (see :data:`TABLE_STYLE` for the layout)."""
+    out = df.reset_index() if index and df.index.name else df.copy()  # a named index: a column, no extra header row
+    index = index and not df.index.name
+    for col in out.columns:
+        if not pd.api.types.is_numeric_dtype(out[col]) or pd.api.types.is_bool_dtype(out[col]):
+            out[col] = out[col].map(lambda v: v if v is None or (isinstance(v, float) and math.isnan(v))
+                                    else _html_cell(v))
+    out.columns = [_html_header(c) for c in out.columns]
+    if index:
+        out.index = out.index.map(_html_cell)
+        out.index.names = [None if n is None else _html_header(n) for n in out.index.names]
+    return out.to_html(index=index, na_rep="–", border=0, classes="eroseg-table", escape=False)
+
+
 def write_table(df: pd.DataFrame, out_dir: Path, name: str, title: str, index: bool = True) -> None:
-    """Write ``<name>.csv``, ``.md`` (titled) and ``.html`` (titled, for the report)."""
+    """Write ``<name>.csv``, ``.md`` (titled) and ``.html`` (titled, for the report; see :func:`table_html`)."""
     if index and isinstance(df.index, pd.MultiIndex):  # one column per level, not tuples
         df, index = df.reset_index(), False
     atomic_write_text(out_dir / f"{name}.csv", df.to_csv(index=index))
     atomic_write_text(out_dir / f"{name}.md", f"## {title}\n\n{df.to_markdown(index=index)}\n")
-    html = df.to_html(index=index, na_rep="–", border=0, classes="eroseg-table")
     atomic_write_text(out_dir / f"{name}.html",
-                      f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title>"
-                      f"<style>table{{border-collapse:collapse;font:14px sans-serif}}td,th{{padding:2px 8px;"
-                      f"text-align:right;border-bottom:1px solid #ddd}}</style></head>"
-                      f"<body><h3>{title}</h3>{html}</body></html>\n")
+                      f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                      f"<style>{TABLE_STYLE}</style></head>"
+                      f"<body><h3>{html.escape(title)}</h3>{table_html(df, index)}</body></html>\n")
 
 
 # ------------------------------------------------------------------ worst cases
@@ -166,7 +205,7 @@ def _worst_case_settings(spec: dict) -> list[str]:
 
 
 def main_table(ev: Evals, spec: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Methods x (clean, attacks, SEA, worst case): formatted cells and per-model values (fractions)."""
+    """Methods x (clean, worst case, SEA, attacks): formatted cells; per-model values (fractions), worst case last."""
     attacks = list(spec["attacks"])
     sea = [spec["sea"]] if spec.get("sea") else []
     rows, values = {}, []
@@ -182,7 +221,8 @@ def main_table(ev: Evals, spec: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
             values.append({"method": m, "seed": seed, **model_vals})
             for k, v in model_vals.items():
                 per_col.setdefault(k, []).append(v)
-        rows[m] = {c: fmt_cell(per_col.get(c, [])) for c in ["clean", *attacks, *sea, WORST]}
+        # The robust columns (worst case, SEA) right after clean, so that they are seen first on a narrow page.
+        rows[m] = {c: fmt_cell(per_col.get(c, [])) for c in ["clean", WORST, *sea, *attacks]}
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "method"
     return table, pd.DataFrame(values)
@@ -442,10 +482,10 @@ def claims_table(ev: Evals, spec: dict) -> pd.DataFrame:
             r.update(low=r["estimate"] - half, high=r["estimate"] + half, level=level, p_adj=p_adj,
                      mdd=stats.detectable(r["se"], r["df"], cl["alpha"], m, cl["min_effect"]))
     out = [{"claim": r["claim"], "model": r["model"], "comparison": r["comparison"],
+            "holds": stats.verdict(r["estimate"], r["low"], r["high"], cl["min_effect"], r["lower_is_yes"]),
             "difference (points)": r["estimate"], "CI low": r["low"], "CI high": r["high"],
             "CI level (%)": 100 * (1 - r["level"]), "p (Holm)": r["p_adj"],
-            "detectable (points)": r["mdd"], "seeds": r["seeds"], "images": r["images"],
-            "holds": stats.verdict(r["estimate"], r["low"], r["high"], cl["min_effect"], r["lower_is_yes"])}
+            "detectable (points)": r["mdd"], "seeds": r["seeds"], "images": r["images"]}
            for r in rows]
     digits = {"difference (points)": 2, "CI low": 2, "CI high": 2, "CI level (%)": 2, "p (Holm)": 4,
               "detectable (points)": 2}
@@ -468,9 +508,8 @@ def verdicts_table(claims: pd.DataFrame) -> pd.DataFrame:
     for (claim, comparison), group in df.groupby(["claim", "comparison"], sort=False):
         counts = group["holds"].value_counts().to_dict()
         d = group["difference (points)"]
-        rows.append({"claim": claim, "comparison": comparison, "models": len(group),
-                     **{name: int(counts.get(v, 0)) for v, name in short.items()},
-                     "answer": stats.overall_answer(counts),
+        rows.append({"claim": claim, "comparison": comparison, "answer": stats.overall_answer(counts),
+                     "models": len(group), **{name: int(counts.get(v, 0)) for v, name in short.items()},
                      "differences (points)": f"{d.min():+.2f} to {d.max():+.2f}" if len(d) > 1 else f"{d.iloc[0]:+.2f}",
                      "detectable (points)": round(float(group["detectable (points)"].max()), 2)})
     out = pd.DataFrame(rows).set_index(["claim", "comparison"])

@@ -187,8 +187,8 @@ def cmd_train(args) -> None:
     train(
         model, train_set=train_set, val_set=val_set, num_classes=info.num_classes, model_cfg=model_cfg, cfg=cfg,
         attack=attack, out=args.out, log_path=args.log, seed=args.seed, device=device,
-        meta={"method": args.method, "attack": args.attack, "attack_params": attack_params,
-              "dataset": args.dataset, "classes": list(info.classes)},
+        meta={"method": args.method or default_method(args.attack), "attack": args.attack,
+              "attack_params": attack_params, "dataset": args.dataset, "classes": list(info.classes)},
         robust_attack=robust, progress=not args.quiet and rank == 0,
     )
 
@@ -226,6 +226,11 @@ def cmd_import_model(args) -> None:
     save_checkpoint(args.out, model, meta)
     log.info("%s: %s%s -> %s (%d classes)", args.method, args.factory,
              f" with {args.weights}" if args.weights else "", args.out, classes)
+
+
+def default_method(attack: str | None) -> str:
+    """Method name stored by ``eroseg train`` without ``--method``: ``standard``, or ``<attack>_at``."""
+    return "standard" if attack in (None, "", "none") else f"{attack}_at"
 
 
 def _settings(args) -> list[dict]:
@@ -449,10 +454,17 @@ def _eval_files(paths: list[str]) -> list[str]:
     return out
 
 
+def _spec_arg(text: str) -> dict:
+    """A table / figure spec (JSON or YAML flow style) with its budgets (``eps: 8/255``) as numbers."""
+    from eroseg.numbers import budgets_as_numbers
+
+    return budgets_as_numbers(_json_arg(text, "--spec"))
+
+
 def cmd_aggregate(args) -> None:
     from eroseg.aggregate import aggregate
 
-    aggregate(_eval_files(args.evals), _json_arg(args.spec, "--spec"), args.out_dir, tuning_paths=args.tuning,
+    aggregate(_eval_files(args.evals), _spec_arg(args.spec), args.out_dir, tuning_paths=args.tuning,
               benchmark_paths=args.benchmarks)
 
 
@@ -461,7 +473,7 @@ def cmd_figures(args) -> None:
 
     make_figures(
         evals=_eval_files(args.evals), logs=args.logs, samples=args.samples, steps=args.steps,
-        spec=_json_arg(args.spec, "--spec"), out_dir=args.out_dir,
+        spec=_spec_arg(args.spec), out_dir=args.out_dir,
     )
 
 
@@ -604,7 +616,8 @@ def _add_train_parser(sub) -> None:
                         help="model config as JSON (arch, encoder, encoder_weights, kwargs)")
     parser.add_argument("--train", default="{}", metavar="JSON",
                         help="training config as JSON (see eroseg.train.TrainConfig)")
-    parser.add_argument("--method", default=None, help="method name stored in the checkpoint")
+    parser.add_argument("--method", default=None,
+                        help="method name stored in the checkpoint (default: standard, or <attack>_at)")
     parser.add_argument("--attack", default=None, choices=attacks_or_none, metavar="NAME",
                         help="attack that makes the training examples: %(choices)s (none: standard training)")
     parser.add_argument("--attack-params", default="{}", metavar="JSON",
@@ -661,7 +674,8 @@ def _add_evaluate_parser(sub) -> None:
     parser.add_argument("--record-steps", action="store_true", help="record per-step attack masks into --samples")
     _device_arg(parser)
     parser.add_argument("--out", default=None, metavar="JSON",
-                        help="output of the single setting: metrics and per-image counts")
+                        help="output of the single setting: metrics (miou, pixel_acc, per_class_iou as fractions "
+                             "in [0, 1]; tables show percent) and per-image counts")
     parser.add_argument("--manifest", default=None, metavar="JSON",
                         help="written last: the list of every output, relative to its folder, which must hold them "
                              "all; aggregate and figures then refuse that folder if one is missing")
@@ -783,7 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``eroseg`` parser: one subparser per subcommand, each built by its ``_add_<command>_parser``."""
     from eroseg import __version__
 
-    parser = argparse.ArgumentParser(prog="eroseg", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="eroseg", description=__doc__.splitlines()[0].replace("``", ""))
     parser.add_argument("--version", action="version", version=f"eroseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_synthesize_parser, _add_prepare_parser, _add_train_parser, _add_import_model_parser,

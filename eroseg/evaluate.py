@@ -47,8 +47,10 @@ class EvalRecord:
         split: dataset split evaluated.
         checkpoint: path of the model file.
         classes: class names.
-        miou, pixel_acc, per_class_iou: dataset scores (0-1; IoU None for classes absent
-            from both prediction and label).
+        miou, pixel_acc, per_class_iou: dataset scores as fractions in [0, 1]
+            (IoU None for classes absent from both prediction and label); the
+            tables and figures show them in percent (``results.csv`` excepted,
+            which keeps the fractions).
         per_image: per-image counts (for worst cases over attacks).
         components: per-image counts of each part of a composite result: each
             loss of SEA, each restart of a restarted attack (name -> stats).

@@ -21,6 +21,7 @@ import difflib
 import errno
 import inspect
 import logging
+import numbers
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -51,7 +52,9 @@ class SegmentationModel(nn.Module):
         mean: per-channel mean used for normalisation, on the [0, 1] scale.
         std: per-channel standard deviation used for normalisation, on the [0, 1] scale.
         pad_multiple: inputs are padded (replicate) to a multiple of this size
-            and the logits are cropped back; 1 disables padding.
+            and the logits are cropped back; 1 (default, as in :func:`wrap_model`)
+            disables padding. :func:`create_model` passes 32: smp encoders
+            downsample by up to 32 and refuse other input sizes.
         output_key: where the logits are in ``net``'s output: a dict key or an
             attribute name. ``None`` (default) takes a tensor as is, the ``"out"``
             or ``"logits"`` entry of a dict (torchvision, ``transformers``), the
@@ -73,7 +76,7 @@ class SegmentationModel(nn.Module):
         net: nn.Module,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        pad_multiple: int = 32,
+        pad_multiple: int = 1,
         *,
         output_key: str | None = None,
         num_classes: int | None = None,
@@ -82,6 +85,8 @@ class SegmentationModel(nn.Module):
         self.net = net
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        if isinstance(pad_multiple, bool) or not isinstance(pad_multiple, numbers.Integral) or pad_multiple < 1:
+            raise ValueError(f"pad_multiple must be an integer >= 1, got {pad_multiple!r}")
         self.pad_multiple = int(pad_multiple)
         self.output_key = output_key
         self.num_classes = None if num_classes is None else int(num_classes)
@@ -207,8 +212,6 @@ def wrap_model(
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     if std is not None and any(v <= 0 for v in std):
         raise ValueError(f"std must be > 0 for every channel, got {std}")
-    if int(pad_multiple) < 1:
-        raise ValueError(f"pad_multiple must be >= 1, got {pad_multiple!r}")
     return SegmentationModel(model, mean, std, pad_multiple, output_key=output_key, num_classes=num_classes)
 
 
@@ -244,7 +247,8 @@ def create_model(
         encoder_weights: ``None`` (default, random init), an smp weights name
             such as ``"imagenet"`` (needs a download or a filled cache), or a
             path to a local encoder state-dict file.
-        pad_multiple: see :class:`SegmentationModel`.
+        pad_multiple: see :class:`SegmentationModel`; 32 here (its default is 1)
+            because smp encoders downsample by up to 32 and refuse other sizes.
         **arch_kwargs: passed to the smp architecture (e.g. ``decoder_channels``).
 
     Raises:

@@ -105,3 +105,37 @@ def eps_from_tag(tag: str) -> float:
 def eps_label(eps: float) -> str:
     """``"8/255"`` for a budget of 8/255 (as table and figure labels write it)."""
     return f"{round(float(eps) * 255, 3):g}/255"
+
+
+#: Keys of the aggregate / figure specs whose values are budgets (a number or a list of them).
+SPEC_BUDGET_KEYS = ("eps", "eps_fixed")
+
+
+def budget_text(eps: float) -> str | float:
+    """``"8/255"`` for a budget of 8/255: the exact fraction where it reads back as the same float, else ``eps``.
+
+    The workflow writes the specs of its tables and figures with it, so the
+    report's job parameters show ``eps: 8/255``; :func:`budgets_as_numbers`
+    reads them back.
+    """
+    k = round(float(eps) * 255)
+    return f"{k}/255" if k > 0 and float(Fraction(k, 255)) == float(eps) else float(eps)
+
+
+def _map_budgets(obj: Any, convert) -> Any:
+    if isinstance(obj, dict):
+        return {k: (([convert(v, k) for v in value] if isinstance(value, list) else convert(value, k))
+                    if k in SPEC_BUDGET_KEYS else _map_budgets(value, convert)) for k, value in obj.items()}
+    if isinstance(obj, list):
+        return [_map_budgets(v, convert) for v in obj]
+    return obj
+
+
+def budgets_as_text(spec: Any) -> Any:
+    """A copy of ``spec`` with every budget (keys :data:`SPEC_BUDGET_KEYS`, at any depth) as :func:`budget_text`."""
+    return _map_budgets(spec, lambda v, k: budget_text(v) if isinstance(v, Real) and not isinstance(v, bool) else v)
+
+
+def budgets_as_numbers(spec: Any, where: str = "--spec") -> Any:
+    """Inverse of :func:`budgets_as_text`: ``"8/255"`` back to a float, checked as a budget in [0, 1]."""
+    return _map_budgets(spec, lambda v, k: v if v is None else parse_number(v, name=f"{where} {k}", max_value=1.0))

@@ -7,7 +7,16 @@ import pandas as pd
 import pytest
 
 from eroseg import stats
-from eroseg.aggregate import Evals, aggregate, claims_table, fmt_cell, main_table, mean_ci, verdicts_table
+from eroseg.aggregate import (
+    Evals,
+    aggregate,
+    claims_table,
+    fmt_cell,
+    main_table,
+    mean_ci,
+    table_html,
+    verdicts_table,
+)
 from eroseg.evaluate import EvalRecord
 from eroseg.metrics import PerImageStats
 from eroseg.tune import grid_candidates, tune
@@ -305,10 +314,28 @@ def test_aggregate_writes_claims_and_verdicts(evals, tmp_path):
         paths.append(str(tmp_path / "evals" / f"{i}.json"))
     tables = aggregate(paths, claims_spec(), tmp_path / "tables")
     v = pd.read_csv(tmp_path / "tables" / "verdicts.csv")
-    assert list(v.columns[:3]) == ["claim", "comparison", "models"]
+    assert list(v.columns[:4]) == ["claim", "comparison", "answer", "models"]  # the answer before the counts
+    c = pd.read_csv(tmp_path / "tables" / "claims.csv")
+    assert list(c.columns[:4]) == ["claim", "model", "comparison", "holds"]  # each verdict beside its row's name
     assert len(v) == 3 + 2 + 1  # three attack pairs; SEA and worst case; clean
     row = v[(v.claim == "(a) EroSeg is the stronger attack") & (v.comparison == "eroseg vs pgd")].iloc[0]
     assert (row["models"], row["yes"], row["answer"]) == (4, 4, stats.YES)
     assert "Holm" in (tmp_path / "tables" / "claims.md").read_text().splitlines()[0]
     assert "<table" in (tmp_path / "tables" / "verdicts.html").read_text()
     assert tables["verdicts"].equals(verdicts_table(tables["claims"]))
+
+
+def test_main_table_shows_the_robust_columns_first_and_intervals_on_a_second_line(evals, tmp_path):
+    """At a laptop's width the report must show worst case and SEA without scrolling: they come right after
+    clean, each cell's interval goes under its mean, headers may break after an underscore; the CSV keeps
+    one cell per value, and the per-model values keep their order."""
+    spec = claims_spec()
+    table, values = main_table(evals, spec)
+    assert list(table.columns) == ["clean", "worst_case", "sea", "fgsm", "pgd", "eroseg"]
+    assert list(values.columns) == ["method", "seed", "clean", "fgsm", "pgd", "eroseg", "sea", "worst_case"]
+    html_text = table_html(table)
+    cell = table.loc["pgd_at", "worst_case"]
+    mean, interval = cell.split(" [")
+    assert f'<span class="m">{mean}</span><br><span class="ci">[{interval}</span>' in html_text
+    assert "worst_<wbr>case" in html_text and ">method<" in html_text
+    assert table_html(pd.DataFrame({"a<b": ["x & y"]}), index=False).count("&lt;") == 1  # escaped

@@ -410,6 +410,8 @@ def test_registry():
         create_attack("pgdd")
     with pytest.raises(ValueError, match="unknown attack 'x'; valid: fgsm, pgd"):
         attack_parameters("x")
+    with pytest.raises(ValueError, match=r"unknown attack 'erosg'; valid: .*, sea; did you mean 'eroseg'\?$"):
+        create_attack("erosg")
     with pytest.raises(ValueError, match=r"no parameter\(s\) \['n_iter'\]; valid: eps, step_size, steps, norm"):
         create_attack("pgd", n_iter=3)
     with pytest.raises(ValueError, match=r"'fgsm' has no parameter\(s\) \['step_size'\]"):

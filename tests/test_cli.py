@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eroseg.cli import _eval_files, _json_arg, _settings, build_parser, main, parse_number
+from eroseg.cli import _eval_files, _json_arg, _settings, _spec_arg, build_parser, default_method, main, parse_number
 from eroseg.data import generate_synthetic
-from eroseg.models import create_model, save_checkpoint
+from eroseg.models import create_model, load_checkpoint, save_checkpoint
 from tests.conftest import TINY_UNET as MODEL_CFG
 
 
@@ -41,6 +41,9 @@ def test_spec_arguments_read_json_and_yaml_flow_style():
     expected = {"methods": ["standard", "pgd_at"], "headline": {"eps": 8 / 255, "steps": 3}, "sea": None}
     assert _json_arg(flow, "--spec") == expected
     assert _json_arg(json.dumps(expected), "--spec") == expected
+    # Budgets as the workflow writes them (the report shows eps: 8/255) reach aggregate and figures as floats.
+    assert _spec_arg("{headline: {eps: 8/255, steps: 3}, checks: {eps: [16/255, 255/255]}}") == {
+        "headline": {"eps": 8 / 255, "steps": 3}, "checks": {"eps": [16 / 255, 1.0]}}
     with pytest.raises(SystemExit, match="--spec is not valid JSON"):
         _json_arg("{methods: [standard", "--spec")
     with pytest.raises(SystemExit, match="--spec must be a JSON object"):
@@ -210,3 +213,15 @@ def test_second_tune_on_the_same_output_fails_at_once(setup, tmp_path, caplog):
                      "--grid", '{"step_size": ["eps/4"]}', "--out", str(out), "--device", "cpu"]) == 1
     (msg,) = _errors(caplog)
     assert f"{out}: another eroseg process (pid " in msg and not out.exists()
+
+
+def test_training_without_method_stores_a_method_name(setup, tmp_path):
+    """`eroseg train` without --method records `<attack>_at` (or `standard`), never null, in the checkpoint."""
+    _, root, _ = setup
+    out = tmp_path / "m.pt"
+    assert main(["train", "--dataset", "synthetic", "--root", str(root), "--model", json.dumps(MODEL_CFG),
+                 "--train", '{"epochs": 1, "batch_size": 4, "amp": false, "val_robust_steps": 0}',
+                 "--attack", "fgsm", "--attack-params", '{"eps": "8/255"}', "--out", str(out),
+                 "--log", str(tmp_path / "log.csv"), "--device", "cpu", "--quiet"]) == 0
+    assert load_checkpoint(out)["meta"]["method"] == "fgsm_at"
+    assert default_method(None) == default_method("none") == "standard"

@@ -63,3 +63,11 @@ def test_model_factory_docs_say_it_runs_code_from_the_current_folder():
 
     text = " ".join((Path(__file__).resolve().parents[1] / "docs" / "own_model.md").read_text().split())
     assert "**It runs code.**" in text and "appends the current folder to `sys.path`" in text
+
+
+def test_help_shows_no_raw_rst():
+    """Docstrings feed the help texts; their RST markup (``x``, :func:`x`) must not reach the console."""
+    texts = [build_parser().format_help(), *(sp.format_help() for sp in subcommands().values())]
+    raw = [line.strip() for text in texts for line in text.splitlines() if "``" in line or ":func:`" in line
+           or ":class:`" in line]
+    assert raw == []

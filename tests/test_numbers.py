@@ -2,7 +2,15 @@
 
 import pytest
 
-from eroseg.numbers import eps_label, eps_tag, parse_number, resolve_attack_params
+from eroseg.numbers import (
+    budget_text,
+    budgets_as_numbers,
+    budgets_as_text,
+    eps_label,
+    eps_tag,
+    parse_number,
+    resolve_attack_params,
+)
 
 
 @pytest.mark.parametrize("text, eps, expected", [
@@ -64,3 +72,17 @@ def test_l2_budgets_above_1_are_valid_everywhere():
     params = {"eps": 1.5, "step_size": "eps/4", "norm": "l2"}
     assert resolve_attack_params(params) == {"eps": 1.5, "step_size": 0.375, "norm": "l2"}
     create_attack("pgd", steps=2, **resolve_attack_params(params))
+
+
+def test_spec_budgets_written_as_fractions_and_read_back_exactly():
+    """The workflow writes a table spec's eps as "8/255" (the report shows it); the package reads the same float."""
+    spec = {"headline": {"eps": 8 / 255, "steps": 3}, "checks": {"eps": [16 / 255, 1.0], "setting": "pgd"},
+            "sweep": {"eps_fixed": 4 / 255, "method": "standard"}, "samples": {"eps": 0.0123}, "claims": None}
+    text = budgets_as_text(spec)
+    assert text["headline"] == {"eps": "8/255", "steps": 3}
+    assert text["checks"]["eps"] == ["16/255", "255/255"] and text["sweep"]["eps_fixed"] == "4/255"
+    assert text["samples"]["eps"] == 0.0123  # not k/255: kept as the number
+    assert budget_text(8 / 255) == "8/255"
+    assert budgets_as_numbers(text) == spec
+    with pytest.raises(ValueError, match="--spec eps: 8 is above 1"):
+        budgets_as_numbers({"headline": {"eps": 8}})

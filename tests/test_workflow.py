@@ -82,8 +82,13 @@ def report_data(path: Path, script_id: str, var: str):
 
 
 def table_cells(text: str) -> list[str]:
-    """Text of every header and data cell of the HTML tables in ``text``."""
-    return [html.unescape(c).strip() for c in re.findall(r"<t[dh](?:\s[^>]*)?>(.*?)</t[dh]>", text, re.S)]
+    """Text of every header and data cell of the HTML tables in ``text``, as a reader sees it: markup inside a cell
+    (an interval on its own line, a header's break opportunities) dropped, whitespace collapsed."""
+    cells = []
+    for c in re.findall(r"<t[dh](?:\s[^>]*)?>(.*?)</t[dh]>", text, re.S):
+        c = re.sub(r"<[^>]*>", "", re.sub(r"<br\s*/?>", " ", c))
+        cells.append(" ".join(html.unescape(c).split()))
+    return cells
 
 
 def assert_table_shows_csv(csv_path: Path, cells: list[str]) -> None:
@@ -120,7 +125,7 @@ def test_report_shows_every_table_inline_as_html(workdir):
         # Job parameters readable: no JSON quotes (the report shows each one as \"), the spec's keys visible.
         params = entry["job_properties"]["params"]
         assert '\\' not in params and '"' not in params, params[:300]
-        assert "methods: [standard, eroseg_at]" in params and "headline: {eps: 0.0313" in params, params[:300]
+        assert "methods: [standard, eroseg_at]" in params and "headline: {eps: 8/255, steps: 3}" in params, params[:300]
         assert_table_shows_csv(path.with_suffix(".csv"),
                                table_cells(base64.b64decode(entry["data_uri"].split(",", 1)[1]).decode()))
     landing = report_data(workdir / "report.html", "workflow-desc", "workflow_desc")
@@ -220,6 +225,34 @@ def test_unknown_config_key_names_itself_and_the_closest_valid_key(tmp_path):
     res = _dry_run_with_train(tmp_path, batchsize=3)
     assert res.returncode != 0
     assert "config key train.batchsize: unknown; did you mean train.batch_size?" in res.stdout + res.stderr
+
+
+def _dry_run_with(tmp_path, change) -> str:
+    """Output of a failing dry run of the tests config after ``change(cfg)``."""
+    copy_configs(tmp_path)
+    cfg = yaml.safe_load((tmp_path / "config" / "tests.yaml").read_text())
+    change(cfg)
+    (tmp_path / "config" / "bad.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    res = snakemake(tmp_path, "-n", "--configfile", "config/bad.yaml", check=False)
+    assert res.returncode != 0
+    return res.stdout + res.stderr
+
+
+def test_misspelt_tuned_training_attack_is_named_as_unknown_not_as_missing_grid(tmp_path):
+    out = _dry_run_with(tmp_path, lambda cfg: cfg["methods"].update(eroseg_at={"attack": "erosg", "tuned": True}))
+    assert "config key methods.eroseg_at.attack: unknown attack 'erosg'; valid: fgsm, pgd" in out
+    assert "did you mean 'eroseg'?" in out and "no tuning grid" not in out
+
+
+def test_every_budget_out_of_range_is_named(tmp_path):
+    def change(cfg):
+        cfg["evaluation"]["headline"]["eps"] = 8
+        cfg["adversarial_training"]["eps"] = 8
+
+    out = _dry_run_with(tmp_path, change)
+    assert "2 bad numbers in the config" in out
+    for key in ("evaluation.headline.eps", "adversarial_training.eps"):
+        assert f"config key {key}: 8 is above 1, the pixel range" in out and "did you mean '8/255'?" in out, key
 
 
 def test_rules_run_the_package_with_snakemakes_own_interpreter(tmp_path):
@@ -342,3 +375,24 @@ def test_setting_params_eps_or_steps_are_refused_not_overwritten(tmp_path, key, 
 def test_tuning_grid_over_eps_is_refused(tmp_path):
     res = _dry_run_with(tmp_path, lambda c: c["tuning"]["grids"]["pgd"].update(eps=["4/255", "8/255"]))
     assert res.returncode != 0 and "tuning.grids.pgd.eps: eps is fixed by the evaluation" in res.stdout + res.stderr
+
+
+def test_slurm_gpus_per_train_needs_the_per_job_cap_raised(tmp_path):
+    """docs/slurm.md: in the slurm profile `gpu` is a cap per job, so `gpus_per_train: 2` asks SLURM for 2 GPUs
+    only with `--resources gpu=2`; evaluations keep asking for 1."""
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="snakemake-executor-plugin-slurm not installed")
+    copy_configs(tmp_path)
+    cfg = yaml.safe_load((tmp_path / "config" / "tests.yaml").read_text())
+    cfg.setdefault("resources", {}).update(gpus_per_train=2, jobs_per_gpu=1)
+    (tmp_path / "config" / "g2.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    env = snakemake_env(EROSEG_SLURM_ACCOUNT="acct", EROSEG_SLURM_PARTITION="cpu", EROSEG_SLURM_GPU_PARTITION="gpu")
+    profile = str(ROOT / "workflow" / "profiles" / "slurm")
+    requests = {}
+    for extra in ([], ["--resources", "gpu=2"]):
+        res = subprocess.run(snakemake_cmd(tmp_path, "-n", "--profile", profile, "--configfile", "config/g2.yaml",
+                                           *extra), capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+        requests[bool(extra)] = {(rule, gpus) for rule, gpus in re.findall(
+            r"^ *rule (train|evaluate):\n(?: {4,}.*\n)*? {4,}resources: .*?\bgpu=(\d+)", res.stdout + res.stderr,
+            flags=re.M)}
+    assert requests == {False: {("train", "1"), ("evaluate", "1")}, True: {("train", "2"), ("evaluate", "1")}}

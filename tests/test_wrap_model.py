@@ -88,6 +88,18 @@ def test_low_resolution_dict_output_upsampled_and_padded():
     check_attack(model, x, 4)
 
 
+def test_padding_default_is_the_same_for_the_class_and_wrap_model():
+    """A wrapped network is not padded unless asked (create_model asks for 32: smp encoders need it)."""
+    assert SegmentationModel(Identity3()).pad_multiple == wrap_model(Identity3()).pad_multiple == 1
+    x = torch.rand(1, 3, 30, 42)
+    assert SegmentationModel(Identity3())(x).shape == x.shape
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match=f"pad_multiple must be an integer >= 1, got {bad!r}"):
+            SegmentationModel(Identity3(), pad_multiple=bad)
+        with pytest.raises(ValueError, match="pad_multiple must be an integer >= 1"):
+            wrap_model(Identity3(), pad_multiple=bad)
+
+
 def test_wrapper_errors_name_the_problem():
     x = torch.rand(1, 3, 8, 8)
     with pytest.raises(ValueError, match=r"keys \['seg', 'features'\].*output_key"):

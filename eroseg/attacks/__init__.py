@@ -30,6 +30,7 @@ attack without a check fails at import instead of going unvalidated.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import inspect
 from collections.abc import Callable, Mapping
@@ -142,7 +143,9 @@ def _lookup(name: str) -> AttackSpec:
     try:
         return REGISTRY[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown attack {name!r}; valid: {', '.join(REGISTRY)}") from None
+        close = difflib.get_close_matches(str(name), list(REGISTRY), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown attack {name!r}; valid: {', '.join(REGISTRY)}{hint}") from None
 
 
 def attack_spec(name: str) -> AttackSpec:

@@ -14,7 +14,7 @@ import yaml
 from snakemake.utils import validate
 
 from eroseg.io import EVAL_MANIFEST, eval_folder_files
-from eroseg.numbers import eps_tag, parse_number, resolve_attack_params
+from eroseg.numbers import budgets_as_text, eps_tag, parse_number, resolve_attack_params
 from eroseg.stats import claims_options
 from eroseg.tune import grid_candidates
 
@@ -72,6 +72,34 @@ def _parse(value, eps=None, key="value", budget=True):
     return parse_number(value, eps=eps, name=f"config key {key}", max_value=1.0 if budget else None)
 
 
+def _check_budgets():
+    """Every eps and step size of the config parsed at once, so that each bad one is named, not only the first."""
+    ev, at = config["evaluation"], config["adversarial_training"]
+    checks, sweep = ev.get("checks") or {}, ev.get("sweep") or {}
+    budgets = ([("evaluation.headline.eps", ev["headline"]["eps"]), ("adversarial_training.eps", at["eps"])]
+               + [("evaluation.checks.eps", e) for e in checks.get("eps") or []]
+               + [("evaluation.sweep.eps", e) for e in sweep.get("eps") or []])
+    errors, eps_of = [], {}
+    for key, value in budgets:
+        try:
+            eps_of[key] = _parse(value, key=key)
+        except ValueError as err:
+            errors.append(str(err))
+    for key, value, eps_key in (("evaluation.step_size", ev["step_size"], "evaluation.headline.eps"),
+                                ("adversarial_training.step_size", at["step_size"], "adversarial_training.eps")):
+        if eps_key in eps_of:
+            try:
+                _parse(value, eps_of[eps_key], key=key)
+            except ValueError as err:
+                errors.append(str(err))
+    if errors:
+        raise ValueError("\n".join(errors) if len(errors) == 1 else
+                         f"{len(errors)} bad numbers in the config:\n" + "\n".join(errors))
+
+
+_check_budgets()
+
+
 def source_hash(*patterns):
     """Hash of package sources, passed as a param so a code change reruns what it affects."""
     h = hashlib.sha256()
@@ -124,9 +152,13 @@ def _registry_info():
 REGISTRY = _registry_info()
 
 
-def _registered(name):
+def _registered(name, key=None):
+    """The registry entry of attack ``name``; an unknown name fails naming ``key`` and the closest valid name."""
     if name not in REGISTRY:
-        raise ValueError(f"unknown attack {name!r}; valid: {', '.join(REGISTRY)}")
+        close = difflib.get_close_matches(str(name), list(REGISTRY), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        where = f"config key {key}: " if key else ""
+        raise ValueError(f"{where}unknown attack {name!r}; valid: {', '.join(REGISTRY)}{hint}")
     return REGISTRY[name]
 
 
@@ -190,6 +222,12 @@ def _check_names():
         if name not in pool:
             raise ValueError(f"config key {key}: unknown {what} {name!r}; defined: {sorted(pool)}")
 
+    # Attack names first, so that a misspelt one is named as such and not as, e.g., a missing tuning grid.
+    for a, entry in ATTACKS.items():
+        _registered(entry["attack"], f"evaluation.attacks.{a}.attack")
+    for m, entry in config["methods"].items():
+        if entry.get("attack"):
+            _registered(entry["attack"], f"methods.{m}.attack")
     for key in ("main_attacks", "worst_case", "sea_plus"):
         for a in EVAL.get(key) or []:
             known(f"evaluation.{key}", a)
@@ -498,6 +536,8 @@ class _FlowDumper(yaml.SafeDumper):
 
 def flow(obj):
     """YAML flow style (``{methods: [standard, pgd_at], ...}``) for a shell argument, for the params the
-    report shows: Snakemake's report escapes every double quote of a JSON param (``{\\"methods\\": ...}``)."""
+    report shows: Snakemake's report escapes every double quote of a JSON param (``{\\"methods\\": ...}``).
+    Budgets are written as fractions (``eps: 8/255``); the package reads them back (eroseg.numbers)."""
+    obj = budgets_as_text(obj)
     return yaml.dump(obj, Dumper=_FlowDumper, default_flow_style=True, sort_keys=False, width=float("inf")).strip()
 
