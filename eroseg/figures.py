@@ -154,7 +154,7 @@ def _seed_stats(df: pd.DataFrame, keys: list[str], column: str) -> pd.DataFrame:
 
 
 def plot_sweep(df: pd.DataFrame, x: str, out_dir: Path, name: str, title: str, xlabel: str, dpi: int,
-               clean: float | None = None, reference: str = "pgd") -> list[Path]:
+               clean: float | None = None, reference: str = "pgd", clean_std: float = 0.0) -> list[Path]:
     """mIoU (%) against ``x`` (``steps`` or ``eps_255``), one line per attack, over two panels.
 
     The top panel shows mIoU with a y-range fitted to the data (attacks that differ by half a point stay
@@ -167,6 +167,7 @@ def plot_sweep(df: pd.DataFrame, x: str, out_dir: Path, name: str, title: str, x
         clean: the clean mIoU (0-1) of the same model (the same seeds' mean), drawn as the eps = 0 point
             of every line (eps sweep) or as a dashed reference line (steps sweep).
         reference: the attack the bottom panel subtracts.
+        clean_std: the standard deviation of the clean mIoU over seeds (0-1), the eps = 0 error bar.
     """
     if "seed" not in df:
         df = df.assign(seed=0)
@@ -186,7 +187,7 @@ def plot_sweep(df: pd.DataFrame, x: str, out_dir: Path, name: str, title: str, x
         g = _seed_stats(df[df.setting == attack], [x], "pct").sort_values(x)
         gx, gy, ge = list(g[x]), list(g["pct"]), list(g["std"])
         if clean is not None and is_eps:  # eps = 0 is the clean model: every curve starts there
-            gx, gy, ge = [0.0, *gx], [clean * 100, *gy], [0.0, *ge]
+            gx, gy, ge = [0.0, *gx], [clean * 100, *gy], [clean_std * 100, *ge]
         ax.plot(gx, gy, marker="o", label=attack, color=colors[attack], clip_on=False, zorder=3)
         if several:
             ax.errorbar(gx, gy, yerr=ge, fmt="none", ecolor=colors[attack], capsize=3, zorder=3)
@@ -331,11 +332,36 @@ def plot_qualitative(samples: dict, classes: list[str], palette, out_dir: Path, 
     return _save(fig, out_dir, "qualitative", dpi)
 
 
-def plot_erosion(steps: dict, out_dir: Path, title: str, dpi: int, max_panels: int = 8) -> list[Path]:
+def erosion_steps(t: int, max_panels: int = 10) -> tuple[list[int], str]:
+    """Which of ``t`` steps the erosion figure shows (1-based) and the words that say so.
+
+    Every step when they fit in ``max_panels``; otherwise every ``s``-th step from step 1 with
+    ``s = ceil((t - 1) / (max_panels - 1))``, plus the last step when the stride misses it.
+    """
+    if t < 1:
+        raise ValueError(f"the erosion figure needs at least one recorded step, got {t}")
+    if t <= max_panels:
+        return list(range(1, t + 1)), f"every step, 1 to {t}" if t > 1 else "step 1 of 1"
+    stride = -(-(t - 1) // (max_panels - 1))
+    shown = list(range(1, t + 1, stride))
+    words = f"every {_ordinal(stride)} step from 1"
+    if shown[-1] != t:
+        shown.append(t)
+        words += " and the last"
+    return shown, f"steps {', '.join(map(str, shown))} of {t} ({words})"
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def plot_erosion(steps: dict, out_dir: Path, title: str, dpi: int, max_panels: int = 10) -> list[Path]:
+    """EroSeg's fooled region and attacked mask at the steps :func:`erosion_steps` picks; the title names them."""
     fooled = steps["step_fooled"]
     attacked = steps.get("step_attacked")
-    t = fooled.shape[0]
-    idx = np.unique(np.linspace(0, t - 1, min(max_panels, t)).round().astype(int))
+    shown, which = erosion_steps(fooled.shape[0], max_panels)
+    idx = [k - 1 for k in shown]
+    title = f"{title}\n{which}"
     rows = [("fooled region", fooled, "Reds", "fooled")]
     if attacked is not None:
         rows.append(("attacked mask", attacked, "Blues", "attacked"))
@@ -394,7 +420,9 @@ def _sweep_figure(rows: pd.DataFrame, clean_rows: pd.DataFrame, x: str, name: st
         who = seed_phrase(seeds)
     own_clean = clean_rows[clean_rows.seed.isin(seeds)]
     clean = float(own_clean["miou"].mean()) if len(own_clean) else None
-    return plot_sweep(rows, x, out_dir, name, f"{method} ({who}): {what}", xlabel, dpi, clean=clean)
+    clean_std = float(own_clean["miou"].std(ddof=1)) if len(own_clean) > 1 else 0.0
+    return plot_sweep(rows, x, out_dir, name, f"{method} ({who}): {what}", xlabel, dpi, clean=clean,
+                      clean_std=clean_std)
 
 
 def _sweep_figures(frame: pd.DataFrame, sweep: dict, attacks: list[str], headline_eps: float, headline_steps: int,
