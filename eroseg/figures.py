@@ -159,8 +159,8 @@ def plot_sweep(df: pd.DataFrame, x: str, out_dir: Path, name: str, title: str, x
 
     The top panel shows mIoU with a y-range fitted to the data (attacks that differ by half a point stay
     apart); the bottom panel shows each attack minus ``reference`` (PGD; the first attack when PGD is
-    absent), paired per seed, in points. With several seeds each point is the mean over seeds with
-    error bars of one standard deviation; the seeds are named in the title.
+    absent), paired per seed, in points (no bottom panel for a single attack). With several seeds each
+    point is the mean over seeds with error bars of one standard deviation; the seeds are named in the title.
 
     Args:
         df: rows with ``setting``, ``x``, ``seed`` and ``miou`` (0-1), every seed at every point.
@@ -173,13 +173,17 @@ def plot_sweep(df: pd.DataFrame, x: str, out_dir: Path, name: str, title: str, x
         df = df.assign(seed=0)
     seeds = sorted(set(int(s) for s in df["seed"]))
     several = len(seeds) > 1
-    fig, (ax, diff_ax) = plt.subplots(2, 1, figsize=(6.2, 5.6), sharex=True, height_ratios=(3, 2),
-                                      layout="constrained")
+    attacks = list(dict.fromkeys(df["setting"]))
+    if len(attacks) > 1:
+        fig, (ax, diff_ax) = plt.subplots(2, 1, figsize=(6.2, 5.6), sharex=True, height_ratios=(3, 2),
+                                          layout="constrained")
+    else:  # one attack: no differences to draw
+        fig, ax = plt.subplots(figsize=(6.2, 3.8), layout="constrained")
+        diff_ax = None
     is_eps = x == "eps_255"
     xs = set(df[x])
     if clean is not None and is_eps:
         xs.add(0.0)
-    attacks = list(dict.fromkeys(df["setting"]))
     colors = distinct_colors(["clean", *attacks], ATTACK_COLORS)
     df = df.assign(pct=df["miou"] * 100)
     shown = []
@@ -204,6 +208,12 @@ def plot_sweep(df: pd.DataFrame, x: str, out_dir: Path, name: str, title: str, x
     ax.set_title(title)
     ax.grid(alpha=0.3)
     _legend_outside(ax)
+    if diff_ax is None:
+        ax.set_xlabel(xlabel)
+        _value_ticks(ax, xs, integer=True)
+        if is_eps:
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_eps_label))
+        return _save(fig, out_dir, name, dpi)
 
     ref = reference if reference in attacks else attacks[0]
     ref_rows = df[df.setting == ref][[x, "seed", "pct"]].rename(columns={"pct": "ref"})

@@ -309,3 +309,13 @@ def test_training_curves_draw_validation_only_at_validated_epochs(tmp_path, monk
         (line,) = ax.get_lines()
         assert list(line.get_xdata()) == [4, 8, 10]
         assert list(line.get_ydata()) == pytest.approx([40, 80, 100])
+
+
+def test_a_sweep_of_one_attack_has_no_empty_difference_panel(tmp_path, monkeypatch):
+    frame = _sweep_frame([0])
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, out_dir, name, dpi: drawn.setdefault(name, fig) and [])
+    figures._sweep_figures(frame[frame.setting != "eroseg"], {"method": "standard"}, ["pgd"], 8.0, 10, tmp_path, 50)
+    for name in ("robust_vs_steps", "robust_vs_eps"):
+        (ax,) = drawn[name].axes
+        assert ax.get_xlabel() and "(seed 0)" in ax.get_title()
