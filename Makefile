@@ -29,8 +29,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# The default profile prints each job's command and a failed job's log; Snakemake does not load
+# workflow/profiles/default by itself (it looks for profiles/default beside the Snakefile), so it is named.
 run: $(STAMP)
-	MPLBACKEND=Agg PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --rerun-incomplete
+	MPLBACKEND=Agg PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --rerun-incomplete
 	MPLBACKEND=Agg PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --cores $(CORES) --report results/report.html
 
 test: $(STAMP)

@@ -1,7 +1,8 @@
 # eroseg: adversarial robustness of semantic segmentation, end to end.
 #
-#   snakemake --cores 2                      # embedded synthetic default
-#   snakemake --cores 2 --configfile config/tests.yaml
+#   snakemake --profile workflow/profiles/default    # embedded synthetic default, 2 cores
+#   snakemake --profile workflow/profiles/default --configfile config/tests.yaml
+#   eroseg status                                   # progress and ETA of the running jobs
 #   snakemake --report results/report.html   # one page with every table and figure
 #
 # The rules only call the `eroseg` CLI; all logic lives in the package.

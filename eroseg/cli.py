@@ -309,7 +309,8 @@ def _evaluate_settings(args, settings, attacks, model, meta, dataset, device) ->
     from eroseg.evaluate import EvalRecord, evaluate
     from eroseg.io import atomic_path
 
-    for s, attack in zip(settings, attacks):
+    log.info("evaluating %d settings: %s", len(settings), ", ".join(s["setting"] for s in settings))
+    for k, (s, attack) in enumerate(zip(settings, attacks), 1):
         res = evaluate(
             model, dataset, int(meta["num_classes"]), attack=attack, batch_size=args.batch_size, device=device,
             seed=args.seed, amp=args.amp, num_samples=args.samples_n if args.samples else 0,
@@ -328,8 +329,9 @@ def _evaluate_settings(args, settings, attacks, model, meta, dataset, device) ->
                 with open(tmp, "wb") as fh:
                     np.savez_compressed(fh, **res["samples"], **{f"step_{k}": v for k, v in res["steps"].items()})
         record.write(s["out"])
-        log.info("%s: mIoU %.4f pixel acc %.4f (%d images, %.1f s)", record.setting, record.miou,
-                 record.pixel_acc, record.num_images, record.seconds)
+        # "setting k/N": the unit `eroseg status` counts for its progress and ETA
+        log.info("setting %d/%d %s: mIoU %.4f pixel acc %.4f (%d images, %.1f s)", k, len(settings), record.setting,
+                 record.miou, record.pixel_acc, record.num_images, record.seconds)
 
 
 def cmd_attack(args) -> None:
@@ -466,6 +468,17 @@ def cmd_aggregate(args) -> None:
 
     aggregate(_eval_files(args.evals), _spec_arg(args.spec), args.out_dir, tuning_paths=args.tuning,
               benchmark_paths=args.benchmarks)
+
+
+def cmd_status(args) -> None:
+    from eroseg.status import format_status, run_status
+
+    runs = args.runs or sorted(str(p.parent) for p in Path("results").glob("*/logs"))
+    if not runs:
+        raise FileNotFoundError("results/*/logs: no run has written job logs here; give a run folder "
+                                "(eroseg status results/<run>) or start the workflow first")
+    for run in runs:
+        sys.stdout.write(format_status(run, run_status(run, stale_after=args.stale_after), args.all) + "\n")
 
 
 def cmd_figures(args) -> None:
@@ -793,6 +806,19 @@ def _add_figures_parser(sub) -> None:
     parser.set_defaults(func=cmd_figures)
 
 
+def _add_status_parser(sub) -> None:
+    """The ``eroseg status`` subcommand's parser."""
+    parser = sub.add_parser("status", help="progress and ETA of a run's jobs, read from results/<run>/logs")
+    parser.add_argument("runs", nargs="*", metavar="RUN_DIR",
+                        help="run folders (results/<run>); default: every results/*/ with logs")
+    parser.add_argument("--all", action="store_true", help="also list the finished jobs")
+    parser.add_argument("--stale-after", type=float, default=600.0, metavar="SECONDS",
+                        help="a job whose log has not changed for this long is 'stopped', not 'running' "
+                             "(default: %(default)g)")
+    _common_args(parser, threads=False)
+    parser.set_defaults(func=cmd_status)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``eroseg`` parser: one subparser per subcommand, each built by its ``_add_<command>_parser``."""
     from eroseg import __version__
@@ -801,7 +827,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"eroseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_synthesize_parser, _add_prepare_parser, _add_train_parser, _add_import_model_parser,
-                _add_evaluate_parser, _add_tune_parser, _add_attack_parser, _add_aggregate_parser, _add_figures_parser):
+                _add_evaluate_parser, _add_tune_parser, _add_attack_parser, _add_aggregate_parser, _add_figures_parser,
+                _add_status_parser):
         add(sub)
     return parser
 

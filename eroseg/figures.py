@@ -121,43 +121,122 @@ def _legend_outside(ax, **kwargs):
     return ax.legend(frameon=False, fontsize=9, loc="center left", bbox_to_anchor=(1.01, 0.5), **kwargs)
 
 
+def seed_phrase(seeds) -> str:
+    """``seed 0`` for one seed, ``mean ± std over seeds 0, 1, 2`` for several: what a sweep title says."""
+    seeds = sorted(int(s) for s in seeds)
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    return f"mean ± std over seeds {', '.join(map(str, seeds))}"
+
+
+def _fitted_ylim(ax, values, min_span: float = 2.0) -> None:
+    """A y-range around ``values`` (points of mIoU), not from 0: lines a few tenths apart stay apart.
+
+    The span is at least ``min_span`` points; a margin of 8 % of it is added on both sides.
+    """
+    values = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+    if not len(values):
+        return
+    lo, hi = float(values.min()), float(values.max())
+    if hi - lo < min_span:
+        mid = (hi + lo) / 2
+        lo, hi = mid - min_span / 2, mid + min_span / 2
+    pad = 0.08 * (hi - lo)
+    ax.set_ylim(lo - pad, hi + pad)
+
+
+def _seed_stats(df: pd.DataFrame, keys: list[str], column: str) -> pd.DataFrame:
+    """Mean and sample standard deviation (0 for one seed) of ``column`` over seeds, per ``keys``."""
+    g = df.groupby(keys, as_index=False, observed=True)[column]
+    out = g.mean()
+    out["std"] = g.std(ddof=1)[column].fillna(0.0).to_numpy() if len(out) else []
+    return out
+
+
 def plot_sweep(df: pd.DataFrame, x: str, out_dir: Path, name: str, title: str, xlabel: str, dpi: int,
-               clean: float | None = None) -> list[Path]:
-    """mIoU (%) against ``x`` (``steps`` or ``eps_255``), one line per attack.
+               clean: float | None = None, reference: str = "pgd", clean_std: float = 0.0) -> list[Path]:
+    """mIoU (%) against ``x`` (``steps`` or ``eps_255``), one line per attack, over two panels.
+
+    The top panel shows mIoU with a y-range fitted to the data (attacks that differ by half a point stay
+    apart); the bottom panel shows each attack minus ``reference`` (PGD; the first attack when PGD is
+    absent), paired per seed, in points (no bottom panel for a single attack). With several seeds each
+    point is the mean over seeds with error bars of one standard deviation; the seeds are named in the title.
 
     Args:
-        df: rows with ``setting``, ``x`` and ``miou`` (0-1; seeds are averaged).
-        clean: the clean mIoU (0-1) of the same model, drawn as the eps = 0 point
+        df: rows with ``setting``, ``x``, ``seed`` and ``miou`` (0-1), every seed at every point.
+        clean: the clean mIoU (0-1) of the same model (the same seeds' mean), drawn as the eps = 0 point
             of every line (eps sweep) or as a dashed reference line (steps sweep).
+        reference: the attack the bottom panel subtracts.
+        clean_std: the standard deviation of the clean mIoU over seeds (0-1), the eps = 0 error bar.
     """
-    fig, ax = plt.subplots(figsize=(6.2, 3.8))
+    if "seed" not in df:
+        df = df.assign(seed=0)
+    seeds = sorted(set(int(s) for s in df["seed"]))
+    several = len(seeds) > 1
+    attacks = list(dict.fromkeys(df["setting"]))
+    if len(attacks) > 1:
+        fig, (ax, diff_ax) = plt.subplots(2, 1, figsize=(6.2, 5.6), sharex=True, height_ratios=(3, 2),
+                                          layout="constrained")
+    else:  # one attack: no differences to draw
+        fig, ax = plt.subplots(figsize=(6.2, 3.8), layout="constrained")
+        diff_ax = None
     is_eps = x == "eps_255"
     xs = set(df[x])
     if clean is not None and is_eps:
         xs.add(0.0)
-    colors = distinct_colors(["clean", *df["setting"]], ATTACK_COLORS)
-    for attack, g in df.groupby("setting", sort=False, observed=True):
-        g = g.groupby(x, as_index=False)["miou"].mean().sort_values(x)
-        gx, gy = list(g[x]), list(g["miou"] * 100)
+    colors = distinct_colors(["clean", *attacks], ATTACK_COLORS)
+    df = df.assign(pct=df["miou"] * 100)
+    shown = []
+    for attack in attacks:
+        g = _seed_stats(df[df.setting == attack], [x], "pct").sort_values(x)
+        gx, gy, ge = list(g[x]), list(g["pct"]), list(g["std"])
         if clean is not None and is_eps:  # eps = 0 is the clean model: every curve starts there
-            gx, gy = [0.0, *gx], [clean * 100, *gy]
+            gx, gy, ge = [0.0, *gx], [clean * 100, *gy], [clean_std * 100, *ge]
         ax.plot(gx, gy, marker="o", label=attack, color=colors[attack], clip_on=False, zorder=3)
+        if several:
+            ax.errorbar(gx, gy, yerr=ge, fmt="none", ecolor=colors[attack], capsize=3, zorder=3)
+        shown += [*(np.add(gy, ge)), *(np.subtract(gy, ge))]
     if clean is not None:
         if is_eps:
             ax.plot([0], [clean * 100], ls="none", marker="s", ms=8, color=ATTACK_COLORS["clean"],
                     label="clean (eps = 0)", clip_on=False, zorder=4)
         else:
             ax.axhline(clean * 100, ls="--", lw=1.2, color=ATTACK_COLORS["clean"], label="clean (no attack)")
-    _value_ticks(ax, xs, integer=True)
-    if is_eps:
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_eps_label))
-    ax.set_xlabel(xlabel)
+        shown.append(clean * 100)
+    _fitted_ylim(ax, shown)
     ax.set_ylabel("mIoU (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    top = max([*(df["miou"] * 100), (clean or 0) * 100])
-    ax.set_ylim(0, min(100.0, top * 1.1 + 1))
     _legend_outside(ax)
+    if diff_ax is None:
+        ax.set_xlabel(xlabel)
+        _value_ticks(ax, xs, integer=True)
+        if is_eps:
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_eps_label))
+        return _save(fig, out_dir, name, dpi)
+
+    ref = reference if reference in attacks else attacks[0]
+    ref_rows = df[df.setting == ref][[x, "seed", "pct"]].rename(columns={"pct": "ref"})
+    diffs = [0.0]
+    diff_ax.axhline(0.0, ls="--", lw=1.2, color=colors[ref], label=f"{ref} (reference)")
+    for attack in attacks:
+        if attack == ref:
+            continue
+        paired = df[df.setting == attack].merge(ref_rows, on=[x, "seed"])  # same seed, same point
+        paired = paired.assign(diff=paired["pct"] - paired["ref"])
+        g = _seed_stats(paired, [x], "diff").sort_values(x)
+        diff_ax.plot(g[x], g["diff"], marker="o", color=colors[attack], label=attack, clip_on=False, zorder=3)
+        if several:
+            diff_ax.errorbar(g[x], g["diff"], yerr=g["std"], fmt="none", ecolor=colors[attack], capsize=3,
+                             zorder=3)
+        diffs += [*(g["diff"] + g["std"]), *(g["diff"] - g["std"])]
+    _fitted_ylim(diff_ax, diffs, min_span=1.0)
+    diff_ax.set_ylabel(f"minus {ref} (points)")
+    diff_ax.set_xlabel(xlabel)
+    diff_ax.grid(alpha=0.3)
+    _value_ticks(diff_ax, xs, integer=True)
+    if is_eps:
+        diff_ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_eps_label))
     return _save(fig, out_dir, name, dpi)
 
 
@@ -263,11 +342,36 @@ def plot_qualitative(samples: dict, classes: list[str], palette, out_dir: Path, 
     return _save(fig, out_dir, "qualitative", dpi)
 
 
-def plot_erosion(steps: dict, out_dir: Path, title: str, dpi: int, max_panels: int = 8) -> list[Path]:
+def erosion_steps(t: int, max_panels: int = 10) -> tuple[list[int], str]:
+    """Which of ``t`` steps the erosion figure shows (1-based) and the words that say so.
+
+    Every step when they fit in ``max_panels``; otherwise every ``s``-th step from step 1 with
+    ``s = ceil((t - 1) / (max_panels - 1))``, plus the last step when the stride misses it.
+    """
+    if t < 1:
+        raise ValueError(f"the erosion figure needs at least one recorded step, got {t}")
+    if t <= max_panels:
+        return list(range(1, t + 1)), f"every step, 1 to {t}" if t > 1 else "step 1 of 1"
+    stride = -(-(t - 1) // (max_panels - 1))
+    shown = list(range(1, t + 1, stride))
+    words = f"every {_ordinal(stride)} step from 1"
+    if shown[-1] != t:
+        shown.append(t)
+        words += " and the last"
+    return shown, f"steps {', '.join(map(str, shown))} of {t} ({words})"
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def plot_erosion(steps: dict, out_dir: Path, title: str, dpi: int, max_panels: int = 10) -> list[Path]:
+    """EroSeg's fooled region and attacked mask at the steps :func:`erosion_steps` picks; the title names them."""
     fooled = steps["step_fooled"]
     attacked = steps.get("step_attacked")
-    t = fooled.shape[0]
-    idx = np.unique(np.linspace(0, t - 1, min(max_panels, t)).round().astype(int))
+    shown, which = erosion_steps(fooled.shape[0], max_panels)
+    idx = [k - 1 for k in shown]
+    title = f"{title}\n{which}"
     rows = [("fooled region", fooled, "Reds", "fooled")]
     if attacked is not None:
         rows.append(("attacked mask", attacked, "Blues", "attacked"))
@@ -298,6 +402,39 @@ def plot_erosion(steps: dict, out_dir: Path, title: str, dpi: int, max_panels: i
     return _save(fig, out_dir, "erosion", dpi)
 
 
+def common_seeds(df: pd.DataFrame, x: str) -> list[int]:
+    """Seeds evaluated at every (attack, ``x``) point of ``df``: the seeds a sweep figure can average.
+
+    The sweep runs on one seed (``evaluation.sweep``) while the headline point runs on every seed; a mean
+    over all rows would mix three seeds at that point with one elsewhere.
+    """
+    per_point = df.groupby(["setting", x], observed=True)["seed"].apply(lambda s: set(int(v) for v in s))
+    return sorted(set.intersection(*per_point)) if len(per_point) else []
+
+
+def _sweep_figure(rows: pd.DataFrame, clean_rows: pd.DataFrame, x: str, name: str, what: str, xlabel: str,
+                  method: str, out_dir: Path, dpi: int) -> list[Path]:
+    """One sweep figure over the seeds common to all its points; its title names them."""
+    if rows[x].nunique() < 2:
+        return _placeholder(out_dir, name, f"fewer than two {'eps values' if x == 'eps_255' else 'step counts'}"
+                            " evaluated", dpi)
+    seeds = common_seeds(rows, x)
+    if not seeds:  # no seed at every point: average what each point has, and say so
+        seeds = sorted(set(int(s) for s in rows["seed"]))
+        who = f"seeds {', '.join(map(str, seeds))}, not every seed at every point"
+    else:
+        dropped = sorted(set(int(s) for s in rows["seed"]) - set(seeds))
+        if dropped:
+            log.info("figure %s: seeds %s are left out (not evaluated at every point)", name, dropped)
+        rows = rows[rows.seed.isin(seeds)]
+        who = seed_phrase(seeds)
+    own_clean = clean_rows[clean_rows.seed.isin(seeds)]
+    clean = float(own_clean["miou"].mean()) if len(own_clean) else None
+    clean_std = float(own_clean["miou"].std(ddof=1)) if len(own_clean) > 1 else 0.0
+    return plot_sweep(rows, x, out_dir, name, f"{method} ({who}): {what}", xlabel, dpi, clean=clean,
+                      clean_std=clean_std)
+
+
 def _sweep_figures(frame: pd.DataFrame, sweep: dict, attacks: list[str], headline_eps: float, headline_steps: int,
                    out_dir: Path, dpi: int) -> list[Path]:
     """``robust_vs_steps`` and ``robust_vs_eps`` of the sweep's method (placeholders where a sweep has one value)."""
@@ -309,22 +446,12 @@ def _sweep_figures(frame: pd.DataFrame, sweep: dict, attacks: list[str], headlin
                                               ordered=True))
     base = base.sort_values("setting")
     clean_rows = frame[(frame.method == method) & (frame.setting == "clean")]
-    clean = float(clean_rows["miou"].mean()) if len(clean_rows) else None
-    written: list[Path] = []
-    by_steps = base[base.eps_255 == eps_fixed]
-    if by_steps["steps"].nunique() >= 2:
-        written += plot_sweep(by_steps, "steps", out_dir, "robust_vs_steps",
-                              f"{method}: mIoU vs attack steps (eps {eps_fixed:g}/255)", "attack steps (iterations)",
-                              dpi, clean=clean)
-    else:
-        written += _placeholder(out_dir, "robust_vs_steps", "fewer than two step counts evaluated", dpi)
-    by_eps = base[base.steps == steps_fixed].assign(eps_255=lambda d: d.eps_255)
-    if by_eps["eps_255"].nunique() >= 2:
-        written += plot_sweep(by_eps, "eps_255", out_dir, "robust_vs_eps",
-                              f"{method}: mIoU vs eps ({steps_fixed} steps)", "perturbation budget eps (pixel scale)",
-                              dpi, clean=clean)
-    else:
-        written += _placeholder(out_dir, "robust_vs_eps", "fewer than two eps values evaluated", dpi)
+    written = _sweep_figure(base[base.eps_255 == eps_fixed], clean_rows, "steps", "robust_vs_steps",
+                            f"mIoU vs attack steps (eps {eps_fixed:g}/255)", "attack steps (iterations)", method,
+                            out_dir, dpi)
+    written += _sweep_figure(base[base.steps == steps_fixed], clean_rows, "eps_255", "robust_vs_eps",
+                             f"mIoU vs eps ({steps_fixed} steps)", "perturbation budget eps (pixel scale)", method,
+                             out_dir, dpi)
     return written
 
 
@@ -424,7 +551,7 @@ def make_figures(*, evals: list[str], logs: list[str], samples: list[str], steps
     info = dataset_info(spec.get("dataset", "synthetic"))
     classes = list(info.classes)
     frame = (Evals.load(evals).frame() if evals
-             else pd.DataFrame(columns=["method", "setting", "eps_255", "steps", "miou"]))
+             else pd.DataFrame(columns=["method", "seed", "setting", "eps_255", "steps", "miou"]))
     headline = spec.get("headline", {})
     headline_eps = round(float(headline.get("eps", 8 / 255)) * 255, 3)
     headline_steps = int(headline.get("steps", 20))

@@ -55,10 +55,12 @@ def tune(
         ``{"chosen": params, "candidates": [{"params", "miou": {label: m}, "mean"}]}``.
     """
     rows = []
-    for cand in grid_candidates(grid):
+    candidates = grid_candidates(grid)
+    for k, cand in enumerate(candidates, 1):
         mious = {label: float(run(model, {**base, **cand})) for label, model in models.items()}
         mean = sum(mious.values()) / len(mious)
         rows.append({"params": cand, "miou": mious, "mean": mean})
-        log.info("tuning %s: mean val mIoU %.4f", cand, mean)
+        # "candidate k/N": the unit `eroseg status` counts for its progress and ETA
+        log.info("candidate %d/%d %s: mean val mIoU %.4f", k, len(candidates), cand, mean)
     best = min(range(len(rows)), key=lambda i: (rows[i]["mean"], i))
     return {"chosen": rows[best]["params"], "candidates": rows}

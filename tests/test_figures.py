@@ -96,18 +96,18 @@ def test_every_figure_written_as_png_and_svg(rendered):
 
 
 def test_steps_axis_has_integer_ticks_and_a_dashed_clean_line(rendered):
-    ax = rendered[2]["robust_vs_steps"].axes[0]
-    assert list(ax.get_xticks()) == [2, 5, 10]
-    assert tick_labels(ax) == ["2", "5", "10"]
+    ax, diff_ax = rendered[2]["robust_vs_steps"].axes
+    assert list(diff_ax.get_xticks()) == [2, 5, 10]
+    assert tick_labels(diff_ax) == ["2", "5", "10"]  # the shared x axis is labelled on the bottom panel
     clean = [ln for ln in ax.get_lines() if ln.get_label().startswith("clean")]
     assert len(clean) == 1 and clean[0].get_linestyle() == "--"
     assert np.allclose(clean[0].get_ydata(), CLEAN * 100)
-    assert "(" in ax.get_xlabel() and ax.get_ylabel() == "mIoU (%)"
+    assert "(" in diff_ax.get_xlabel() and ax.get_ylabel() == "mIoU (%)"
 
 
 def test_eps_axis_in_255ths_starting_at_the_clean_point(rendered):
-    ax = rendered[2]["robust_vs_eps"].axes[0]
-    assert tick_labels(ax) == ["0", "4/255", "8/255", "16/255"]
+    ax, diff_ax = rendered[2]["robust_vs_eps"].axes
+    assert tick_labels(diff_ax) == ["0", "4/255", "8/255", "16/255"]
     for attack in ("pgd", "eroseg"):
         (line,) = [ln for ln in ax.get_lines() if ln.get_label() == attack]
         x, y = line.get_data()
@@ -115,7 +115,7 @@ def test_eps_axis_in_255ths_starting_at_the_clean_point(rendered):
         assert y[0] == pytest.approx(CLEAN * 100)
         assert list(y[1:]) == pytest.approx([SWEEP[(attack, e, 10)] * 100 for e in (4, 8, 16)])
     assert any(ln.get_label() == "clean (eps = 0)" for ln in ax.get_lines())
-    assert "eps" in ax.get_xlabel() and ax.get_ylabel() == "mIoU (%)"
+    assert "eps" in diff_ax.get_xlabel() and ax.get_ylabel() == "mIoU (%)"
 
 
 @pytest.mark.parametrize("name", ["robust_vs_steps", "robust_vs_eps", "per_class_iou", "training_curves"])
@@ -163,7 +163,8 @@ def test_erosion_figure_has_a_colour_key(rendered):
 def test_every_plot_axis_has_units(rendered):
     for name in ("robust_vs_steps", "robust_vs_eps", "per_class_iou", "training_curves"):
         for ax in rendered[2][name].axes:
-            assert ax.get_xlabel(), name
+            # a shared x axis (the sweeps' two panels) is labelled once, under the bottom panel
+            assert ax.get_xlabel() or any(o.get_xlabel() for o in ax.get_shared_x_axes().get_siblings(ax)), name
             assert "(" in ax.get_ylabel(), (name, ax.get_ylabel())
     for ax in rendered[2]["training_curves"].axes:
         assert isinstance(ax.xaxis.get_major_locator(), matplotlib.ticker.MaxNLocator)
@@ -192,3 +193,129 @@ def test_every_method_of_a_config_gets_its_own_colour_in_the_training_curves(tmp
     lines = drawn["training_curves"].axes[0].get_lines()
     colours = {line.get_label().split("/")[0]: matplotlib.colors.to_hex(line.get_color()) for line in lines}
     assert list(colours) == methods and len(set(colours.values())) == len(methods), colours
+
+
+# ----------------------------------------------------------------------------- seeds, y-ranges, erosion steps
+def _sweep_frame(seeds_at_every_point, seeds_at_headline=(), offset=None):
+    """A frame as ``Evals.frame()`` gives it: pgd and eroseg 0.5 points apart, seed k adds k points."""
+    offset = offset or (lambda seed: seed / 100)
+    rows = []
+    for seed in sorted({*seeds_at_every_point, *seeds_at_headline}):
+        rows.append(dict(method="standard", seed=seed, setting="clean", eps_255=0.0, steps=0,
+                         miou=CLEAN + offset(seed)))
+        for (attack, eps, steps), miou in SWEEP.items():
+            if seed in seeds_at_every_point or (eps, steps) == (8, 10):
+                rows.append(dict(method="standard", seed=seed, setting=attack, eps_255=float(eps), steps=steps,
+                                 miou=miou + offset(seed) - (0.005 if attack == "eroseg" else 0)))
+    # the eroseg values are pgd's minus 0.5 points wherever both exist
+    frame = pd.DataFrame(rows)
+    pgd = frame[frame.setting == "pgd"].set_index(["seed", "eps_255", "steps"])["miou"]
+    ero = frame.setting == "eroseg"
+    frame.loc[ero, "miou"] = [pgd[(r.seed, r.eps_255, r.steps)] - 0.005 for r in frame[ero].itertuples()]
+    return frame
+
+
+def _draw_sweeps(tmp_path, monkeypatch, frame):
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, out_dir, name, dpi: drawn.setdefault(name, fig) and [])
+    figures._sweep_figures(frame, {"method": "standard"}, ["pgd", "eroseg"], 8.0, 10, tmp_path, 50)
+    return drawn
+
+
+@pytest.mark.parametrize("name", ["robust_vs_steps", "robust_vs_eps"])
+def test_one_seed_sweep_says_seed_0_even_where_the_headline_point_has_three(tmp_path, monkeypatch, name):
+    # The config sweeps seed 0 only, and the headline point (8/255, 10 steps) exists for seeds 0-2.
+    drawn = _draw_sweeps(tmp_path, monkeypatch, _sweep_frame([0], seeds_at_headline=[1, 2]))
+    ax = drawn[name].axes[0]
+    assert "(seed 0)" in ax.get_title()
+    assert not ax.containers, "one seed: no error bars"
+    (pgd,) = [ln for ln in ax.get_lines() if ln.get_label() == "pgd"]
+    x, y = pgd.get_data()
+    headline = list(x).index(10 if name == "robust_vs_steps" else 8)
+    # seed 0's value, not a mean of seeds 0-2 beside seed-0-only points
+    assert y[headline] == pytest.approx(SWEEP[("pgd", 8, 10)] * 100)
+
+
+@pytest.mark.parametrize("name", ["robust_vs_steps", "robust_vs_eps"])
+def test_several_seeds_mean_with_error_bars_and_seeds_in_the_title(tmp_path, monkeypatch, name):
+    from matplotlib.container import ErrorbarContainer
+
+    drawn = _draw_sweeps(tmp_path, monkeypatch, _sweep_frame([0, 1, 2]))
+    ax, diff_ax = drawn[name].axes
+    assert "mean ± std over seeds 0, 1, 2" in ax.get_title()
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 2  # pgd and eroseg
+    (pgd,) = [ln for ln in ax.get_lines() if ln.get_label() == "pgd"]
+    x, y = pgd.get_data()
+    k = list(x).index(10 if name == "robust_vs_steps" else 8)
+    assert y[k] == pytest.approx(SWEEP[("pgd", 8, 10)] * 100 + 1)  # mean of +0, +1, +2 points
+    # the bars span one standard deviation of 0, 1, 2 points: 1 point either side
+    segments = bars[0].lines[2][0].get_segments()
+    assert {round(abs(s[1][1] - s[0][1]), 6) for s in segments} == {2.0}
+
+
+@pytest.mark.parametrize("name", ["robust_vs_steps", "robust_vs_eps"])
+def test_lines_half_a_point_apart_are_apart_on_the_page(tmp_path, monkeypatch, name):
+    drawn = _draw_sweeps(tmp_path, monkeypatch, _sweep_frame([0]))
+    ax, diff_ax = drawn[name].axes
+    bottom, top = ax.get_ylim()
+    assert bottom > 0  # fitted to the data, not from 0
+    # the panel of differences to PGD: PGD's dashed zero and EroSeg at -0.5 points everywhere
+    (ref,) = [ln for ln in diff_ax.get_lines() if ln.get_label() == "pgd (reference)"]
+    assert ref.get_linestyle() == "--" and np.allclose(ref.get_ydata(), 0)
+    (ero,) = [ln for ln in diff_ax.get_lines() if ln.get_label() == "eroseg"]
+    assert np.allclose(ero.get_ydata(), -0.5)
+    lo, hi = diff_ax.get_ylim()
+    assert hi - lo < 3  # half a point is a sixth of the panel or more
+    assert "pgd" in diff_ax.get_ylabel() and "(points)" in diff_ax.get_ylabel()
+
+
+@pytest.mark.parametrize(("t", "shown", "words"), [
+    (4, [1, 2, 3, 4], "every step, 1 to 4"),
+    (10, list(range(1, 11)), "every step, 1 to 10"),
+    (20, [1, 4, 7, 10, 13, 16, 19, 20], "every 3rd step from 1 and the last"),
+    (19, [1, 3, 5, 7, 9, 11, 13, 15, 17, 19], "every 2nd step from 1"),
+])
+def test_erosion_figure_shows_the_steps_its_title_names(tmp_path, monkeypatch, t, shown, words):
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, out_dir, name, dpi: drawn.setdefault(name, fig) and [])
+    rng = np.random.default_rng(0)
+    masks = {"step_fooled": rng.random((t, 8, 8)) > 0.5, "step_attacked": rng.random((t, 8, 8)) > 0.5}
+    figures.plot_erosion(masks, tmp_path, "eroseg on standard", 50)
+    fig = drawn["erosion"]
+    title = fig._suptitle.get_text()
+    assert words in title
+    panels = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert panels == [f"step {k}" for k in shown]
+    if "every step" not in title:
+        assert f"steps {', '.join(map(str, shown))} of {t}" in title
+    # each panel draws the mask of the step it names
+    first_row = [ax for ax in fig.axes if ax.get_title()]
+    for ax, k in zip(first_row, shown):
+        assert np.array_equal(ax.get_images()[0].get_array(), masks["step_fooled"][k - 1])
+
+
+def test_training_curves_draw_validation_only_at_validated_epochs(tmp_path, monkeypatch):
+    # train.val_every: 4 validates after epochs 4, 8 and the last (10); the other rows are empty
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, out_dir, name, dpi: drawn.setdefault(name, fig) and [])
+    epochs = np.arange(1, 11)
+    val = [0.1 * e if e in (4, 8, 10) else np.nan for e in epochs]
+    log = pd.DataFrame({"epoch": epochs, "loss": 1 / epochs, "val_miou": val, "robust_val_miou": val})
+    figures.plot_training({"standard/seed0": log}, tmp_path, 50, ["standard"])
+    loss_ax, clean_ax, robust_ax = drawn["training_curves"].axes
+    assert list(loss_ax.get_lines()[0].get_xdata()) == list(epochs)
+    for ax in (clean_ax, robust_ax):
+        (line,) = ax.get_lines()
+        assert list(line.get_xdata()) == [4, 8, 10]
+        assert list(line.get_ydata()) == pytest.approx([40, 80, 100])
+
+
+def test_a_sweep_of_one_attack_has_no_empty_difference_panel(tmp_path, monkeypatch):
+    frame = _sweep_frame([0])
+    drawn = {}
+    monkeypatch.setattr(figures, "_save", lambda fig, out_dir, name, dpi: drawn.setdefault(name, fig) and [])
+    figures._sweep_figures(frame[frame.setting != "eroseg"], {"method": "standard"}, ["pgd"], 8.0, 10, tmp_path, 50)
+    for name in ("robust_vs_steps", "robust_vs_eps"):
+        (ax,) = drawn[name].axes
+        assert ax.get_xlabel() and "(seed 0)" in ax.get_title()

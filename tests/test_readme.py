@@ -187,7 +187,8 @@ def check_snakemake_args(snippet: Snippet) -> None:
         args = get_argument_parser().parse_args(argv[1:])
     except SystemExit as err:
         raise AssertionError(f"README.md:{snippet.line}: snakemake rejects {snippet.text!r} ({err.code})") from None
-    for path in [*(args.configfile or []), *([args.profile] if args.profile else [])]:
+    profiles = [args.profile] if isinstance(args.profile, str) else list(args.profile or [])  # a list in Snakemake 9
+    for path in [*(args.configfile or []), *profiles]:
         assert (ROOT / path).exists(), f"README.md:{snippet.line}: {path} does not exist"
 
 
@@ -293,7 +294,7 @@ def test_extraction_on_a_hand_written_block():
 @pytest.mark.parametrize("original, typo", [
     ("--attack-params", "--atack-params"),  # an eroseg option
     ('"steps": 2,', '"stepz": 2,'),  # an attack parameter
-    ("--cores 2", "--corse 2"),  # a snakemake option
+    ("--profile workflow/profiles/default", "--profiles workflow/profiles/default"),  # a snakemake option
     ("config/tests.yaml", "config/test.yaml"),  # a file a snakemake command names
     ('create_attack("sea"', 'create_attack("sae"'),  # python: an attack name
 ])

@@ -284,6 +284,64 @@ def test_missing_roots_name_the_layout(tmp_path):
         assert str(tmp_path / "nowhere") in str(err.value) and hint in str(err.value)
 
 
+
+@pytest.mark.parametrize(("name", "inner"), [
+    ("voc", "VOCdevkit/VOC2012"), ("cityscapes", "cityscapes"), ("ade20k", "ADEChallengeData2016")])
+def test_root_one_or_two_folders_too_high_suggests_the_folder_with_the_layout(trees, tmp_path, name, inner):
+    # The user points at the download folder instead of the dataset's own root.
+    tree = _copy_tree(trees[name], tmp_path / "downloads" / inner)
+    high = tmp_path / "downloads"
+    for root in (high, tree.parent) if inner.count("/") else (high,):
+        with pytest.raises(DatasetNotFoundError) as err:
+            get_dataset(name, root, "train")
+        message = str(err.value)
+        assert f"Did you mean {tree}?" in message, message
+        assert "dataset.root" in message
+
+
+@pytest.mark.parametrize(("name", "inner", "sub"), [
+    ("voc", "VOC2012", "JPEGImages"), ("cityscapes", "cityscapes", "leftImg8bit"),
+    ("ade20k", "ADEChallengeData2016", "images")])
+def test_root_one_folder_too_low_suggests_its_parent(trees, tmp_path, name, inner, sub):
+    tree = _copy_tree(trees[name], tmp_path / inner)
+    with pytest.raises(DatasetNotFoundError) as err:
+        get_dataset(name, tree / sub, "train")
+    assert f"Did you mean {tree}?" in str(err.value), str(err.value)
+
+
+def test_no_suggestion_when_nothing_near_holds_the_layout(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    for name in ("voc", "cityscapes", "ade20k"):
+        with pytest.raises(DatasetNotFoundError) as err:
+            get_dataset(name, tmp_path / "empty", "train")
+        assert "Did you mean" not in str(err.value)
+
+
+def test_missing_sbd_list_names_the_sbd_step_and_train_split_train(trees, tmp_path):
+    root = _copy_tree(trees["voc"], tmp_path / "VOC2012")
+    (root / "ImageSets" / "Segmentation" / "train_aug.txt").unlink()
+    with pytest.raises(DatasetNotFoundError) as err:
+        get_dataset("voc", root, "train_aug")
+    message = str(err.value)
+    assert str(root / "ImageSets" / "Segmentation" / "train_aug.txt") in message
+    assert "SBD" in message and "SegmentationClassAug" in message and "dataset.train_split: train" in message
+    assert "existing splits: train, val" in message
+
+
+def test_missing_sbd_labels_name_the_sbd_step(trees, tmp_path):
+    root = _copy_tree(trees["voc"], tmp_path / "VOC2012")
+    shutil.rmtree(root / "SegmentationClassAug")
+    with pytest.raises(DatasetNotFoundError) as err:
+        get_dataset("voc", root, "train_aug")
+    message = str(err.value)
+    assert str(root / "SegmentationClassAug") in message
+    assert "SBD" in message and "dataset.train_split: train" in message
+    # a plain missing VOC split gets no SBD advice
+    with pytest.raises(DatasetNotFoundError) as err:
+        get_dataset("voc", root, "trainval")
+    assert "SBD" not in str(err.value)
+
+
 # ----------------------------------------------------------------- prepare
 @pytest.mark.parametrize("name,splits,n", [
     ("voc", ["train_aug", "val"], {"train_aug": 4, "val": 2}),

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from eroseg.data.errors import IGNORE_INDEX, DatasetError, DatasetNotFoundError
+from eroseg.data.errors import IGNORE_INDEX, DatasetError, DatasetNotFoundError, layout_hint
 from eroseg.data.reader import SegmentationReader
 from eroseg.data.transforms import JointTransform
 
@@ -91,6 +91,9 @@ LAYOUT = (
     "under the ADEChallengeData2016 root"
 )
 
+#: What an ADEChallengeData2016 root holds; a folder near a wrong root that holds these is suggested.
+LAYOUT_MARKERS: tuple[str, ...] = ("images", "annotations")
+
 # Annotation value -> class id: 0 (other objects) -> void, k -> k - 1; above 150 is not a class.
 _LUT = np.full(256, IGNORE_INDEX, np.int64)
 _LUT[1:NUM_ADE20K_CLASSES + 1] = np.arange(NUM_ADE20K_CLASSES)
@@ -132,16 +135,18 @@ class ADE20K(SegmentationReader):
                 f"(the folders of {LAYOUT})"
             )
         if not self.root.is_dir():
-            raise DatasetNotFoundError(f"{self.root}: ADE20K root not found; expected {LAYOUT}")
+            raise DatasetNotFoundError(f"{self.root}: ADE20K root not found; expected {LAYOUT}."
+                                       + layout_hint(self.root, LAYOUT_MARKERS))
         self._scan(SPLIT_FOLDERS[split])
 
     def _scan(self, folder: str) -> None:
         image_dir = self.root / "images" / folder
         label_dir = self.root / "annotations" / folder
         if not image_dir.is_dir():
+            hint = "" if (self.root / "images").is_dir() else layout_hint(self.root, LAYOUT_MARKERS)
             raise DatasetNotFoundError(
                 f"{image_dir}: image folder of split {self.split!r} not found; expected {LAYOUT} "
-                "(is root the ADEChallengeData2016 folder itself?)"
+                f"(is root the ADEChallengeData2016 folder itself?){hint}"
             )
         if not label_dir.is_dir():
             raise DatasetNotFoundError(

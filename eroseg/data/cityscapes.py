@@ -19,7 +19,7 @@ import os
 
 import numpy as np
 
-from eroseg.data.errors import IGNORE_INDEX, DatasetError, DatasetNotFoundError
+from eroseg.data.errors import IGNORE_INDEX, DatasetError, DatasetNotFoundError, layout_hint
 from eroseg.data.reader import SegmentationReader
 from eroseg.data.transforms import JointTransform
 
@@ -118,6 +118,9 @@ LAYOUT = (
     "under the Cityscapes root"
 )
 
+#: What a Cityscapes root holds; a folder near a wrong root that holds these is suggested.
+LAYOUT_MARKERS: tuple[str, ...] = ("leftImg8bit", "gtFine")
+
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
 
@@ -154,7 +157,8 @@ class Cityscapes(SegmentationReader):
     ) -> None:
         super().__init__(root, split, transform=transform, num_classes=num_classes)
         if not self.root.is_dir():
-            raise DatasetNotFoundError(f"{self.root}: Cityscapes root not found; expected {LAYOUT}")
+            raise DatasetNotFoundError(f"{self.root}: Cityscapes root not found; expected {LAYOUT}."
+                                       + layout_hint(self.root, LAYOUT_MARKERS))
         self._scan()
 
     def _scan(self) -> None:
@@ -166,9 +170,10 @@ class Cityscapes(SegmentationReader):
                 have = ", ".join(sorted(p.name for p in parent.iterdir() if p.is_dir())) or "none"
             else:
                 have = f"none ({parent} does not exist)"
+            hint = "" if parent.is_dir() else layout_hint(self.root, LAYOUT_MARKERS)
             raise DatasetNotFoundError(
                 f"{image_split}: image folder of split {self.split!r} not found; expected {LAYOUT}. "
-                f"Existing splits: {have}"
+                f"Existing splits: {have}.{hint}"
             )
         if not label_split.is_dir():
             raise DatasetNotFoundError(

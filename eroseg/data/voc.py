@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from eroseg.data.errors import IGNORE_INDEX, DatasetError, DatasetNotFoundError
+from eroseg.data.errors import IGNORE_INDEX, DatasetError, DatasetNotFoundError, layout_hint
 from eroseg.data.reader import SegmentationReader
 from eroseg.data.transforms import JointTransform
 
@@ -28,6 +28,17 @@ VOC_CLASSES: tuple[str, ...] = (
 
 #: Image suffixes tried, in order, for ``JPEGImages/<id>``.
 IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".png", ".jpeg")
+
+#: What a VOC root holds at least; a folder near a wrong root that holds these is suggested.
+LAYOUT_MARKERS: tuple[str, ...] = ("JPEGImages", "ImageSets/Segmentation")
+
+
+def sbd_hint(root: Path) -> str:
+    """The SBD step, for an error about the ``train_aug`` list or its ``SegmentationClassAug`` labels."""
+    return (" train_aug is VOC 2012 train plus SBD: put SBD's labels as class-index PNGs in "
+            f"{root / 'SegmentationClassAug'} and its train_aug.txt list in {root / 'ImageSets' / 'Segmentation'} "
+            "(the dataset section of config/voc.yaml says how), or train on VOC 2012 alone with "
+            "`dataset.train_split: train`.")
 
 
 def voc_palette(n: int = 256) -> list[tuple[int, int, int]]:
@@ -102,6 +113,7 @@ class VOCSegmentation(SegmentationReader):
             raise DatasetNotFoundError(
                 f"{self.root}: dataset root not found; expected a folder in the PASCAL VOC layout "
                 "(JPEGImages/, SegmentationClass/, ImageSets/Segmentation/<split>.txt)"
+                + layout_hint(self.root, LAYOUT_MARKERS)
             )
         self.list_file = self._list_path(list_file)
         self._read_list(image_dir, label_dir)
@@ -119,8 +131,13 @@ class VOCSegmentation(SegmentationReader):
         if not path.is_file():
             found = sorted(p.stem for p in list_dir.glob("*.txt")) if list_dir.is_dir() else []
             have = ", ".join(found) if found else f"none ({list_dir} has no .txt lists)"
+            hint = ""
+            if not all((self.root / m).is_dir() for m in LAYOUT_MARKERS):  # not a VOC root at all
+                hint = layout_hint(self.root, LAYOUT_MARKERS)
+            elif "aug" in self.split:
+                hint = sbd_hint(self.root)
             raise DatasetNotFoundError(
-                f"{path}: split list for split {self.split!r} not found; existing splits: {have}"
+                f"{path}: split list for split {self.split!r} not found; existing splits: {have}.{hint}"
             )
         return path
 
@@ -146,8 +163,9 @@ class VOCSegmentation(SegmentationReader):
                         f"{image}: image not found (listed on line {lineno} of {self.list_file})"
                     )
                 if not label.is_file():
+                    hint = sbd_hint(self.root) if "SegmentationClassAug" in label.parts else ""
                     raise DatasetNotFoundError(
-                        f"{label}: label not found (listed on line {lineno} of {self.list_file})"
+                        f"{label}: label not found (listed on line {lineno} of {self.list_file}).{hint}"
                     )
             elif len(fields) == 1:
                 sample_id = fields[0]
@@ -161,9 +179,10 @@ class VOCSegmentation(SegmentationReader):
                     )
                 label = lbl_root / f"{sample_id}.png"
                 if label.name not in lbl_names:
+                    hint = sbd_hint(self.root) if label_dir == "SegmentationClassAug" else ""
                     raise DatasetNotFoundError(
                         f"{label}: label of sample {sample_id!r} not found (listed in {self.list_file}); "
-                        f"expected a PNG per image in {lbl_root}"
+                        f"expected a PNG per image in {lbl_root}.{hint}"
                     )
             else:
                 raise DatasetError(
