@@ -227,7 +227,7 @@ def test_unknown_config_key_names_itself_and_the_closest_valid_key(tmp_path):
     assert "config key train.batchsize: unknown; did you mean train.batch_size?" in res.stdout + res.stderr
 
 
-def _dry_run_with(tmp_path, change) -> str:
+def _failing_dry_run_output(tmp_path, change) -> str:
     """Output of a failing dry run of the tests config after ``change(cfg)``."""
     copy_configs(tmp_path)
     cfg = yaml.safe_load((tmp_path / "config" / "tests.yaml").read_text())
@@ -239,7 +239,8 @@ def _dry_run_with(tmp_path, change) -> str:
 
 
 def test_misspelt_tuned_training_attack_is_named_as_unknown_not_as_missing_grid(tmp_path):
-    out = _dry_run_with(tmp_path, lambda cfg: cfg["methods"].update(eroseg_at={"attack": "erosg", "tuned": True}))
+    misspelt = {"attack": "erosg", "tuned": True}
+    out = _failing_dry_run_output(tmp_path, lambda cfg: cfg["methods"].update(eroseg_at=misspelt))
     assert "config key methods.eroseg_at.attack: unknown attack 'erosg'; valid: fgsm, pgd" in out
     assert "did you mean 'eroseg'?" in out and "no tuning grid" not in out
 
@@ -249,7 +250,7 @@ def test_every_budget_out_of_range_is_named(tmp_path):
         cfg["evaluation"]["headline"]["eps"] = 8
         cfg["adversarial_training"]["eps"] = 8
 
-    out = _dry_run_with(tmp_path, change)
+    out = _failing_dry_run_output(tmp_path, change)
     assert "2 bad numbers in the config" in out
     for key in ("evaluation.headline.eps", "adversarial_training.eps"):
         assert f"config key {key}: 8 is above 1, the pixel range" in out and "did you mean '8/255'?" in out, key
