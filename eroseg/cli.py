@@ -98,21 +98,14 @@ def load_model_factory(spec: str, *, dataset: str | None = None, device="cpu"):
         ValueError: malformed spec, module or function not found, or a factory
             that returns something else than a module (the message names the spec).
     """
-    import torch.nn as nn
 
-    from eroseg.external import import_factory
+    from eroseg.external import import_factory, split_factory_output
     from eroseg.models import SegmentationModel, wrap_model
 
     where = f"--model-factory {spec!r}"
     factory = import_factory(spec, where)
     func_name = str(spec).rpartition(":")[2]
-    built = factory()
-    meta: dict = {}
-    if isinstance(built, tuple) and len(built) == 2 and isinstance(built[1], dict):
-        built, meta = built[0], dict(built[1])
-    if not isinstance(built, nn.Module):
-        raise ValueError(f"{where}: the factory returned {type(built).__name__}; expected an nn.Module or "
-                         "(nn.Module, meta dict)")
+    built, meta = split_factory_output(factory(), f"{where}: the factory")
     wrap_opts = {k: meta.pop(k) for k in ("mean", "std", "output_key", "pad_multiple") if k in meta}
     if dataset and "num_classes" not in meta:
         from eroseg.data import dataset_info

@@ -325,6 +325,22 @@ def load_weights(net, path: str | os.PathLike, where: str = "weights") -> None:
     net.load_state_dict(state)
 
 
+def split_factory_output(built, where: str) -> tuple:
+    """A model factory's result as ``(module, meta dict)``: it may return a module or ``(module, meta)``.
+
+    Raises:
+        ValueError: naming ``where`` when the result is neither.
+    """
+    import torch.nn as nn
+
+    meta: dict = {}
+    if isinstance(built, tuple) and len(built) == 2 and isinstance(built[1], Mapping):
+        built, meta = built[0], dict(built[1])
+    if not isinstance(built, nn.Module):
+        raise ValueError(f"{where} returned {type(built).__name__}; expected an nn.Module or (nn.Module, meta dict)")
+    return built, meta
+
+
 def build_external(entry: Mapping, *, num_classes: int | None = None, where: str = "external"):
     """Build the model an ``external`` entry describes, with its weights, wrapped for eroseg.
 
@@ -341,20 +357,13 @@ def build_external(entry: Mapping, *, num_classes: int | None = None, where: str
         ``(model, info)``: a :class:`eroseg.models.SegmentationModel` in eval mode on the CPU, and the
         entry's facts to record (``factory``, ``kwargs``, the wrap options used, ``num_classes``).
     """
-    import torch.nn as nn
 
     from eroseg.models import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel, wrap_model
 
     entry = check_external(entry, where)
     classes = entry.get("num_classes", num_classes)
     factory = resolve_factory(entry["factory"], num_classes=classes, where=f"{where}.factory")
-    built = factory(**entry.get("kwargs", {}))
-    meta: dict = {}
-    if isinstance(built, tuple) and len(built) == 2 and isinstance(built[1], Mapping):
-        built, meta = built[0], dict(built[1])
-    if not isinstance(built, nn.Module):
-        raise ValueError(f"{where}.factory: {entry['factory']} returned {type(built).__name__}; expected an "
-                         "nn.Module or (nn.Module, meta dict)")
+    built, meta = split_factory_output(factory(**entry.get("kwargs", {})), f"{where}.factory: {entry['factory']}")
     if "num_classes" in entry and meta.get("num_classes") not in (None, entry["num_classes"]):
         raise ValueError(f"{where}.num_classes: {entry['num_classes']}, but the factory says {meta['num_classes']}")
     classes = entry.get("num_classes", meta.get("num_classes", classes))
