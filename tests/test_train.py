@@ -70,6 +70,26 @@ def test_val_every_validates_every_nth_and_the_last_epoch(tmp_path):
     assert all(float(r["loss"]) > 0 for r in rows)  # every epoch still logs its training loss
 
 
+def test_channels_last_applies_on_the_cpu_and_changes_only_the_layout(tmp_path):
+    """``channels_last`` (once CUDA-only) puts the model and the batches in that layout on the CPU too, and ends
+    near the contiguous run's weights."""
+    layouts = []
+
+    def spy(model, images, labels, generator=None):
+        conv = next(p for p in model.parameters() if p.dim() == 4)
+        layouts.append((conv.is_contiguous(memory_format=torch.channels_last),
+                        images.is_contiguous(memory_format=torch.channels_last)))
+        return images
+
+    a = load_checkpoint(run(tmp_path, "a", attack=spy, epochs=1, channels_last=False))["state_dict"]
+    assert layouts and not any(conv for conv, _ in layouts)
+    layouts.clear()
+    b = load_checkpoint(run(tmp_path, "b", attack=spy, epochs=1, channels_last=True))["state_dict"]
+    assert layouts and all(conv and batch for conv, batch in layouts)
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].is_floating_point())
+    assert worst < 1e-3, worst
+
+
 def test_val_every_below_one_is_refused():
     with pytest.raises(ValueError, match="val_every must be >= 1"):
         cfg(val_every=0)
