@@ -196,13 +196,18 @@ def test_changing_figure_style_reruns_no_evaluation(workdir):
     assert _changed(workdir, "style", lambda c: c["figures"].update(dpi=61)) == {"figures": 1, "all": 1}
 
 
-def _dry_run_with_train(tmp_path: Path, **train) -> subprocess.CompletedProcess:
-    """A dry run of the tests config with ``train`` keys set as given (not checked for success)."""
+def _dry_run_with(tmp_path: Path, change) -> subprocess.CompletedProcess:
+    """A dry run of the tests config after ``change(cfg)`` (not checked for success)."""
     copy_configs(tmp_path)
     cfg = yaml.safe_load((tmp_path / "config" / "tests.yaml").read_text())
-    cfg["train"].update(train)
-    (tmp_path / "config" / "bad.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return snakemake(tmp_path, "-n", "--configfile", "config/bad.yaml", check=False)
+    change(cfg)
+    (tmp_path / "config" / "changed.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return snakemake(tmp_path, "-n", "-p", "--configfile", "config/changed.yaml", check=False)
+
+
+def _dry_run_with_train(tmp_path: Path, **train) -> subprocess.CompletedProcess:
+    """A dry run of the tests config with ``train`` keys set as given (not checked for success)."""
+    return _dry_run_with(tmp_path, lambda cfg: cfg["train"].update(train))
 
 
 def test_bad_config_names_the_key(tmp_path):
@@ -212,11 +217,7 @@ def test_bad_config_names_the_key(tmp_path):
 
 
 def test_bad_claims_value_is_one_line_naming_the_key(tmp_path):
-    copy_configs(tmp_path)
-    cfg = yaml.safe_load((tmp_path / "config" / "tests.yaml").read_text())
-    cfg["evaluation"]["claims"]["min_effect"] = -1
-    (tmp_path / "config" / "bad.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    res = snakemake(tmp_path, "-n", "--configfile", "config/bad.yaml", check=False)
+    res = _dry_run_with(tmp_path, lambda cfg: cfg["evaluation"]["claims"].update(min_effect=-1))
     assert res.returncode != 0
     assert "config key evaluation.claims.min_effect: -1; expected points of mIoU >= 0" in res.stdout + res.stderr
 
@@ -229,11 +230,7 @@ def test_unknown_config_key_names_itself_and_the_closest_valid_key(tmp_path):
 
 def _failing_dry_run_output(tmp_path, change) -> str:
     """Output of a failing dry run of the tests config after ``change(cfg)``."""
-    copy_configs(tmp_path)
-    cfg = yaml.safe_load((tmp_path / "config" / "tests.yaml").read_text())
-    change(cfg)
-    (tmp_path / "config" / "bad.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    res = snakemake(tmp_path, "-n", "--configfile", "config/bad.yaml", check=False)
+    res = _dry_run_with(tmp_path, change)
     assert res.returncode != 0
     return res.stdout + res.stderr
 
@@ -302,15 +299,6 @@ def test_slurm_profile_dry_run_requests_gpus(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     train_blocks = re.findall(r"^rule train:\n((?:    .*\n)+)", res.stdout + res.stderr, flags=re.M)
     assert train_blocks and all("gpu=2" in b for b in train_blocks), train_blocks
-
-
-def _dry_run_with(tmp_path: Path, change) -> subprocess.CompletedProcess:
-    """A dry run of the tests config after ``change(cfg)`` (not checked for success)."""
-    copy_configs(tmp_path)
-    cfg = yaml.safe_load((tmp_path / "config" / "tests.yaml").read_text())
-    change(cfg)
-    (tmp_path / "config" / "changed.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return snakemake(tmp_path, "-n", "-p", "--configfile", "config/changed.yaml", check=False)
 
 
 @pytest.mark.parametrize("key", ["train_split", "val_split", "test_split"])
