@@ -1,0 +1,301 @@
+"""adv-lib's minimal-norm segmentation attacks behind one signature, each result checked by our own forward pass.
+
+:func:`run_min_norm` runs ``alma_prox`` (Rony et al., CVPR 2023,
+https://arxiv.org/abs/2206.07179), ``pdpgd`` and ``pdgd`` (Matyasko & Chau,
+https://arxiv.org/abs/2106.01538, adapted to segmentation by adv-lib), ``dag``
+(Xie et al., ICCV 2017, https://arxiv.org/abs/1703.08603) from
+adversarial-library 0.2.8 (``asma`` is left out: :data:`NOT_WRAPPED`) and
+never trusts what it returns: ``dag`` returns the clean image when it fails and
+``alma_prox`` its best non-adversarial try, so success, the fooled share and the
+norm are recomputed from one forward pass (norm = inf where the share stays
+below ``adv_threshold``). What the wrapper works around in adv-lib 0.2.8 (the
+module-level ``visdom`` import, ``alma_prox``'s crash on batches with different
+numbers of valid pixels, the ``torch.compile`` of its proximal operator) is
+written up in docs/adv_lib.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import importlib.metadata
+import sys
+import types
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from eroseg.attacks.core import eval_mode
+from eroseg.metrics import IGNORE_INDEX
+
+#: The adv-lib release this wrapper is written and tested against (the ``minnorm`` extra pins it).
+ADV_LIB_VERSION = "0.2.8"
+INSTALL_HINT = "pip install 'eroseg[minnorm]' (adv-lib==0.2.8; docs/adv_lib.md says how visdom is handled)"
+
+#: Norm names of this project -> the number adv-lib takes.
+NORMS = {"linf": float("inf"), "l2": 2.0}
+
+
+@dataclass(frozen=True)
+class MinNormAttack:
+    """One adv-lib attack as this project calls it.
+
+    Attributes:
+        function: name of the function in ``adv_lib.attacks.segmentation``.
+        norms: norms it minimises (``"linf"``, ``"l2"``).
+        steps_arg: adv-lib's argument for the number of iterations (``steps`` here).
+        default_steps: adv-lib's default number of iterations.
+        names: this project's ASCII parameter name -> adv-lib's argument name.
+        norm_arg: adv-lib's argument that takes the norm as a number (None: the norm is fixed).
+        masking_default: adv-lib's default of ``constraint_masking`` (whose batches need equal valid-pixel counts).
+    """
+
+    function: str
+    norms: tuple[str, ...]
+    steps_arg: str
+    default_steps: int
+    names: dict[str, str] = field(default_factory=dict)
+    norm_arg: str | None = None
+    masking_default: bool = False
+
+
+_PRIMAL_DUAL = {name: name for name in (
+    "random_init", "primal_lr", "primal_lr_decrease", "dual_ratio_init", "dual_lr", "dual_lr_decrease", "dual_ema",
+    "dual_min_ratio", "constraint_masking", "mask_decay")}
+
+#: Registered minimal-norm attacks (name -> how to call it).
+MIN_NORM_ATTACKS: dict[str, MinNormAttack] = {
+    "alma_prox": MinNormAttack("alma_prox", ("linf",), "num_steps", 500, {
+        "lr_init": "lr_init", "lr_reduction": "lr_reduction", "mu_init": "μ_init", "rho_init": "ρ_init",
+        "check_steps": "check_steps", "tau": "τ", "gamma": "γ", "alpha": "α", "alpha_rms": "α_rms",
+        "scale_min": "scale_min", "scale_max": "scale_max", "scale_init": "scale_init", "scale_gamma": "scale_γ",
+        "logit_tolerance": "logit_tolerance", "constraint_masking": "constraint_masking",
+        "mask_decay": "mask_decay"}, masking_default=True),
+    "pdpgd": MinNormAttack("pdpgd", ("linf", "l2"), "num_steps", 500, {
+        **_PRIMAL_DUAL, "proximal_steps": "proximal_steps", "epsilon_threshold": "ε_threshold"}, norm_arg="norm"),
+    "dag": MinNormAttack("dag", ("linf", "l2"), "max_iter", 200, {"gamma": "γ"}, norm_arg="p"),
+    "pdgd": MinNormAttack("pdgd", ("l2",), "num_steps", 500, dict(_PRIMAL_DUAL)),
+}
+
+
+#: adv-lib attacks left out, and why (named in the error when asked for).
+NOT_WRAPPED = {
+    "asma": "adv-lib 0.2.8's asma raises the logits of the given labels whatever `targeted` says, so an "
+            "untargeted run never moves from the clean image (docs/adv_lib.md); use dag, pdgd or pdpgd for L2",
+}
+
+
+@dataclass
+class MinNormResult:
+    """What a minimal-norm attack found on a batch, as checked by :func:`verify_min_norm`.
+
+    Attributes:
+        adv: ``[B, C, H, W]`` adversarial images in [0, 1] (the attack's best try, also where it failed).
+        norm: ``[B]`` norm of the perturbation where the attack succeeded, ``inf`` where it did not,
+            NaN for an image without valid pixels (not attacked).
+        perturbation_norm: ``[B]`` norm of ``adv - images`` whether or not it succeeded.
+        fooled_share: ``[B]`` share of valid pixels whose prediction differs from the label (NaN: no valid pixels).
+        success: ``[B]`` bool, ``fooled_share >= adv_threshold``.
+    """
+
+    adv: torch.Tensor
+    norm: torch.Tensor
+    perturbation_norm: torch.Tensor
+    fooled_share: torch.Tensor
+    success: torch.Tensor
+
+
+def perturbation_norms(delta: torch.Tensor, norm: str) -> torch.Tensor:
+    """Per-image ``||delta||`` (``[B]``) in ``"linf"`` or ``"l2"``."""
+    return delta.flatten(1).norm(p=NORMS[norm], dim=1)
+
+
+@contextlib.contextmanager
+def _visdom_placeholder() -> Iterator[None]:
+    """Let adv-lib import without visdom: a stand-in module for the duration of the import only.
+
+    adv-lib imports ``visdom`` at module level for its ``VisdomLogger``, which
+    the attacks use only when given one as ``callback`` (this wrapper never
+    does). Where visdom is installed nothing changes; where it is not, a module
+    whose ``Visdom`` raises is put in ``sys.modules`` while adv-lib imports and
+    taken out afterwards, so later ``import visdom`` elsewhere still fails as usual.
+    """
+    try:
+        import visdom  # noqa: F401
+        yield
+        return
+    except ImportError:
+        pass
+    stand_in = types.ModuleType("visdom")
+
+    def _no_visdom(*_args, **_kwargs):
+        raise ImportError("visdom is not installed; adv-lib's VisdomLogger needs it (pip install visdom)")
+
+    stand_in.Visdom = _no_visdom
+    sys.modules["visdom"] = stand_in
+    try:
+        yield
+    finally:
+        if sys.modules.get("visdom") is stand_in:
+            del sys.modules["visdom"]
+
+
+@functools.cache
+def adv_lib_segmentation() -> types.ModuleType:
+    """``adv_lib.attacks.segmentation``, imported on first use.
+
+    Raises:
+        ImportError: adv-lib is not installed (names the extra to install).
+    """
+    try:
+        with _visdom_placeholder():
+            module = importlib.import_module("adv_lib.attacks.segmentation")
+    except ImportError as err:
+        raise ImportError(f"minimal-norm attacks need adv-lib, which is not installed ({err}); "
+                          f"install it with: {INSTALL_HINT}") from err
+    version = importlib.metadata.version("adv-lib")
+    if version != ADV_LIB_VERSION:
+        warnings.warn(f"adv-lib {version} is installed; eroseg's minimal-norm wrapper is tested with "
+                      f"{ADV_LIB_VERSION} ({INSTALL_HINT})", stacklevel=2)
+    return module
+
+
+def attack_arguments(name: str, norm: str, adv_threshold: float, steps: int | None, params: dict[str, Any]
+                     ) -> tuple[MinNormAttack, dict[str, Any]]:
+    """Check a call of :func:`run_min_norm` and translate it into adv-lib's keyword arguments.
+
+    Raises:
+        ValueError: unknown attack, norm or parameter, a norm the attack does not minimise,
+            ``adv_threshold`` outside (0, 1] or ``steps`` < 1 (each message lists what is allowed).
+    """
+    if name in NOT_WRAPPED:
+        raise ValueError(f"minimal-norm attack {name!r} is not wrapped: {NOT_WRAPPED[name]}")
+    if name not in MIN_NORM_ATTACKS:
+        raise ValueError(f"unknown minimal-norm attack {name!r}; expected one of {sorted(MIN_NORM_ATTACKS)}")
+    spec = MIN_NORM_ATTACKS[name]
+    if norm not in spec.norms:
+        raise ValueError(f"{name}: norm {norm!r} is not supported; expected one of {list(spec.norms)}")
+    if not 0 < adv_threshold <= 1:
+        raise ValueError(f"{name}: adv_threshold must be in (0, 1], got {adv_threshold!r}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"{name}: steps must be an integer >= 1, got {steps!r}")
+    unknown = sorted(set(params) - set(spec.names))
+    if unknown:
+        raise ValueError(f"{name}: unknown parameter(s) {unknown}; expected some of {sorted(spec.names)}")
+    kwargs = {spec.names[key]: value for key, value in params.items()}
+    kwargs["adv_threshold"] = float(adv_threshold)
+    kwargs[spec.steps_arg] = spec.default_steps if steps is None else steps
+    if spec.norm_arg is not None:
+        kwargs[spec.norm_arg] = NORMS[norm]
+    return spec, kwargs
+
+
+def valid_pixel_groups(valid_counts: torch.Tensor, equal_counts: bool) -> list[torch.Tensor]:
+    """Indices of the images to attack together: all images with valid pixels, or one group per valid-pixel count.
+
+    adv-lib 0.2.8's constraint masking (``alma_prox``'s default) indexes with
+    ``k - 1``, where ``k`` is the number of constraints an image may violate;
+    in a batch where one image has ``k = 0`` and another ``k > 0`` that index
+    is -1 and the attack raises. ``k`` depends on the image only through its
+    number of valid pixels, so images with equal counts can share a batch.
+    Images without valid pixels are left out (nothing to attack).
+    """
+    attacked = torch.nonzero(valid_counts > 0).flatten()
+    if not equal_counts:
+        return [attacked] if attacked.numel() else []
+    counts = valid_counts[attacked]
+    return [attacked[counts == value] for value in torch.unique(counts)]
+
+
+def _eager(compile_prox: bool):
+    """Run ``torch.compile``d code eagerly (adv-lib compiles ``alma_prox``'s proximal operator).
+
+    On the CPU the first compiled call took 104 s and its graph breaks at
+    ``Tensor.item()`` (docs/adv_lib.md); eager costs nothing up front.
+    ``torch.compiler.set_stance`` exists from torch 2.6; older versions compile.
+    """
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    if compile_prox or set_stance is None:
+        return contextlib.nullcontext()
+    return set_stance("force_eager")
+
+
+@torch.no_grad()
+def verify_min_norm(model: torch.nn.Module, images: torch.Tensor, adv: torch.Tensor, labels: torch.Tensor, *,
+                    norm: str = "linf", adv_threshold: float = 0.99, ignore_index: int = IGNORE_INDEX
+                    ) -> MinNormResult:
+    """Check an attack's output with one forward pass: fooled share, success and norm per image.
+
+    The fooled share is the share of valid pixels (label != ``ignore_index``)
+    predicted as another class; the attack succeeded on an image when the share
+    reaches ``adv_threshold``; its norm is ``||adv - images||`` there and
+    ``inf`` elsewhere (NaN for an image without valid pixels).
+
+    Shape:
+        images, adv: ``[B, C, H, W]``; labels: ``[B, H, W]``; every field of the result ``[B]`` (``adv`` as given).
+    """
+    with eval_mode(model):
+        pred = model(adv).argmax(1)
+    valid = labels != ignore_index
+    counts = valid.flatten(1).sum(1)
+    fooled = ((pred != labels) & valid).flatten(1).sum(1)
+    nan = torch.full_like(fooled, float("nan"), dtype=torch.float)
+    share = torch.where(counts > 0, fooled / counts.clamp_min(1), nan)
+    success = (counts > 0) & (share >= adv_threshold)
+    size = perturbation_norms((adv - images).float(), norm)
+    found = torch.where(success, size, torch.full_like(size, float("inf")))
+    found = torch.where(counts > 0, found, torch.full_like(size, float("nan")))
+    return MinNormResult(adv=adv, norm=found, perturbation_norm=size, fooled_share=share.float(), success=success)
+
+
+def run_min_norm(name: str, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
+                 norm: str = "linf", adv_threshold: float = 0.99, steps: int | None = None,
+                 ignore_index: int = IGNORE_INDEX, seed: int = 0, compile_prox: bool = False,
+                 **params: Any) -> MinNormResult:
+    """Run adv-lib's minimal-norm attack ``name`` on a batch and check its result.
+
+    Args:
+        name: one of :data:`MIN_NORM_ATTACKS` (``alma_prox``, ``pdpgd``, ``dag`` for Linf;
+            ``pdpgd``, ``dag``, ``pdgd`` for L2).
+        model: segmentation model taking images in [0, 1], returning logits ``[B, K, H, W]`` (K >= 3 for alma_prox).
+        images: ``[B, C, H, W]`` in [0, 1].
+        labels: ``[B, H, W]`` integer labels; ``ignore_index`` marks void pixels (never counted, never attacked).
+        norm: ``"linf"`` or ``"l2"``.
+        adv_threshold: share of an image's valid pixels that must be fooled.
+        steps: iterations (adv-lib's ``num_steps`` / ``max_iter``; None: adv-lib's default).
+        ignore_index: void label.
+        seed: seeds the random start of ``pdpgd`` / ``pdgd`` (``random_init``); the global RNG is restored after.
+        compile_prox: keep adv-lib's ``torch.compile`` of ``alma_prox``'s proximal operator (default: eager).
+        **params: the attack's own parameters under ASCII names (``gamma`` for adv-lib's ``γ``, ``mu_init``
+            for ``μ_init``...; :data:`MIN_NORM_ATTACKS` lists them).
+
+    Returns:
+        :class:`MinNormResult`. Images sharing a valid-pixel count are attacked together where adv-lib's
+        constraint masking needs it (see :func:`valid_pixel_groups`); images without valid pixels are returned as
+        they are.
+
+    Raises:
+        ValueError: bad arguments (see :func:`attack_arguments`) or shapes.
+        ImportError: adv-lib is not installed.
+    """
+    spec, kwargs = attack_arguments(name, norm, adv_threshold, steps, params)
+    if images.dim() != 4 or labels.shape != (images.shape[0], *images.shape[2:]):
+        raise ValueError(f"{name}: expected images [B, C, H, W] and labels [B, H, W], "
+                         f"got {tuple(images.shape)} and {tuple(labels.shape)}")
+    attack = getattr(adv_lib_segmentation(), spec.function)
+    images, labels = images.detach(), labels.detach().long()
+    masks = labels != ignore_index
+    equal_counts = bool(kwargs.get("constraint_masking", spec.masking_default))
+    adv = images.clone()
+    devices = [images.device] if images.is_cuda else []
+    with eval_mode(model), torch.enable_grad(), _eager(compile_prox), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for group in valid_pixel_groups(masks.flatten(1).sum(1), equal_counts):
+            adv[group] = attack(model, images[group], labels[group], masks=masks[group], **kwargs).detach()
+    adv = adv.clamp(0, 1)
+    return verify_min_norm(model, images, adv, labels, norm=norm, adv_threshold=adv_threshold,
+                           ignore_index=ignore_index)
