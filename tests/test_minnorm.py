@@ -8,7 +8,7 @@ import torch
 
 from eroseg.metrics import PerImageStats
 from eroseg.minnorm import evaluate_min_norm, run_min_norm, scale_to_eps, stats_at_eps
-from eroseg.minnorm.attacks import attack_arguments, valid_pixel_groups
+from eroseg.minnorm.attacks import attack_arguments, constraint_groups
 from eroseg.minnorm.records import norms_of
 
 pytest.importorskip("adv_lib", reason="the minnorm extra (adv-lib) is part of the test extra")
@@ -132,10 +132,15 @@ def test_adv_lib_alma_prox_raises_on_different_void_counts():
         alma_prox(model, images, labels, masks=labels != 255, num_steps=60)
 
 
-def test_valid_pixel_groups():
-    counts = torch.tensor([5, 0, 7, 5])
-    assert [g.tolist() for g in valid_pixel_groups(counts, equal_counts=True)] == [[0, 3], [2]]
-    assert [g.tolist() for g in valid_pixel_groups(counts, equal_counts=False)] == [[0, 2, 3]]
+def test_constraint_groups():
+    """Grouped by the first step at which k = floor(0.01 * m * t / 9) > 0: m = 900 -> t = 1, 150 -> 6, 120 -> 8."""
+    counts = torch.tensor([900, 0, 150, 120, 950, 10])
+    groups = constraint_groups(counts, masking=True, decay=True, adv_threshold=0.99, steps=10)
+    assert sorted(g.tolist() for g in groups) == [[0, 4], [2], [3], [5]]
+    no_decay = constraint_groups(counts, masking=True, decay=False, adv_threshold=0.99, steps=10)
+    assert sorted(g.tolist() for g in no_decay) == [[0, 2, 3, 4], [5]]
+    assert [g.tolist() for g in constraint_groups(counts, masking=False, decay=True, adv_threshold=0.99,
+                                                  steps=10)] == [[0, 2, 3, 4, 5]]
 
 
 @pytest.mark.parametrize("call,message", [

@@ -51,7 +51,7 @@ class MinNormAttack:
         default_steps: adv-lib's default number of iterations.
         names: this project's ASCII parameter name -> adv-lib's argument name.
         norm_arg: adv-lib's argument that takes the norm as a number (None: the norm is fixed).
-        masking_default: adv-lib's default of ``constraint_masking`` (whose batches need equal valid-pixel counts).
+        masking_default: adv-lib's default of ``constraint_masking`` and ``mask_decay`` (see :func:`constraint_groups`).
     """
 
     function: str
@@ -194,21 +194,33 @@ def attack_arguments(name: str, norm: str, adv_threshold: float, steps: int | No
     return spec, kwargs
 
 
-def valid_pixel_groups(valid_counts: torch.Tensor, equal_counts: bool) -> list[torch.Tensor]:
-    """Indices of the images to attack together: all images with valid pixels, or one group per valid-pixel count.
+def constraint_groups(valid_counts: torch.Tensor, *, masking: bool, decay: bool, adv_threshold: float,
+                      steps: int) -> list[torch.Tensor]:
+    """Indices of the images that can be attacked together (images without valid pixels are left out).
 
-    adv-lib 0.2.8's constraint masking (``alma_prox``'s default) indexes with
-    ``k - 1``, where ``k`` is the number of constraints an image may violate;
-    in a batch where one image has ``k = 0`` and another ``k > 0`` that index
-    is -1 and the attack raises. ``k`` depends on the image only through its
-    number of valid pixels, so images with equal counts can share a batch.
-    Images without valid pixels are left out (nothing to attack).
+    adv-lib 0.2.8's constraint masking (``alma_prox``'s default) lets an image
+    violate its ``k`` largest constraints, ``k = floor((1 - adv_threshold) * m
+    * t / (steps - 1))`` at step ``t`` for an image of ``m`` valid pixels
+    (without ``mask_decay``: ``floor((1 - adv_threshold) * m)``), and reads the
+    ``k``-th largest at index ``k - 1``: in a batch where one image has ``k = 0``
+    and another ``k > 0`` that index is -1 and the attack raises. ``k`` never
+    falls, so images whose ``k`` first becomes positive at the same step never
+    disagree on it; they are grouped by that step (computed with adv-lib's own
+    arithmetic). Without masking, every image goes in one group.
     """
     attacked = torch.nonzero(valid_counts > 0).flatten()
-    if not equal_counts:
-        return [attacked] if attacked.numel() else []
-    counts = valid_counts[attacked]
-    return [attacked[counts == value] for value in torch.unique(counts)]
+    if not attacked.numel():
+        return []
+    if not masking:
+        return [attacked]
+    share = (1 - adv_threshold) * valid_counts[attacked].cpu()
+    if decay and steps > 1:
+        k = torch.stack([share.mul(t / (steps - 1)).long() for t in range(steps)], dim=1)  # [B, steps]
+        positive = k > 0
+        first = torch.where(positive.any(1), positive.float().argmax(1), torch.full_like(share, steps).long())
+    else:
+        first = (share.long() > 0).long()
+    return [attacked[(first == value).to(attacked.device)] for value in torch.unique(first)]
 
 
 def _eager(compile_prox: bool):
@@ -274,9 +286,8 @@ def run_min_norm(name: str, model: torch.nn.Module, images: torch.Tensor, labels
             for ``μ_init``...; :data:`MIN_NORM_ATTACKS` lists them).
 
     Returns:
-        :class:`MinNormResult`. Images sharing a valid-pixel count are attacked together where adv-lib's
-        constraint masking needs it (see :func:`valid_pixel_groups`); images without valid pixels are returned as
-        they are.
+        :class:`MinNormResult`. Where adv-lib's constraint masking is on, the batch is split into the groups
+        of :func:`constraint_groups`; images without valid pixels are returned as they are.
 
     Raises:
         ValueError: bad arguments (see :func:`attack_arguments`) or shapes.
@@ -289,12 +300,14 @@ def run_min_norm(name: str, model: torch.nn.Module, images: torch.Tensor, labels
     attack = getattr(adv_lib_segmentation(), spec.function)
     images, labels = images.detach(), labels.detach().long()
     masks = labels != ignore_index
-    equal_counts = bool(kwargs.get("constraint_masking", spec.masking_default))
+    masking = bool(kwargs.get("constraint_masking", spec.masking_default))
+    groups = constraint_groups(masks.flatten(1).sum(1), masking=masking, decay=bool(kwargs.get("mask_decay", spec.masking_default)),
+                               adv_threshold=adv_threshold, steps=kwargs[spec.steps_arg])
     adv = images.clone()
     devices = [images.device] if images.is_cuda else []
     with eval_mode(model), torch.enable_grad(), _eager(compile_prox), torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        for group in valid_pixel_groups(masks.flatten(1).sum(1), equal_counts):
+        for group in groups:
             adv[group] = attack(model, images[group], labels[group], masks=masks[group], **kwargs).detach()
     adv = adv.clamp(0, 1)
     return verify_min_norm(model, images, adv, labels, norm=norm, adv_threshold=adv_threshold,
