@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -207,3 +208,29 @@ def test_evaluate_min_norm_record():
     assert np.all(at_large.pixel_acc <= 0.01 + 1e-9)  # every image fooled at >= 99 % beyond its norm
     with pytest.raises(ValueError, match="not on the minimal-norm record's grid"):
         stats_at_eps(record, 0.2)
+
+
+def _hand_record(method, seed, norms, success, at_eps_tp):
+    """A record with 4 images of 10 valid pixels of one class, norms in pixel units (None: failed)."""
+    counts = lambda tp: {"tp": [[t] for t in tp], "pred": [[t] for t in tp], "label": [[10]] * 4}  # noqa: E731
+    return {"method": method, "seed": seed, "attack": "alma_prox", "eps_grid": [4 / 255, 8 / 255],
+            "per_image": {"norm": norms, "fooled_share": [0.5] * 4, "success": success, "seconds": [0.5] * 4},
+            "clean": {"miou": 1.0}, "at_eps": [{"eps": e, "per_image": counts(tp)} for e, tp in at_eps_tp]}
+
+
+def test_min_norm_table_statistics():
+    from eroseg.minnorm import min_norm_frame, min_norm_table, robustness_curve_figure
+
+    record = _hand_record("standard", 0, [2 / 255, 6 / 255, 10 / 255, None], [True, True, True, False],
+                          [(4 / 255, [0, 10, 10, 10]), (8 / 255, [0, 0, 10, 10])])
+    table = min_norm_table([record]).set_index("method")
+    row = table.loc["standard"]
+    assert row["success %"] == pytest.approx(75.0)
+    assert row["norm median (x/255)"] == pytest.approx(8.0)  # median of 2, 6, 10, inf
+    assert row["norm q3 (x/255)"] == np.inf
+    assert row["robust % @ 4/255"] == pytest.approx(75.0) and row["robust % @ 8/255"] == pytest.approx(50.0)
+    assert row["mIoU % @ 8/255"] == pytest.approx(100 * 20 / 40)  # one class: IoU = tp / (pred + label - tp)
+    assert row["s/image"] == pytest.approx(0.5)
+    sea = pd.DataFrame({"method": ["standard"], "eps": [8 / 255], "miou": [0.3]})
+    fig = robustness_curve_figure(min_norm_frame([record]), sea_points=sea)
+    assert len(fig.axes[1].collections) == 1  # the SEA point
