@@ -301,8 +301,9 @@ def run_min_norm(name: str, model: torch.nn.Module, images: torch.Tensor, labels
     images, labels = images.detach(), labels.detach().long()
     masks = labels != ignore_index
     masking = bool(kwargs.get("constraint_masking", spec.masking_default))
-    groups = constraint_groups(masks.flatten(1).sum(1), masking=masking, decay=bool(kwargs.get("mask_decay", spec.masking_default)),
-                               adv_threshold=adv_threshold, steps=kwargs[spec.steps_arg])
+    decay = bool(kwargs.get("mask_decay", spec.masking_default))
+    groups = constraint_groups(masks.flatten(1).sum(1), masking=masking, decay=decay, adv_threshold=adv_threshold,
+                               steps=kwargs[spec.steps_arg])
     adv = images.clone()
     devices = [images.device] if images.is_cuda else []
     with eval_mode(model), torch.enable_grad(), _eager(compile_prox), torch.random.fork_rng(devices=devices):
