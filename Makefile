@@ -23,8 +23,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --no-compile -e ".[test]"
+# The build constraint lets pip build visdom (required by adv-lib, eroseg[minnorm]) from its source archive.
+$(STAMP): pyproject.toml workflow/envs/build-constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --no-compile --build-constraint workflow/envs/build-constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 install: $(STAMP)
