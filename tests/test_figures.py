@@ -11,8 +11,9 @@ import pytest
 
 import eroseg.figures as figures
 from eroseg.evaluate import EvalRecord
-from eroseg.figures import FIGURES, make_figures
+from eroseg.figures import make_figures
 from eroseg.metrics import PerImageStats
+from eroseg.report import FIGURES
 
 CLASSES = 8  # the synthetic dataset's
 CLEAN = 0.60
@@ -61,8 +62,8 @@ def rendered(tmp_path_factory):
     np.savez(d / "samples.npz", image=img, adv=np.clip(img + 0.03, 0, 1), label=lab, pred_clean=lab, pred_adv=lab,
              step_fooled=rng.random((4, 16, 16)) > 0.5, step_attacked=rng.random((4, 16, 16)) > 0.5)
     spec = {"dataset": "synthetic", "dpi": 50, "headline": {"eps": 8 / 255, "steps": 10},
-            "sweep": {"method": "standard", "attacks": ["pgd", "eroseg"], "eps_fixed": 8 / 255, "steps_fixed": 10},
-            "per_class": {"method": "standard", "attacks": ["pgd", "eroseg"]}, "some_future_key": 1}
+            "sweep": {"method": "standard", "attacks": ["pgd", "eroseg"]},
+            "per_class": {"method": "standard", "attacks": ["pgd", "eroseg"]}}
     kept = {}
     save = figures._save
 
@@ -218,7 +219,8 @@ def _sweep_frame(seeds_at_every_point, seeds_at_headline=(), offset=None):
 def _draw_sweeps(tmp_path, monkeypatch, frame):
     drawn = {}
     monkeypatch.setattr(figures, "_save", lambda fig, out_dir, name, dpi: drawn.setdefault(name, fig) and [])
-    figures._sweep_figures(frame, {"method": "standard"}, ["pgd", "eroseg"], 8.0, 10, tmp_path, 50)
+    for x in ("steps", "eps_255"):
+        figures.sweep_figure(frame, x, "standard", ["pgd", "eroseg"], 8.0, 10, tmp_path, 50)
     return drawn
 
 
@@ -315,7 +317,8 @@ def test_a_sweep_of_one_attack_has_no_empty_difference_panel(tmp_path, monkeypat
     frame = _sweep_frame([0])
     drawn = {}
     monkeypatch.setattr(figures, "_save", lambda fig, out_dir, name, dpi: drawn.setdefault(name, fig) and [])
-    figures._sweep_figures(frame[frame.setting != "eroseg"], {"method": "standard"}, ["pgd"], 8.0, 10, tmp_path, 50)
+    for x in ("steps", "eps_255"):
+        figures.sweep_figure(frame[frame.setting != "eroseg"], x, "standard", ["pgd"], 8.0, 10, tmp_path, 50)
     for name in ("robust_vs_steps", "robust_vs_eps"):
         (ax,) = drawn[name].axes
         assert ax.get_xlabel() and "(seed 0)" in ax.get_title()

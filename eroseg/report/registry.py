@@ -12,8 +12,8 @@ reads the registries while it builds its DAG.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from eroseg.report.spec import ReportSpec
 
