@@ -74,7 +74,7 @@ def distinct_colors(names, table: dict) -> dict:
     return out
 
 
-def _save(fig, out_dir: Path, name: str, dpi: int) -> list[Path]:
+def save_figure(fig, out_dir: Path, name: str, dpi: int) -> list[Path]:
     paths = []
     for ext in ("png", "svg"):
         target = out_dir / f"{name}.{ext}"
@@ -90,7 +90,7 @@ def placeholder(out_dir: Path, name: str, message: str, dpi: int) -> list[Path]:
     ax.axis("off")
     ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
     log.warning("figure %s: %s", name, message)
-    return _save(fig, out_dir, name, dpi)
+    return save_figure(fig, out_dir, name, dpi)
 
 
 def _palette_image(label: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -155,6 +155,28 @@ def _seed_stats(df: pd.DataFrame, keys: list[str], column: str) -> pd.DataFrame:
     return out
 
 
+def _difference_panel(diff_ax, df: pd.DataFrame, x: str, attacks: list[str], ref: str, colors: dict,
+                      several: bool) -> None:
+    """Each attack minus ``ref`` (points of mIoU, paired per seed and point) on ``diff_ax``."""
+    ref_rows = df[df.setting == ref][[x, "seed", "pct"]].rename(columns={"pct": "ref"})
+    diffs = [0.0]
+    diff_ax.axhline(0.0, ls="--", lw=1.2, color=colors[ref], label=f"{ref} (reference)")
+    for attack in attacks:
+        if attack == ref:
+            continue
+        paired = df[df.setting == attack].merge(ref_rows, on=[x, "seed"])  # same seed, same point
+        paired = paired.assign(diff=paired["pct"] - paired["ref"])
+        g = _seed_stats(paired, [x], "diff").sort_values(x)
+        diff_ax.plot(g[x], g["diff"], marker="o", color=colors[attack], label=attack, clip_on=False, zorder=3)
+        if several:
+            diff_ax.errorbar(g[x], g["diff"], yerr=g["std"], fmt="none", ecolor=colors[attack], capsize=3,
+                             zorder=3)
+        diffs += [*(g["diff"] + g["std"]), *(g["diff"] - g["std"])]
+    _fitted_ylim(diff_ax, diffs, min_span=1.0)
+    diff_ax.set_ylabel(f"minus {ref} (points)")
+    diff_ax.grid(alpha=0.3)
+
+
 def plot_sweep(df: pd.DataFrame, x: str, out_dir: Path, name: str, title: str, xlabel: str, dpi: int,
                clean: float | None = None, reference: str = "pgd", clean_std: float = 0.0) -> list[Path]:
     """mIoU (%) against ``x`` (``steps`` or ``eps_255``), one line per attack, over two panels.
@@ -215,31 +237,14 @@ def plot_sweep(df: pd.DataFrame, x: str, out_dir: Path, name: str, title: str, x
         _value_ticks(ax, xs, integer=True)
         if is_eps:
             ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_eps_label))
-        return _save(fig, out_dir, name, dpi)
+        return save_figure(fig, out_dir, name, dpi)
 
-    ref = reference if reference in attacks else attacks[0]
-    ref_rows = df[df.setting == ref][[x, "seed", "pct"]].rename(columns={"pct": "ref"})
-    diffs = [0.0]
-    diff_ax.axhline(0.0, ls="--", lw=1.2, color=colors[ref], label=f"{ref} (reference)")
-    for attack in attacks:
-        if attack == ref:
-            continue
-        paired = df[df.setting == attack].merge(ref_rows, on=[x, "seed"])  # same seed, same point
-        paired = paired.assign(diff=paired["pct"] - paired["ref"])
-        g = _seed_stats(paired, [x], "diff").sort_values(x)
-        diff_ax.plot(g[x], g["diff"], marker="o", color=colors[attack], label=attack, clip_on=False, zorder=3)
-        if several:
-            diff_ax.errorbar(g[x], g["diff"], yerr=g["std"], fmt="none", ecolor=colors[attack], capsize=3,
-                             zorder=3)
-        diffs += [*(g["diff"] + g["std"]), *(g["diff"] - g["std"])]
-    _fitted_ylim(diff_ax, diffs, min_span=1.0)
-    diff_ax.set_ylabel(f"minus {ref} (points)")
+    _difference_panel(diff_ax, df, x, attacks, reference if reference in attacks else attacks[0], colors, several)
     diff_ax.set_xlabel(xlabel)
-    diff_ax.grid(alpha=0.3)
     _value_ticks(diff_ax, xs, integer=True)
     if is_eps:
         diff_ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_eps_label))
-    return _save(fig, out_dir, name, dpi)
+    return save_figure(fig, out_dir, name, dpi)
 
 
 def plot_per_class(evals: list[dict], classes: list[str], out_dir: Path, title: str, dpi: int) -> list[Path]:
@@ -284,7 +289,7 @@ def plot_per_class(evals: list[dict], classes: list[str], out_dir: Path, title: 
     # Outside on the right: clear of the title and of the bars whatever the number of classes.
     ax.legend(handles=handles, frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, out_dir, "per_class_iou", dpi)
+    return save_figure(fig, out_dir, "per_class_iou", dpi)
 
 
 def plot_training(logs: dict[str, pd.DataFrame], out_dir: Path, dpi: int, methods: list[str] | None = None
@@ -313,7 +318,7 @@ def plot_training(logs: dict[str, pd.DataFrame], out_dir: Path, dpi: int, method
     handles, labels = axes[0].get_legend_handles_labels()
     _legend_outside(axes[2], handles=handles, labels=labels, title="method/seed", title_fontsize=8)
     fig.tight_layout()
-    return _save(fig, out_dir, "training_curves", dpi)
+    return save_figure(fig, out_dir, "training_curves", dpi)
 
 
 def plot_qualitative(samples: dict, classes: list[str], palette, out_dir: Path, title: str, dpi: int,
@@ -341,7 +346,7 @@ def plot_qualitative(samples: dict, classes: list[str], palette, out_dir: Path, 
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False, fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 0.96))
-    return _save(fig, out_dir, "qualitative", dpi)
+    return save_figure(fig, out_dir, "qualitative", dpi)
 
 
 def erosion_steps(t: int, max_panels: int = 10) -> tuple[list[int], str]:
@@ -401,7 +406,7 @@ def plot_erosion(steps: dict, out_dir: Path, title: str, dpi: int, max_panels: i
                     Patch(facecolor=cm(0.0), edgecolor="grey", label=labels[what][1])]
     fig.suptitle(title, fontsize=10)
     fig.legend(handles=handles, loc="outside lower center", ncol=len(rows), frameon=False, fontsize=8)
-    return _save(fig, out_dir, "erosion", dpi)
+    return save_figure(fig, out_dir, "erosion", dpi)
 
 
 def common_seeds(df: pd.DataFrame, x: str) -> list[int]:
