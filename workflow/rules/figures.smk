@@ -10,7 +10,7 @@ rule aggregate:
         report_outputs(PLAN.report_tables(), PLAN.tables_dir(), TABLE_FORMATS, "Tables", "table"),
     params:
         spec=flow(PLAN.aggregate_spec()),
-        out_dir=PLAN.tables_dir(),
+        out_dir=lambda w, output: os.path.dirname(output[0]),
         code=CODE_AGG,
     log:
         log_path("aggregate"),
@@ -29,7 +29,7 @@ rule figures:
         report_outputs(PLAN.report_figures(), PLAN.figures_dir(), FIGURE_FORMATS, "Figures", "figure"),
     params:
         spec=flow(PLAN.figure_spec()),
-        out_dir=PLAN.figures_dir(),
+        out_dir=lambda w, output: os.path.dirname(output[0]),
         code=CODE_FIG,
     log:
         log_path("figures"),
