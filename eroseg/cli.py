@@ -773,7 +773,8 @@ def _add_aggregate_parser(sub) -> None:
     parser.add_argument("--evals", nargs="+", required=True, metavar="JSON",
                         help="evaluation files written by evaluate, or folders holding them")
     parser.add_argument("--spec", default="{}", metavar="JSON",
-                        help="which tables to build, as JSON or YAML flow style")
+                        help="what the tables show (eroseg.report.spec.ReportSpec; a table is built when the spec "
+                             "enables it), as JSON or YAML flow style")
     parser.add_argument("--tuning", nargs="*", default=[], metavar="JSON",
                         help="tuning results (eroseg tune) for the tuning table")
     parser.add_argument("--benchmarks", nargs="*", default=[], metavar="TSV",
@@ -793,7 +794,7 @@ def _add_figures_parser(sub) -> None:
                         help="sample files of evaluate --samples; the first is drawn")
     parser.add_argument("--steps", default=None, metavar="NPZ", help="npz with an EroSeg run's per-step masks")
     parser.add_argument("--spec", default="{}", metavar="JSON",
-                        help="what to draw, as JSON or YAML flow style (see eroseg.figures.make_figures)")
+                        help="what to draw (eroseg.report.spec.ReportSpec), as JSON or YAML flow style")
     parser.add_argument("--out-dir", required=True, metavar="DIR", help="output folder of the figures")
     _common_args(parser, threads=False)
     parser.set_defaults(func=cmd_figures)

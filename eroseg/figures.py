@@ -4,9 +4,9 @@ Figures never load a model: everything they show was written by the
 evaluation and training jobs. Each method and each attack keeps one colour in
 every figure.
 
-Figures written by :func:`make_figures` (``<name>.png`` and ``<name>.svg``):
-``robust_vs_steps``, ``robust_vs_eps``, ``per_class_iou``,
-``training_curves``, ``qualitative`` and ``erosion``.
+:func:`make_figures` draws every figure of :data:`eroseg.report.FIGURES` the spec enables (each
+``<name>.png`` and ``<name>.svg``; the registered builders are in :mod:`eroseg.report.figures`); this
+module holds the drawing.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -27,11 +28,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from eroseg.io import atomic_path, read_json  # noqa: E402
+from eroseg.io import atomic_path  # noqa: E402
+
+if TYPE_CHECKING:
+    from eroseg.report import ReportItem, ReportSpec
 
 log = logging.getLogger(__name__)
-
-FIGURES = ("robust_vs_steps", "robust_vs_eps", "per_class_iou", "training_curves", "qualitative", "erosion")
 
 _TAB = plt.get_cmap("tab10").colors
 ATTACK_COLORS = {
@@ -72,7 +74,7 @@ def distinct_colors(names, table: dict) -> dict:
     return out
 
 
-def _save(fig, out_dir: Path, name: str, dpi: int) -> list[Path]:
+def save_figure(fig, out_dir: Path, name: str, dpi: int) -> list[Path]:
     paths = []
     for ext in ("png", "svg"):
         target = out_dir / f"{name}.{ext}"
@@ -83,12 +85,12 @@ def _save(fig, out_dir: Path, name: str, dpi: int) -> list[Path]:
     return paths
 
 
-def _placeholder(out_dir: Path, name: str, message: str, dpi: int) -> list[Path]:
+def placeholder(out_dir: Path, name: str, message: str, dpi: int) -> list[Path]:
     fig, ax = plt.subplots(figsize=(5, 1.5))
     ax.axis("off")
     ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
     log.warning("figure %s: %s", name, message)
-    return _save(fig, out_dir, name, dpi)
+    return save_figure(fig, out_dir, name, dpi)
 
 
 def _palette_image(label: np.ndarray, palette: np.ndarray) -> np.ndarray:
@@ -153,6 +155,28 @@ def _seed_stats(df: pd.DataFrame, keys: list[str], column: str) -> pd.DataFrame:
     return out
 
 
+def _difference_panel(diff_ax, df: pd.DataFrame, x: str, attacks: list[str], ref: str, colors: dict,
+                      several: bool) -> None:
+    """Each attack minus ``ref`` (points of mIoU, paired per seed and point) on ``diff_ax``."""
+    ref_rows = df[df.setting == ref][[x, "seed", "pct"]].rename(columns={"pct": "ref"})
+    diffs = [0.0]
+    diff_ax.axhline(0.0, ls="--", lw=1.2, color=colors[ref], label=f"{ref} (reference)")
+    for attack in attacks:
+        if attack == ref:
+            continue
+        paired = df[df.setting == attack].merge(ref_rows, on=[x, "seed"])  # same seed, same point
+        paired = paired.assign(diff=paired["pct"] - paired["ref"])
+        g = _seed_stats(paired, [x], "diff").sort_values(x)
+        diff_ax.plot(g[x], g["diff"], marker="o", color=colors[attack], label=attack, clip_on=False, zorder=3)
+        if several:
+            diff_ax.errorbar(g[x], g["diff"], yerr=g["std"], fmt="none", ecolor=colors[attack], capsize=3,
+                             zorder=3)
+        diffs += [*(g["diff"] + g["std"]), *(g["diff"] - g["std"])]
+    _fitted_ylim(diff_ax, diffs, min_span=1.0)
+    diff_ax.set_ylabel(f"minus {ref} (points)")
+    diff_ax.grid(alpha=0.3)
+
+
 def plot_sweep(df: pd.DataFrame, x: str, out_dir: Path, name: str, title: str, xlabel: str, dpi: int,
                clean: float | None = None, reference: str = "pgd", clean_std: float = 0.0) -> list[Path]:
     """mIoU (%) against ``x`` (``steps`` or ``eps_255``), one line per attack, over two panels.
@@ -213,31 +237,14 @@ def plot_sweep(df: pd.DataFrame, x: str, out_dir: Path, name: str, title: str, x
         _value_ticks(ax, xs, integer=True)
         if is_eps:
             ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_eps_label))
-        return _save(fig, out_dir, name, dpi)
+        return save_figure(fig, out_dir, name, dpi)
 
-    ref = reference if reference in attacks else attacks[0]
-    ref_rows = df[df.setting == ref][[x, "seed", "pct"]].rename(columns={"pct": "ref"})
-    diffs = [0.0]
-    diff_ax.axhline(0.0, ls="--", lw=1.2, color=colors[ref], label=f"{ref} (reference)")
-    for attack in attacks:
-        if attack == ref:
-            continue
-        paired = df[df.setting == attack].merge(ref_rows, on=[x, "seed"])  # same seed, same point
-        paired = paired.assign(diff=paired["pct"] - paired["ref"])
-        g = _seed_stats(paired, [x], "diff").sort_values(x)
-        diff_ax.plot(g[x], g["diff"], marker="o", color=colors[attack], label=attack, clip_on=False, zorder=3)
-        if several:
-            diff_ax.errorbar(g[x], g["diff"], yerr=g["std"], fmt="none", ecolor=colors[attack], capsize=3,
-                             zorder=3)
-        diffs += [*(g["diff"] + g["std"]), *(g["diff"] - g["std"])]
-    _fitted_ylim(diff_ax, diffs, min_span=1.0)
-    diff_ax.set_ylabel(f"minus {ref} (points)")
+    _difference_panel(diff_ax, df, x, attacks, reference if reference in attacks else attacks[0], colors, several)
     diff_ax.set_xlabel(xlabel)
-    diff_ax.grid(alpha=0.3)
     _value_ticks(diff_ax, xs, integer=True)
     if is_eps:
         diff_ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(_eps_label))
-    return _save(fig, out_dir, name, dpi)
+    return save_figure(fig, out_dir, name, dpi)
 
 
 def plot_per_class(evals: list[dict], classes: list[str], out_dir: Path, title: str, dpi: int) -> list[Path]:
@@ -282,7 +289,7 @@ def plot_per_class(evals: list[dict], classes: list[str], out_dir: Path, title: 
     # Outside on the right: clear of the title and of the bars whatever the number of classes.
     ax.legend(handles=handles, frameon=False, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, out_dir, "per_class_iou", dpi)
+    return save_figure(fig, out_dir, "per_class_iou", dpi)
 
 
 def plot_training(logs: dict[str, pd.DataFrame], out_dir: Path, dpi: int, methods: list[str] | None = None
@@ -311,7 +318,7 @@ def plot_training(logs: dict[str, pd.DataFrame], out_dir: Path, dpi: int, method
     handles, labels = axes[0].get_legend_handles_labels()
     _legend_outside(axes[2], handles=handles, labels=labels, title="method/seed", title_fontsize=8)
     fig.tight_layout()
-    return _save(fig, out_dir, "training_curves", dpi)
+    return save_figure(fig, out_dir, "training_curves", dpi)
 
 
 def plot_qualitative(samples: dict, classes: list[str], palette, out_dir: Path, title: str, dpi: int,
@@ -339,7 +346,7 @@ def plot_qualitative(samples: dict, classes: list[str], palette, out_dir: Path, 
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False, fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 0.96))
-    return _save(fig, out_dir, "qualitative", dpi)
+    return save_figure(fig, out_dir, "qualitative", dpi)
 
 
 def erosion_steps(t: int, max_panels: int = 10) -> tuple[list[int], str]:
@@ -399,7 +406,7 @@ def plot_erosion(steps: dict, out_dir: Path, title: str, dpi: int, max_panels: i
                     Patch(facecolor=cm(0.0), edgecolor="grey", label=labels[what][1])]
     fig.suptitle(title, fontsize=10)
     fig.legend(handles=handles, loc="outside lower center", ncol=len(rows), frameon=False, fontsize=8)
-    return _save(fig, out_dir, "erosion", dpi)
+    return save_figure(fig, out_dir, "erosion", dpi)
 
 
 def common_seeds(df: pd.DataFrame, x: str) -> list[int]:
@@ -416,7 +423,7 @@ def _sweep_figure(rows: pd.DataFrame, clean_rows: pd.DataFrame, x: str, name: st
                   method: str, out_dir: Path, dpi: int) -> list[Path]:
     """One sweep figure over the seeds common to all its points; its title names them."""
     if rows[x].nunique() < 2:
-        return _placeholder(out_dir, name, f"fewer than two {'eps values' if x == 'eps_255' else 'step counts'}"
+        return placeholder(out_dir, name, f"fewer than two {'eps values' if x == 'eps_255' else 'step counts'}"
                             " evaluated", dpi)
     seeds = common_seeds(rows, x)
     if not seeds:  # no seed at every point: average what each point has, and say so
@@ -435,133 +442,51 @@ def _sweep_figure(rows: pd.DataFrame, clean_rows: pd.DataFrame, x: str, name: st
                       clean_std=clean_std)
 
 
-def _sweep_figures(frame: pd.DataFrame, sweep: dict, attacks: list[str], headline_eps: float, headline_steps: int,
-                   out_dir: Path, dpi: int) -> list[Path]:
-    """``robust_vs_steps`` and ``robust_vs_eps`` of the sweep's method (placeholders where a sweep has one value)."""
-    method = sweep.get("method", "standard")
-    eps_fixed = round(float(sweep.get("eps_fixed", headline_eps / 255)) * 255, 3)
-    steps_fixed = int(sweep.get("steps_fixed", headline_steps))
+def sweep_figure(frame: pd.DataFrame, x: str, method: str, attacks: list[str], eps_255: float, steps: int,
+                 out_dir: Path, dpi: int) -> list[Path]:
+    """``robust_vs_steps`` (``x="steps"``, at ``eps_255``) or ``robust_vs_eps`` (``x="eps_255"``, at ``steps``)
+    of ``method``'s evaluations in ``frame`` (a placeholder where the sweep has one value)."""
     base = frame[(frame.method == method) & (frame.setting.isin(attacks))]
     base = base.assign(setting=pd.Categorical(base.setting, [a for a in attacks if a in set(base.setting)],
                                               ordered=True))
     base = base.sort_values("setting")
     clean_rows = frame[(frame.method == method) & (frame.setting == "clean")]
-    written = _sweep_figure(base[base.eps_255 == eps_fixed], clean_rows, "steps", "robust_vs_steps",
-                            f"mIoU vs attack steps (eps {eps_fixed:g}/255)", "attack steps (iterations)", method,
-                            out_dir, dpi)
-    written += _sweep_figure(base[base.steps == steps_fixed], clean_rows, "eps_255", "robust_vs_eps",
-                             f"mIoU vs eps ({steps_fixed} steps)", "perturbation budget eps (pixel scale)", method,
+    if x == "steps":
+        return _sweep_figure(base[base.eps_255 == eps_255], clean_rows, "steps", "robust_vs_steps",
+                             f"mIoU vs attack steps (eps {eps_255:g}/255)", "attack steps (iterations)", method,
                              out_dir, dpi)
-    return written
+    return _sweep_figure(base[base.steps == steps], clean_rows, "eps_255", "robust_vs_eps",
+                         f"mIoU vs eps ({steps} steps)", "perturbation budget eps (pixel scale)", method, out_dir, dpi)
 
 
-def _per_class_figure(evals: list[str], spec: dict, default_method: str, default_attacks: list[str],
-                      headline_eps: float, headline_steps: int, classes: list[str], out_dir: Path,
-                      dpi: int) -> list[Path]:
-    """``per_class_iou``: the clean and headline-budget evaluations of one method (and seed), one of each setting."""
-    per_class = spec.get("per_class") or {}
-    method = per_class.get("method", default_method)
-    attacks = per_class.get("attacks") or default_attacks
-    chosen = []
-    for p in evals:
-        d = read_json(p)
-        params = d.get("attack_params") or {}
-        if d.get("method") != method or d.get("seed") != per_class.get("seed", d.get("seed")):
-            continue
-        own_steps = spec.get("steps_of", {}).get(d["setting"], headline_steps)
-        if d["setting"] == "clean" or (
-            d["setting"] in attacks
-            and round(params.get("eps", 0) * 255, 3) == headline_eps
-            and int(params.get("steps", 0)) == own_steps
-        ):
-            if all(c["setting"] != d["setting"] for c in chosen):
-                chosen.append(d)
-    order = ["clean", *attacks]
-    chosen.sort(key=lambda d: order.index(d["setting"]) if d["setting"] in order else len(order))
-    if not chosen:
-        return _placeholder(out_dir, "per_class_iou", f"no evaluation of method {method}", dpi)
-    return plot_per_class(chosen, classes, out_dir,
-                          f"{method}: per-class IoU, eps {headline_eps:g}/255, {headline_steps} steps", dpi)
-
-
-def _training_figure(logs: list[str], out_dir: Path, dpi: int, methods: list[str] | None = None) -> list[Path]:
-    """``training_curves`` from the training logs, each at ``.../<method>/seed<k>/log.csv``."""
-    frames = {}
-    for p in logs:
-        path = Path(p)
-        frames[f"{path.parent.parent.name}/{path.parent.name}"] = pd.read_csv(path)
-    if not frames:
-        return _placeholder(out_dir, "training_curves", "no logs", dpi)
-    return plot_training(frames, out_dir, dpi, methods)
-
-
-def _qualitative_figure(samples: list[str], spec: dict, classes: list[str], palette, out_dir: Path,
-                        dpi: int) -> list[Path]:
-    """``qualitative``: the first sample file's images, perturbations and predictions."""
-    if not samples:
-        return _placeholder(out_dir, "qualitative", "no samples", dpi)
-    with np.load(samples[0]) as z:
-        arrays = {k: z[k] for k in z.files}
-    if "image" not in arrays:
-        return _placeholder(out_dir, "qualitative", "sample file holds no images", dpi)
-    drawn = spec.get("samples")
-    title = spec.get("qualitative_title") or (
-        f"{drawn['method']} under {drawn['attack']}, eps {float(drawn['eps']) * 255:g}/255, {int(drawn['steps'])} steps"
-        if drawn else Path(samples[0]).stem)
-    return plot_qualitative(arrays, classes, palette, out_dir, title, dpi)
-
-
-def _erosion_figure(steps: str | None, spec: dict, out_dir: Path, dpi: int) -> list[Path]:
-    """``erosion``: EroSeg's per-step masks, from an ``.npz`` with ``step_fooled`` (and ``step_attacked``)."""
-    if not steps:
-        return _placeholder(out_dir, "erosion", "no EroSeg run recorded", dpi)
-    with np.load(steps) as z:
-        step_masks = {k: z[k] for k in z.files if k.startswith("step_")}
-    if "step_fooled" not in step_masks:
-        return _placeholder(out_dir, "erosion", "no per-step masks recorded", dpi)
-    drawn = spec.get("samples")
-    title = spec.get("erosion_title") or (
-        f"{drawn['attack']} on {drawn['method']}: erosion over iterations (first image)"
-        if drawn else "EroSeg: erosion over iterations")
-    return plot_erosion(step_masks, out_dir, title, dpi)
-
-
-def make_figures(*, evals: list[str], logs: list[str], samples: list[str], steps: str | None, spec: dict,
-                 out_dir: str | Path) -> list[Path]:
-    """Write every figure; returns the written paths.
+def make_figures(*, evals: list[str], logs: list[str], samples: list[str], steps: str | None,
+                 spec: ReportSpec | dict, out_dir: str | Path, figures: dict[str, ReportItem] | None = None
+                 ) -> list[Path]:
+    """Draw every figure ``spec`` enables (:data:`eroseg.report.FIGURES`); returns the written paths.
 
     Args:
         evals: evaluation JSON files.
         logs: training log CSVs, each at ``.../<method>/seed<k>/log.csv``.
         samples: sample ``.npz`` files; the first is drawn in the qualitative grid.
         steps: an ``.npz`` with EroSeg's per-step masks (``step_fooled``, ``step_attacked``).
-        spec: ``dataset`` (for class names and palette), ``methods`` (their order gives their colours),
-            ``headline`` ``{eps, steps}``,
-            ``sweep`` ``{method, attacks, eps_fixed, steps_fixed}``, ``per_class``
-            ``{method, attacks}``, ``dpi``, ``samples`` ``{method, attack, eps, steps}`` (what the
-            qualitative and erosion figures show, for their titles; ``qualitative_title`` and
-            ``erosion_title`` override them).
+        spec: a :class:`~eroseg.report.spec.ReportSpec` or its mapping; figures read ``dataset`` (class
+            names and palette), ``methods`` (their order gives their colours), ``headline``, ``sweep``,
+            ``per_class``, ``dpi``, ``samples`` and the title overrides.
         out_dir: output folder.
+        figures: the registry to draw from (default: :data:`eroseg.report.FIGURES`).
     """
-    from eroseg.aggregate import Evals
     from eroseg.data import dataset_info
+    from eroseg.report import FIGURES, as_spec, enabled
+    from eroseg.report.evals import Evals
+    from eroseg.report.figures import FigureInputs
 
-    out_dir = Path(out_dir)
-    dpi = int(spec.get("dpi", 120))
-    info = dataset_info(spec.get("dataset", "synthetic"))
-    classes = list(info.classes)
+    spec = as_spec(spec)
+    info = dataset_info(spec.dataset)
     frame = (Evals.load(evals).frame() if evals
              else pd.DataFrame(columns=["method", "seed", "setting", "eps_255", "steps", "miou"]))
-    headline = spec.get("headline", {})
-    headline_eps = round(float(headline.get("eps", 8 / 255)) * 255, 3)
-    headline_steps = int(headline.get("steps", 20))
-    sweep = spec.get("sweep") or {}
-    sweep_attacks = sweep.get("attacks") or sorted(set(frame["setting"]) - {"clean"})
-
-    written = _sweep_figures(frame, sweep, sweep_attacks, headline_eps, headline_steps, out_dir, dpi)
-    written += _per_class_figure(evals, spec, sweep.get("method", "standard"), sweep_attacks, headline_eps,
-                                 headline_steps, classes, out_dir, dpi)
-    written += _training_figure(logs, out_dir, dpi, spec.get("methods"))
-    written += _qualitative_figure(samples, spec, classes, info.palette, out_dir, dpi)
-    written += _erosion_figure(steps, spec, out_dir, dpi)
+    inputs = FigureInputs(spec, Path(out_dir), list(evals), list(logs), list(samples), steps, frame,
+                          list(info.classes), info.palette)
+    written: list[Path] = []
+    for item in enabled(FIGURES if figures is None else figures, spec):
+        written += item.build(inputs)
     return written

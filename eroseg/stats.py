@@ -2,7 +2,7 @@
 
 Numbers only (numpy and the standard library, no torch), so that the workflow
 can import :data:`CLAIMS_DEFAULTS` and :func:`claims_options` when it builds
-the aggregate rule's parameters. :mod:`eroseg.aggregate` turns evaluation
+the aggregate rule's parameters. :mod:`eroseg.report.claims` turns evaluation
 records into paired differences and their standard errors; this module decides
 what they say.
 

@@ -11,8 +11,9 @@ import pytest
 
 import eroseg.figures as figures
 from eroseg.evaluate import EvalRecord
-from eroseg.figures import FIGURES, make_figures
+from eroseg.figures import make_figures
 from eroseg.metrics import PerImageStats
+from eroseg.report import FIGURES
 
 CLASSES = 8  # the synthetic dataset's
 CLEAN = 0.60
@@ -61,17 +62,17 @@ def rendered(tmp_path_factory):
     np.savez(d / "samples.npz", image=img, adv=np.clip(img + 0.03, 0, 1), label=lab, pred_clean=lab, pred_adv=lab,
              step_fooled=rng.random((4, 16, 16)) > 0.5, step_attacked=rng.random((4, 16, 16)) > 0.5)
     spec = {"dataset": "synthetic", "dpi": 50, "headline": {"eps": 8 / 255, "steps": 10},
-            "sweep": {"method": "standard", "attacks": ["pgd", "eroseg"], "eps_fixed": 8 / 255, "steps_fixed": 10},
-            "per_class": {"method": "standard", "attacks": ["pgd", "eroseg"]}, "some_future_key": 1}
+            "sweep": {"method": "standard", "attacks": ["pgd", "eroseg"]},
+            "per_class": {"method": "standard", "attacks": ["pgd", "eroseg"]}}
     kept = {}
-    save = figures._save
+    save = figures.save_figure
 
     def keep(fig, out_dir, name, dpi):
         kept[name] = fig
         return save(fig, out_dir, name, dpi)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(figures, "_save", keep)
+    mp.setattr(figures, "save_figure", keep)
     try:
         written = make_figures(evals=evals, logs=logs, samples=[str(d / "samples.npz")],
                                steps=str(d / "samples.npz"), spec=spec, out_dir=d / "out")
@@ -187,7 +188,7 @@ def test_every_method_of_a_config_gets_its_own_colour_in_the_training_curves(tmp
     import matplotlib.colors
 
     drawn = {}
-    monkeypatch.setattr(figures, "_save", lambda fig, out_dir, name, dpi: drawn.setdefault(name, fig) and [])
+    monkeypatch.setattr(figures, "save_figure", lambda fig, out_dir, name, dpi: drawn.setdefault(name, fig) and [])
     log = pd.DataFrame({"epoch": [1, 2], "loss": [1.0, 0.5], "val_miou": [0.2, 0.3]})
     figures.plot_training({f"{m}/seed0": log for m in methods}, tmp_path, 60, methods)
     lines = drawn["training_curves"].axes[0].get_lines()
@@ -217,8 +218,9 @@ def _sweep_frame(seeds_at_every_point, seeds_at_headline=(), offset=None):
 
 def _draw_sweeps(tmp_path, monkeypatch, frame):
     drawn = {}
-    monkeypatch.setattr(figures, "_save", lambda fig, out_dir, name, dpi: drawn.setdefault(name, fig) and [])
-    figures._sweep_figures(frame, {"method": "standard"}, ["pgd", "eroseg"], 8.0, 10, tmp_path, 50)
+    monkeypatch.setattr(figures, "save_figure", lambda fig, out_dir, name, dpi: drawn.setdefault(name, fig) and [])
+    for x in ("steps", "eps_255"):
+        figures.sweep_figure(frame, x, "standard", ["pgd", "eroseg"], 8.0, 10, tmp_path, 50)
     return drawn
 
 
@@ -278,7 +280,7 @@ def test_lines_half_a_point_apart_are_apart_on_the_page(tmp_path, monkeypatch, n
 ])
 def test_erosion_figure_shows_the_steps_its_title_names(tmp_path, monkeypatch, t, shown, words):
     drawn = {}
-    monkeypatch.setattr(figures, "_save", lambda fig, out_dir, name, dpi: drawn.setdefault(name, fig) and [])
+    monkeypatch.setattr(figures, "save_figure", lambda fig, out_dir, name, dpi: drawn.setdefault(name, fig) and [])
     rng = np.random.default_rng(0)
     masks = {"step_fooled": rng.random((t, 8, 8)) > 0.5, "step_attacked": rng.random((t, 8, 8)) > 0.5}
     figures.plot_erosion(masks, tmp_path, "eroseg on standard", 50)
@@ -298,7 +300,7 @@ def test_erosion_figure_shows_the_steps_its_title_names(tmp_path, monkeypatch, t
 def test_training_curves_draw_validation_only_at_validated_epochs(tmp_path, monkeypatch):
     # train.val_every: 4 validates after epochs 4, 8 and the last (10); the other rows are empty
     drawn = {}
-    monkeypatch.setattr(figures, "_save", lambda fig, out_dir, name, dpi: drawn.setdefault(name, fig) and [])
+    monkeypatch.setattr(figures, "save_figure", lambda fig, out_dir, name, dpi: drawn.setdefault(name, fig) and [])
     epochs = np.arange(1, 11)
     val = [0.1 * e if e in (4, 8, 10) else np.nan for e in epochs]
     log = pd.DataFrame({"epoch": epochs, "loss": 1 / epochs, "val_miou": val, "robust_val_miou": val})
@@ -314,8 +316,9 @@ def test_training_curves_draw_validation_only_at_validated_epochs(tmp_path, monk
 def test_a_sweep_of_one_attack_has_no_empty_difference_panel(tmp_path, monkeypatch):
     frame = _sweep_frame([0])
     drawn = {}
-    monkeypatch.setattr(figures, "_save", lambda fig, out_dir, name, dpi: drawn.setdefault(name, fig) and [])
-    figures._sweep_figures(frame[frame.setting != "eroseg"], {"method": "standard"}, ["pgd"], 8.0, 10, tmp_path, 50)
+    monkeypatch.setattr(figures, "save_figure", lambda fig, out_dir, name, dpi: drawn.setdefault(name, fig) and [])
+    for x in ("steps", "eps_255"):
+        figures.sweep_figure(frame[frame.setting != "eroseg"], x, "standard", ["pgd"], 8.0, 10, tmp_path, 50)
     for name in ("robust_vs_steps", "robust_vs_eps"):
         (ax,) = drawn[name].axes
         assert ax.get_xlabel() and "(seed 0)" in ax.get_title()

@@ -18,7 +18,7 @@ if SYNTH:
             seed=config["dataset"]["synthetic"]["seed"],
             code=CODE_DATA,
         log:
-            f"{OUT}/logs/synthesize.log",
+            log_path("synthesize"),
         conda:
             "../envs/eroseg.yml"
         shell:
@@ -30,15 +30,15 @@ rule prepare:
     input:
         DATA_ROOT if SYNTH else [],
     output:
-        manifest=f"{OUT}/data/manifest.csv",
-        frequencies=f"{OUT}/data/class_frequencies.csv",
+        manifest=PLAN.manifest_path(),
+        frequencies=PLAN.frequencies_path(),
     params:
         dataset=DATASET["name"],
         root=lambda w, input: input[0] if SYNTH else DATA_ROOT,
         splits=sorted({DATASET["train_split"], DATASET["val_split"], DATASET["test_split"]}),
         code=CODE_DATA,
     log:
-        f"{OUT}/logs/prepare.log",
+        log_path("prepare"),
     conda:
         "../envs/eroseg.yml"
     shell:

@@ -11,25 +11,25 @@
 rule evaluate:
     input:
         model=model_path("{method}", "{seed}"),
-        tuned=lambda wc: tuning_inputs_of_eval(wc.method, int(wc.seed)),
+        tuned=lambda wc: PLAN.tuning_inputs_of_eval(wc.method, int(wc.seed)),
     output:
         directory(eval_dir("{method}", "{seed}")),
     params:
         dataset=DATASET["name"],
         root=DATA_ROOT,
-        split=TEST_SPLIT,
+        split=DATASET["test_split"],
         batch_size=EVAL["batch_size"],
         max_images=f"--max-images {EVAL['max_images']}" if EVAL.get("max_images") else "",
-        settings=lambda wc: js(evaluation_settings(wc.method, int(wc.seed))),
+        settings=lambda wc: js(PLAN.evaluation_settings(wc.method, int(wc.seed))),
         manifest=lambda wc, output: f"{output[0]}/{EVAL_MANIFEST}",
         code=CODE_EVAL,
     threads: config["resources"]["threads"]
     resources:
         gpu=1,
     benchmark:
-        f"{OUT}/benchmarks/evaluate/{{method}}_seed{{seed}}.tsv"
+        benchmark_path("evaluate", "{method}_seed{seed}")
     log:
-        f"{OUT}/logs/eval/{{method}}_seed{{seed}}.log",
+        log_path("eval/{method}_seed{seed}"),
     conda:
         "../envs/eroseg.yml"
     shell:
@@ -43,21 +43,21 @@ rule samples:
         model=model_path(EVAL["samples"]["method"], SEEDS[0]),
     output:
         npz=samples_path(),
-        json=samples_path().replace(".npz", ".json"),
+        json=samples_path(".json"),
     params:
         dataset=DATASET["name"],
         root=DATA_ROOT,
-        split=TEST_SPLIT,
+        split=DATASET["test_split"],
         n=EVAL["samples"]["n"],
         attack=ATTACKS[EVAL["samples"]["attack"]]["attack"],
         setting=EVAL["samples"]["attack"],
-        attack_params=js(attack_params(EVAL["samples"]["attack"], eps_tag(HEAD_EPS), steps_of(EVAL["samples"]["attack"], HEAD_STEPS))),
+        attack_params=js(PLAN.samples_params()),
         code=CODE_EVAL,
     threads: config["resources"]["threads"]
     resources:
         gpu=1,
     log:
-        f"{OUT}/logs/samples.log",
+        log_path("samples"),
     conda:
         "../envs/eroseg.yml"
     shell:

@@ -26,7 +26,7 @@ if EXTERNAL:
             config_key=lambda wc: f"methods.{wc.method}.external",
             code=CODE_IMPORT,
         log:
-            f"{OUT}/logs/import/{{method}}_seed{{seed}}.log",
+            log_path("import/{method}_seed{seed}"),
         conda:
             "../envs/eroseg.yml"
         shell:

@@ -5,20 +5,15 @@ rule aggregate:
     input:
         evals=all_eval_dirs(),
         tuning=[tuning_path(f) for f in TUNED_FAMILIES],
-        benchmarks=benchmark_files(),
+        benchmarks=PLAN.benchmark_files(),
     output:
-        [
-            report(f"{OUT}/tables/{t}.html", caption=f"../report/{TABLE_CAPTIONS.get(t, 'table_other')}.rst",
-                   category="Tables", labels={"table": t})
-            for t in TABLES
-        ],
-        [f"{OUT}/tables/{t}.{ext}" for t in TABLES for ext in ("csv", "md")],
+        report_outputs(PLAN.report_tables(), PLAN.tables_dir(), TABLE_FORMATS, "Tables", "table"),
     params:
-        spec=flow(aggregate_spec()),
+        spec=flow(PLAN.aggregate_spec()),
         out_dir=lambda w, output: os.path.dirname(output[0]),
         code=CODE_AGG,
     log:
-        f"{OUT}/logs/aggregate.log",
+        log_path("aggregate"),
     conda:
         "../envs/eroseg.yml"
     shell:
@@ -28,21 +23,16 @@ rule aggregate:
 rule figures:
     input:
         evals=all_eval_dirs(),
-        logs=[f"{OUT}/models/{m}/seed{s}/log.csv" for m in TRAINED for s in SEEDS],  # external models: no log
+        logs=PLAN.training_logs(),  # external models: no log
         samples=samples_path(),
     output:
-        [
-            report(f"{OUT}/figures/{f}.png", caption=f"../report/{FIGURE_CAPTIONS[f]}.rst", category="Figures",
-                   labels={"figure": f})
-            for f in FIGURES
-        ],
-        [f"{OUT}/figures/{f}.svg" for f in FIGURES],
+        report_outputs(PLAN.report_figures(), PLAN.figures_dir(), FIGURE_FORMATS, "Figures", "figure"),
     params:
-        spec=flow(figure_spec()),
+        spec=flow(PLAN.figure_spec()),
         out_dir=lambda w, output: os.path.dirname(output[0]),
         code=CODE_FIG,
     log:
-        f"{OUT}/logs/figures.log",
+        log_path("figures"),
     conda:
         "../envs/eroseg.yml"
     shell:

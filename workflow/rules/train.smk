@@ -5,11 +5,11 @@
 
 rule train:
     input:
-        manifest=f"{OUT}/data/manifest.csv",
+        manifest=PLAN.manifest_path(),
         tuned=lambda wc: [training_tuning_file(wc.method)] if training_tuning_file(wc.method) else [],
     output:
-        model=f"{OUT}/models/{{method}}/seed{{seed}}/model.pt",
-        log=f"{OUT}/models/{{method}}/seed{{seed}}/log.csv",
+        model=model_path("{method}", "{seed}"),
+        log=PLAN.train_log_path("{method}", "{seed}"),
     params:
         module=TRAIN_MODULE,
         dataset=DATASET["name"],
@@ -27,9 +27,9 @@ rule train:
     resources:
         gpu=config["resources"]["gpus_per_train"],
     benchmark:
-        f"{OUT}/benchmarks/train/{{method}}_seed{{seed}}.tsv"
+        benchmark_path("train", "{method}_seed{seed}")
     log:
-        f"{OUT}/logs/train/{{method}}_seed{{seed}}.log",
+        log_path("train/{method}_seed{seed}"),
     conda:
         "../envs/eroseg.yml"
     shell:

@@ -12,9 +12,9 @@ rule tune:
     params:
         dataset=DATASET["name"],
         root=DATA_ROOT,
-        split=VAL_SPLIT,
+        split=DATASET["val_split"],
         attack=lambda wc: ATTACKS[wc.family]["attack"],
-        base=lambda wc: js(tuning_base_params(wc.family)),
+        base=lambda wc: js(PLAN.tuning_base_params(wc.family)),
         grid=lambda wc: js(TUNE["grids"][wc.family]),
         max_images=f"--max-images {TUNE['max_images']}" if TUNE.get("max_images") else "",
         batch_size=EVAL["batch_size"],
@@ -23,9 +23,9 @@ rule tune:
     resources:
         gpu=1,
     benchmark:
-        f"{OUT}/benchmarks/tune/{{family}}.tsv"
+        benchmark_path("tune", "{family}")
     log:
-        f"{OUT}/logs/tune/{{family}}.log",
+        log_path("tune/{family}"),
     conda:
         "../envs/eroseg.yml"
     shell:
