@@ -36,7 +36,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from eroseg.attacks.apgd import LOSSES, apgd, check_apgd_params
+from eroseg.attacks.apgd import apgd, check_apgd_params
 from eroseg.attacks.core import (
     COMMON_PARAMETERS,
     INPUTS,
@@ -48,6 +48,7 @@ from eroseg.attacks.core import (
 from eroseg.attacks.cospgd import cospgd
 from eroseg.attacks.eroseg import check_eroseg_params, eroseg
 from eroseg.attacks.fgsm import check_fgsm_params, fgsm
+from eroseg.attacks.losses import LOSSES
 from eroseg.attacks.pgd import pgd
 from eroseg.attacks.sea import SEA_LOSSES, check_sea_params, sea
 from eroseg.attacks.segpgd import segpgd
