@@ -402,8 +402,9 @@ def test_callback_contents_and_counts():
 
 def test_tracking_loss_pairing_and_its_effect():
     """SEA's reference pairing by default; tracking another loss changes the restarts, not the steps' loss."""
-    assert {name: spec.track for name, spec in LOSSES.items()} == {"ce": "ce", "masked_ce": "ce", "balanced_ce": "ce", "js": "ce",
-                            "masked_spherical": "spherical", "eroseg": "ce", "spherical": "spherical"}
+    tracked = {name: spec.track for name, spec in LOSSES.items()}
+    assert tracked == {"ce": "ce", "masked_ce": "ce", "balanced_ce": "ce", "js": "ce",
+                       "masked_spherical": "spherical", "eroseg": "ce", "spherical": "spherical"}
     model, x, y = setup(batch=2, seed=3)
     runs = {}
     for track in (None, "ce", "masked_ce"):
@@ -515,7 +516,8 @@ def test_registry_apgd_and_sea():
     ("apgd", dict(track_loss="bogus"), ValueError, "track_loss must be one of ce, masked_ce"),
     ("apgd", dict(rules="paper"), ValueError, "rules must be one of default, reference or an ApgdRules; got 'paper'"),
     ("sea", dict(rules=ApgdRules(checkpoints="x")), ValueError, "rules.checkpoints must be 'paper' or 'reference'"),
-    ("apgd", dict(loss="ce", loss_params={"q0": 0.4}), ValueError, r"loss 'ce' has no parameter\(s\) \['q0'\]; valid: none"),
+    ("apgd", dict(loss="ce", loss_params={"q0": 0.4}), ValueError,
+     r"loss 'ce' has no parameter\(s\) \['q0'\]; valid: none"),
     ("apgd", dict(loss="eroseg", loss_params={"q": 0.4}), ValueError, "valid: q0, schedule, kernel_size"),
     ("apgd", dict(loss="eroseg", loss_params=[0.4]), TypeError, "loss_params must be a dict"),
     ("sea", dict(loss_params={"eroseg": {"q0": 0.4}}), ValueError, r"loss_params names \['eroseg'\], which are not"),
