@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from eroseg.conventions import autocast
 from eroseg.numbers import above_pixel_range
 
 #: Threat models: per-element (``linf``) or per-image Euclidean (``l2``) budget.
@@ -344,13 +345,8 @@ def eval_mode(model: Any):
             m.training = mode
 
 
-def _autocast(enabled: bool):
-    # nullcontext on CPU: amp is a CUDA-only option and must be a true no-op elsewhere.
-    return torch.autocast("cuda", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
-
-
 def _forward(model: Callable, adv: torch.Tensor, amp: bool) -> torch.Tensor:
-    with _autocast(amp):
+    with autocast(adv.device, amp):
         logits = model(adv)
     # Loss and weights in float32 when the forward ran in low precision; float64 models stay float64.
     if logits.dtype in (torch.float16, torch.bfloat16):
