@@ -96,6 +96,7 @@ from eroseg.attacks.core import (
     step,
 )
 from eroseg.attacks.losses import LOSSES, check_loss_name, pixel_loss, resolve_loss_params
+from eroseg.conventions import DEFAULT_EPS, DEFAULT_STEPS, IGNORE_INDEX
 
 #: Radii of the three parts of the progressive radius schedule, in units of eps.
 RADIUS_FACTORS = (2.0, 1.5, 1.0)
@@ -613,14 +614,14 @@ def apgd(
     images: torch.Tensor,
     labels: torch.Tensor,
     *,
-    eps: float = 8 / 255,
-    steps: int = 10,
+    eps: float = DEFAULT_EPS,
+    steps: int = DEFAULT_STEPS,
     norm: str = "linf",
     loss: str = "ce",
     loss_params: dict | None = None,
     track_loss: str | None = None,
     random_start: bool = True,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     targeted: bool = False,
     best_iterate: bool = True,
     generator: torch.Generator | None = None,

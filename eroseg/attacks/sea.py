@@ -30,6 +30,7 @@ import torch
 
 from eroseg.attacks.apgd import ApgdRules, check_apgd_options, checked_run_options, run_apgd
 from eroseg.attacks.losses import check_loss_name, resolve_loss_params
+from eroseg.conventions import DEFAULT_EPS, DEFAULT_STEPS, IGNORE_INDEX
 
 #: SEA's losses in the paper, in its order (also the order of preference for ties).
 SEA_LOSSES = ("masked_ce", "balanced_ce", "js", "masked_spherical")
@@ -119,14 +120,14 @@ def sea(
     images: torch.Tensor,
     labels: torch.Tensor,
     *,
-    eps: float = 8 / 255,
-    steps: int = 10,
+    eps: float = DEFAULT_EPS,
+    steps: int = DEFAULT_STEPS,
     norm: str = "linf",
     losses: Sequence[str] = SEA_LOSSES,
     loss_params: Mapping[str, Mapping] | None = None,
     radius_schedule: bool = True,
     random_start: bool = True,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     targeted: bool = False,
     best_iterate: bool = True,
     generator: torch.Generator | None = None,
