@@ -118,18 +118,19 @@ class EvalRecord:
         Raises:
             ValueError: the file lacks a field or has another format version (names the file and the field).
         """
-        d = read_json(path)
-        if not isinstance(d, dict) or d.get("version") != RECORD_VERSION:
-            raise ValueError(f"{path}: not an evaluation record of format {RECORD_VERSION} (found "
-                             f"{d.get('version') if isinstance(d, dict) else type(d).__name__}); rerun the evaluation")
+        stored = read_json(path)
+        if not isinstance(stored, dict) or stored.get("version") != RECORD_VERSION:
+            found = stored.get("version") if isinstance(stored, dict) else type(stored).__name__
+            raise ValueError(f"{path}: not an evaluation record of format {RECORD_VERSION} (found {found}); rerun "
+                             "the evaluation")
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(n for n in names if n not in d and n not in ("components", "restarts", "seconds"))
+        missing = sorted(n for n in names if n not in stored and n not in ("components", "restarts", "seconds"))
         if missing:
             raise ValueError(f"{path}: evaluation record lacks {missing}")
-        kw: dict[str, Any] = {n: d[n] for n in names if n in d}
-        kw["per_image"] = PerImageStats.from_dict(d["per_image"])
-        kw["components"] = {k: PerImageStats.from_dict(v) for k, v in (d.get("components") or {}).items()}
-        return cls(**kw)
+        fields: dict[str, Any] = {n: stored[n] for n in names if n in stored}
+        fields["per_image"] = PerImageStats.from_dict(stored["per_image"])
+        fields["components"] = {k: PerImageStats.from_dict(v) for k, v in (stored.get("components") or {}).items()}
+        return cls(**fields)
 
 
 def predict(model: torch.nn.Module, images: torch.Tensor, amp: bool = False) -> torch.Tensor:

@@ -59,12 +59,12 @@ def tune(
     """
     rows = []
     candidates = grid_candidates(grid)
-    for k, cand in enumerate(candidates, 1):
-        mious = {label: float(run(model, {**base, **cand})) for label, model in models.items()}
+    for k, candidate in enumerate(candidates, 1):
+        mious = {label: float(run(model, {**base, **candidate})) for label, model in models.items()}
         mean = sum(mious.values()) / len(mious)
-        rows.append({"params": cand, "miou": mious, "mean": mean})
+        rows.append({"params": candidate, "miou": mious, "mean": mean})
         # "candidate k/N": the unit `eroseg status` counts for its progress and ETA
-        log.info("candidate %d/%d %s: mean val mIoU %.4f", k, len(candidates), cand, mean)
+        log.info("candidate %d/%d %s: mean val mIoU %.4f", k, len(candidates), candidate, mean)
     best = min(range(len(rows)), key=lambda i: (rows[i]["mean"], i))
     return {"chosen": rows[best]["params"], "candidates": rows}
 
