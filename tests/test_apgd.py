@@ -11,6 +11,7 @@ from eroseg.attacks import (
     REGISTRY,
     AttackSpec,
     apgd,
+    attack_has_components,
     attack_parameters,
     attack_uses_steps,
     create_attack,
@@ -549,6 +550,12 @@ def test_loss_params_reach_the_loss_in_apgd_and_in_a_sea_component():
     component = sea(model, x, y, eps=4 / 255, steps=6, losses=["eroseg"], loss_params={"eroseg": params},
                     generator=gen())
     assert torch.equal(component, tuned)
+
+
+def test_only_sea_reports_components_and_the_registry_says_so():
+    """has_components comes from the component_callback parameter: SEA's losses are kept per image, no others."""
+    assert [name for name, spec in REGISTRY.items() if spec.has_components] == ["sea"]
+    assert attack_has_components("sea") and not attack_has_components("apgd")
 
 
 def test_registry_entries_cannot_drift_from_their_signatures():
