@@ -50,6 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from eroseg.attacks import LOSSES, SEA_LOSSES, create_attack
+from eroseg.conventions import IGNORE_INDEX, autocast
 
 NAMES = ["fgsm", "pgd", "segpgd", "cospgd", "eroseg", *(f"apgd:{loss}" for loss in LOSSES), "sea"]
 
@@ -97,9 +98,9 @@ def floor_passes(model, x, y, k: int, amp: bool) -> None:
     """``k`` forward+backward passes to the input: what any gradient attack pays per step."""
     for _ in range(k):
         delta = torch.zeros_like(x, requires_grad=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        with autocast(x.device, amp):
             logits = model(x + delta)
-        loss = F.cross_entropy(logits.float(), y, ignore_index=255)
+        loss = F.cross_entropy(logits.float(), y, ignore_index=IGNORE_INDEX)
         torch.autograd.grad(loss, delta)
 
 
@@ -112,7 +113,7 @@ def breakdown(model, x, y, device, repeats: int) -> dict[str, float]:
 
     with torch.no_grad():
         logits = model(x).float()
-        valid = y != 255
+        valid = y != IGNORE_INDEX
         y0 = torch.where(valid, y, torch.zeros_like(y))
         correct = valid & (class_map(logits) == y)
         score = true_class_log_odds(logits, y0)

@@ -111,15 +111,15 @@ def main(argv: list[str] | None = None) -> None:
             calls = []
             cb = calls.append if v.get("count") else None
             if v.get("track"):  # every component tracks its own attack loss
-                apgd_module = sys.modules["eroseg.attacks.apgd"]
-                saved = dict(apgd_module.TRACK_LOSSES)
-                apgd_module.TRACK_LOSSES.update({k: k for k in saved})
+                losses = sys.modules["eroseg.attacks.losses"].LOSSES
+                saved = dict(losses)
+                losses.update({k: dataclasses.replace(spec, track=k) for k, spec in saved.items()})
             try:
                 adv = sea(model, x, y, eps=args.eps, steps=args.steps, generator=torch.Generator().manual_seed(seed),
                           callback=cb, **kw)
             finally:
                 if v.get("track"):
-                    apgd_module.TRACK_LOSSES.update(saved)
+                    losses.update(saved)
             table[name].append(miou(model, adv, y))
             if v.get("count"):
                 iterations.setdefault(name, []).append(len(calls))

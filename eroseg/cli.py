@@ -9,7 +9,6 @@ what the command receives.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import json
 import logging
@@ -57,11 +56,17 @@ def _setup(args) -> None:
 
 
 def _make_attack(name: str | None, params: dict, extra: dict | None = None):
-    if not name or name == "none":
-        return None
-    from eroseg.attacks import create_attack
+    """The attack ``name`` bound to ``params`` (and ``extra``), checked now; None for no attack."""
+    from eroseg.attacks import build_attack
 
-    return create_attack(name, **resolve_attack_params({**params, **(extra or {})}))
+    return build_attack(name, {**params, **(extra or {})})
+
+
+def _tuned(params: dict, path: str | None) -> dict:
+    """:func:`eroseg.tune.tuned_params` under the name that ``cmd_train`` calls."""
+    from eroseg.tune import tuned_params
+
+    return tuned_params(params, path)
 
 
 def _dataset(name: str, root: str, split: str, **kwargs):
@@ -70,61 +75,11 @@ def _dataset(name: str, root: str, split: str, **kwargs):
     return get_dataset(name, os.path.expandvars(os.path.expanduser(root)), split, **kwargs)
 
 
-def load_model_factory(spec: str, *, dataset: str | None = None, device="cpu"):
-    """Build a model from a Python entry point ``module:function`` (``--model-factory``).
-
-    The function is called without arguments and returns an ``nn.Module`` or
-    ``(module, meta)``. ``meta`` may hold ``num_classes``, ``classes``,
-    ``dataset``, ``method``, ``seed`` (recorded like a checkpoint's metadata)
-    and the :func:`eroseg.models.wrap_model` options ``mean``, ``std``,
-    ``output_key``, ``pad_multiple``. The module is wrapped with ``wrap_model``
-    unless it already is a wrapped model. ``module`` may also be a path to a
-    ``.py`` file; the current directory is searched after ``sys.path``.
-
-    This runs code: the module is imported (its top-level code runs) and the
-    function called, with the caller's permissions; to find ``module`` the
-    current directory is appended to ``sys.path`` (for the rest of the
-    process), so a ``module.py`` lying in it is imported.
-
-    Args:
-        spec: ``"package.module:function"`` or ``"path/to/file.py:function"``.
-        dataset: dataset name; gives ``num_classes`` and ``classes`` when ``meta`` lacks them.
-        device: where the model is moved.
-
-    Returns:
-        ``(wrapped model in eval mode, meta)``.
-
-    Raises:
-        ValueError: malformed spec, module or function not found, or a factory
-            that returns something else than a module (the message names the spec).
-    """
-
-    from eroseg.external import import_factory, split_factory_output
-    from eroseg.models import SegmentationModel, wrap_model
-
-    where = f"--model-factory {spec!r}"
-    factory = import_factory(spec, where)
-    func_name = str(spec).rpartition(":")[2]
-    built, meta = split_factory_output(factory(), f"{where}: the factory")
-    wrap_opts = {k: meta.pop(k) for k in ("mean", "std", "output_key", "pad_multiple") if k in meta}
-    if dataset and "num_classes" not in meta:
-        from eroseg.data import dataset_info
-
-        info = dataset_info(dataset)
-        meta["num_classes"] = info.num_classes
-        meta.setdefault("classes", list(info.classes))
-    meta.setdefault("method", func_name)
-    meta.setdefault("seed", 0)
-    if isinstance(built, SegmentationModel):
-        model = built
-    else:
-        model = wrap_model(built, num_classes=meta.get("num_classes"), **wrap_opts)
-    return model.to(device).eval(), meta
-
-
 def _model_arg(args, device):
     """The model of ``--checkpoint`` or ``--model-factory`` as ``(model, meta)``."""
     if args.model_factory:
+        from eroseg.external import load_model_factory
+
         return load_model_factory(args.model_factory, dataset=args.dataset, device=device)
     from eroseg.models import load_model
 
@@ -187,38 +142,15 @@ def cmd_train(args) -> None:
 
 
 def cmd_import_model(args) -> None:
-    import torch
-
-    from eroseg.data import dataset_info
-    from eroseg.external import build_external
+    from eroseg.external import import_model
     from eroseg.io import check_writable_dir
-    from eroseg.models import save_checkpoint
 
-    where = args.config_key or "--factory/--weights/--options"
     entry = {**_json_arg(args.options, "--options"), "factory": args.factory}
     if args.weights:
         entry["weights"] = args.weights
     check_writable_dir(args.out, "checkpoint (--out)")
-    info = dataset_info(args.dataset)
-    model, built = build_external(entry, num_classes=info.num_classes, where=where)
-    classes = int(built["num_classes"] or info.num_classes)
-    if classes != info.num_classes or built.get("dataset") not in (None, args.dataset):
-        raise ValueError(f"{where}: the model is for {built.get('dataset') or 'a dataset'} with {classes} classes, "
-                         f"but the data is {args.dataset} with {info.num_classes} classes")
-    model.num_classes, declared = None, model.num_classes  # the channels are compared below, with the data's
-    try:  # a forward pass now, so that a model whose output eroseg cannot read fails here, named
-        with torch.no_grad():
-            out = model(torch.rand(1, 3, 64, 64))
-    except (ValueError, TypeError, RuntimeError) as err:
-        raise ValueError(f"{where}: a forward pass of the model on a [1, 3, 64, 64] image failed: {err}") from None
-    model.num_classes = declared
-    if out.shape[1] != classes:
-        raise ValueError(f"{where}: the model returns {out.shape[1]} channels; the data has {classes} classes")
-    meta = {**built, "num_classes": classes, "classes": list(built.get("classes") or info.classes),
-            "dataset": args.dataset, "method": args.method, "seed": args.seed, "weights_file": args.weights or None}
-    save_checkpoint(args.out, model, meta)
-    log.info("%s: %s%s -> %s (%d classes)", args.method, args.factory,
-             f" with {args.weights}" if args.weights else "", args.out, classes)
+    import_model(entry, dataset=args.dataset, method=args.method, seed=args.seed, out=args.out,
+                 where=args.config_key or "--factory/--weights/--options")
 
 
 def default_method(attack: str | None) -> str:
@@ -226,123 +158,47 @@ def default_method(attack: str | None) -> str:
     return "standard" if attack in (None, "", "none") else f"{attack}_at"
 
 
-def _settings(args) -> list[dict]:
-    """The attack settings of one ``eroseg evaluate`` call: ``--settings`` JSON, or the single-setting flags."""
-    if args.settings:
-        if args.out or args.attack or args.samples:
-            raise ValueError("--settings replaces --out/--attack/--attack-params/--setting; --samples needs a "
-                             "single setting")
-        try:
-            items = json.loads(args.settings)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"--settings is not valid JSON: {err}") from None
-        if not isinstance(items, list) or not items:
-            raise ValueError("--settings must be a non-empty JSON list of {setting, attack, params, restarts, out}")
-    else:
-        if not args.out:
-            raise ValueError("give --out (one setting) or --settings (several)")
-        items = [{"setting": args.setting, "attack": args.attack, "params": _json_arg(args.attack_params,
-                  "--attack-params"), "restarts": args.restarts, "out": args.out}]
-    out = []
-    for k, item in enumerate(items):
-        if not isinstance(item, dict) or not item.get("out"):
-            raise ValueError(f"--settings[{k}]: expected an object with at least 'out', got {item!r}")
-        unknown = sorted(set(item) - {"setting", "attack", "params", "params_file", "restarts", "out"})
-        if unknown:
-            raise ValueError(f"--settings[{k}]: unknown key(s) {unknown}; valid: setting, attack, params, "
-                             "params_file, restarts, out")
-        attack = item.get("attack") or "none"
-        params = item.get("params") or {}
-        if not isinstance(params, dict):
-            raise ValueError(f"--settings[{k}].params must be a JSON object, got {params!r}")
-        params = _tuned(params, item.get("params_file"))
-        restarts = item.get("restarts", 1)
-        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
-            raise ValueError(f"--settings[{k}].restarts must be an integer >= 1, got {restarts!r}")
-        out.append({"setting": item.get("setting") or ("clean" if attack == "none" else attack), "attack": attack,
-                    "params": params, "restarts": restarts, "out": item["out"]})
-    return out
-
-
 def cmd_evaluate(args) -> None:
     from eroseg.data import dataset_info
     from eroseg.data.batching import check_pixel_budget
     from eroseg.device import select_device
-    from eroseg.io import check_writable_dir, exclusive_lock, manifest_names, remove_stale_temps, write_eval_manifest
+    from eroseg.evaluate import parse_settings, write_evaluations
+    from eroseg.io import check_writable_dir, manifest_names
     from eroseg.models import check_checkpoint_matches
 
-    settings = _settings(args)
+    single = {"setting": args.setting, "attack": args.attack, "restarts": args.restarts, "out": args.out,
+              "params": _json_arg(args.attack_params, "--attack-params")}
+    settings = parse_settings(args.settings, single, samples=bool(args.samples))
     # Attack parameters and output folders are checked before the model and data are loaded.
-    attacks = [_make_attack(s["attack"], s["params"], {"amp": args.amp}) for s in settings]
-    for s in settings:
-        check_writable_dir(s["out"], f"evaluation output of {s['setting']}")
+    attacks = [_make_attack(item.attack, item.params, {"amp": args.amp}) for item in settings]
+    for item in settings:
+        check_writable_dir(item.out, f"evaluation output of {item.setting}")
     if args.manifest:
-        manifest_names(args.manifest, [s["out"] for s in settings])
+        manifest_names(args.manifest, [item.out for item in settings])
     device = select_device(args.device)
     model, meta = _model_arg(args, device)
-    check_checkpoint_matches(meta, args.dataset, dataset_info(args.dataset).num_classes,
-                             args.checkpoint or f"model factory {args.model_factory}")
+    source = str(args.checkpoint) if args.checkpoint else f"factory:{args.model_factory}"
+    check_checkpoint_matches(meta, args.dataset, dataset_info(args.dataset).num_classes, source)
     dataset = _dataset(args.dataset, args.root, args.split)
     check_pixel_budget(dataset, _max_pixels(args.max_pixels, device), args.max_images)
-    with contextlib.ExitStack() as locks:  # one writer per output: a second evaluate on the same files fails at once
-        for s in settings:
-            locks.enter_context(exclusive_lock(s["out"]))
-            remove_stale_temps(s["out"])  # left by a killed writer; the lock says none is alive
-        for extra in (args.manifest, args.samples):
-            if extra:
-                remove_stale_temps(extra)
-        _evaluate_settings(args, settings, attacks, model, meta, dataset, device)
-        if args.manifest:  # last: a folder with a manifest holds a finished job's results
-            write_eval_manifest(args.manifest, [s["out"] for s in settings])
-
-
-def _evaluate_settings(args, settings, attacks, model, meta, dataset, device) -> None:
-    import numpy as np
-
-    from eroseg.evaluate import EvalRecord, evaluate
-    from eroseg.io import atomic_path
-
-    log.info("evaluating %d settings: %s", len(settings), ", ".join(s["setting"] for s in settings))
-    for k, (s, attack) in enumerate(zip(settings, attacks), 1):
-        res = evaluate(
-            model, dataset, int(meta["num_classes"]), attack=attack, batch_size=args.batch_size, device=device,
-            seed=args.seed, amp=args.amp, num_samples=args.samples_n if args.samples else 0,
-            record_steps=args.record_steps, max_images=args.max_images, restarts=s["restarts"],
-            components=attack is not None and s["attack"] == "sea",
-        )
-        record = EvalRecord(
-            method=meta.get("method"), seed=meta.get("seed"), setting=s["setting"], attack=s["attack"],
-            attack_params=resolve_attack_params(s["params"]) if attack is not None else {}, split=args.split,
-            checkpoint=str(args.checkpoint) if args.checkpoint else f"factory:{args.model_factory}",
-            classes=meta.get("classes"), per_image=res["per_image"],
-            components=res["components"], restarts=s["restarts"], seconds=res["seconds"], **res["metrics"],
-        )
-        if args.samples:
-            with atomic_path(args.samples) as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez_compressed(fh, **res["samples"], **{f"step_{k}": v for k, v in res["steps"].items()})
-        record.write(s["out"])
-        # "setting k/N": the unit `eroseg status` counts for its progress and ETA
-        log.info("setting %d/%d %s: mIoU %.4f pixel acc %.4f (%d images, %.1f s)", k, len(settings), record.setting,
-                 record.miou, record.pixel_acc, record.num_images, record.seconds)
+    write_evaluations(model, meta, dataset, settings, attacks, split=args.split, source=source, manifest=args.manifest,
+                      samples=args.samples, samples_n=args.samples_n, record_steps=args.record_steps,
+                      batch_size=args.batch_size, device=device, seed=args.seed, amp=args.amp,
+                      max_images=args.max_images)
 
 
 def cmd_attack(args) -> None:
-    import csv
-    import io
-
     from eroseg.data import dataset_info
     from eroseg.device import select_device
-    from eroseg.export import SUMMARY_COLUMNS, attack_and_save, folder_images, load_image
-    from eroseg.io import atomic_write_text, check_writable_dir
+    from eroseg.export import SUMMARY_FILE, attack_to_folder, dataset_items, folder_items
+    from eroseg.io import check_writable_dir
     from eroseg.models import check_checkpoint_matches
 
     if bool(args.images) == bool(args.dataset):
         raise ValueError("give either --images FOLDER or --dataset NAME --root ROOT (with --split)")
     if args.dataset and not args.root:
         raise ValueError("--dataset needs --root")
-    summary = Path(args.out_dir) / "summary.csv"
-    check_writable_dir(summary, "attack outputs (--out-dir)")
+    check_writable_dir(Path(args.out_dir) / SUMMARY_FILE, "attack outputs (--out-dir)")
     device = select_device(args.device)
     model, meta = _model_arg(args, device)
     attack = _make_attack(args.attack, _json_arg(args.attack_params, "--attack-params"))
@@ -350,25 +206,12 @@ def cmd_attack(args) -> None:
         info = dataset_info(args.dataset)
         check_checkpoint_matches(meta, args.dataset, info.num_classes,
                                  args.checkpoint or f"model factory {args.model_factory}")
-        ds = _dataset(args.dataset, args.root, args.split)
-        n = len(ds) if args.max_images is None else min(args.max_images, len(ds))
-        ids = getattr(ds, "ids", [f"{i:05d}" for i in range(len(ds))])
-        items = [(str(ids[i]), lambda i=i: ds[i]) for i in range(n)]
+        items = dataset_items(_dataset(args.dataset, args.root, args.split), args.max_images)
     else:
         info = dataset_info(meta.get("dataset") or "synthetic")
-        items = [(f.stem, lambda f=f: (load_image(f), None)) for f in folder_images(args.images)[: args.max_images]]
-    rows = attack_and_save(model, items, attack, args.out_dir, info.palette, device=device, seed=args.seed,
-                           max_pixels=_max_pixels(args.max_pixels, device), progress=not args.quiet)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS)
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(summary, buf.getvalue())
-    skipped = [r["id"] for r in rows if r["skipped"]]
-    if len(skipped) == len(rows):
-        raise ValueError(f"{args.out_dir}: no image attacked; all {len(rows)} skipped (reasons in {summary})")
-    log.info("attacked %d images -> %s%s", len(rows) - len(skipped), args.out_dir,
-             f"; skipped {len(skipped)} (listed in {summary}): {', '.join(skipped[:5])}" if skipped else "")
+        items = folder_items(args.images, args.max_images)
+    attack_to_folder(model, items, attack, args.out_dir, info.palette, device=device, seed=args.seed,
+                     max_pixels=_max_pixels(args.max_pixels, device), progress=not args.quiet)
 
 
 def _max_pixels(value: int | None, device) -> int:
@@ -378,60 +221,27 @@ def _max_pixels(value: int | None, device) -> int:
     return DEFAULT_MAX_PIXELS.get(device.type, DEFAULT_MAX_PIXELS["cuda"]) if value is None else value
 
 
-def _tuned(params: dict, path: str | None) -> dict:
-    """``params`` with the parameters a tuning file chose laid over them."""
-    if not path:
-        return params
-    from eroseg.io import read_json
-    from eroseg.tune import TUNING_VERSION
-
-    d = read_json(path)
-    if not isinstance(d, dict) or d.get("version") != TUNING_VERSION or not isinstance(d.get("chosen"), dict):
-        raise ValueError(f"{path}: not a tuning result (format {TUNING_VERSION} with a 'chosen' object); rerun the "
-                         "tuning stage")
-    return {**params, **d["chosen"]}
-
-
 def cmd_tune(args) -> None:
-    from eroseg.io import check_writable_dir, exclusive_lock, remove_stale_temps
-    from eroseg.tune import grid_candidates
+    from eroseg.device import select_device
+    from eroseg.io import check_writable_dir, exclusive_lock, remove_stale_temps, write_json
+    from eroseg.tune import TUNING_VERSION, grid_candidates, tune_attack
 
     base = _json_arg(args.attack_params, "--attack-params")
     grid = _json_arg(args.grid, "--grid")
-    for cand in grid_candidates(grid):  # every candidate is checked before any model is loaded
-        _make_attack(args.attack, {**base, **cand})
+    for candidate in grid_candidates(grid):  # every candidate is checked before any model is loaded
+        _make_attack(args.attack, {**base, **candidate})
     check_writable_dir(args.out, "tuning result (--out)")
     with exclusive_lock(args.out):  # one writer: a second tune on the same output fails at once
         remove_stale_temps(args.out)
-        _tune(args, base, grid)
-
-
-def _tune(args, base: dict, grid: dict) -> None:
-    from eroseg.device import select_device
-    from eroseg.evaluate import evaluate
-    from eroseg.io import write_json
-    from eroseg.models import load_model
-    from eroseg.tune import TUNING_VERSION, tune
-
-    device = select_device(args.device)
-    dataset = _dataset(args.dataset, args.root, args.split)
-    models, num_classes = {}, None
-    for path in args.checkpoints:
-        model, meta = load_model(path, map_location=device)
-        models[str(path)] = model
-        num_classes = int(meta["num_classes"])
-
-    def run(model, params):
-        res = evaluate(model, dataset, num_classes, attack=_make_attack(args.attack, params, {"amp": args.amp}),
-                       batch_size=args.batch_size, device=device, seed=args.seed, amp=args.amp,
-                       max_images=args.max_images)
-        return res["metrics"]["miou"]
-
-    out = tune(models, run, base, grid)
-    write_json(args.out, {"version": TUNING_VERSION, "family": args.family, "attack": args.attack,
-                          "split": args.split, "max_images": args.max_images, "base": base, "grid": grid, **out})
-    log.info("%s: chose %s (mean val mIoU %.4f over %d models)", args.family, out["chosen"],
-             min(c["mean"] for c in out["candidates"]), len(models))
+        dataset = _dataset(args.dataset, args.root, args.split)
+        result = tune_attack(args.checkpoints, dataset, attack=args.attack, base=base, grid=grid,
+                             batch_size=args.batch_size, device=select_device(args.device), seed=args.seed,
+                             amp=args.amp, max_images=args.max_images)
+        write_json(args.out, {"version": TUNING_VERSION, "family": args.family, "attack": args.attack,
+                              "split": args.split, "max_images": args.max_images, "base": base, "grid": grid,
+                              **result})
+    log.info("%s: chose %s (mean val mIoU %.4f over %d models)", args.family, result["chosen"],
+             min(c["mean"] for c in result["candidates"]), len(result["candidates"][0]["miou"]))
 
 
 def _eval_files(paths: list[str]) -> list[str]:

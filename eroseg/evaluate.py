@@ -10,19 +10,32 @@ are returned as arrays so that figures never need to load a model.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from eroseg.attacks import attack_has_components
+from eroseg.conventions import autocast
 from eroseg.data.batching import dataset_order, default_num_workers, size_bucketed_batches
-from eroseg.io import read_json, write_json
+from eroseg.io import (
+    atomic_path,
+    exclusive_lock,
+    read_json,
+    remove_stale_temps,
+    write_eval_manifest,
+    write_json,
+)
 from eroseg.metrics import IGNORE_INDEX, ConfusionMatrix, PerImageStats, per_image_stats
+from eroseg.numbers import resolve_attack_params
+from eroseg.seeds import evaluation_generator
 
 log = logging.getLogger(__name__)
 
@@ -105,30 +118,24 @@ class EvalRecord:
         Raises:
             ValueError: the file lacks a field or has another format version (names the file and the field).
         """
-        d = read_json(path)
-        if not isinstance(d, dict) or d.get("version") != RECORD_VERSION:
-            raise ValueError(f"{path}: not an evaluation record of format {RECORD_VERSION} (found "
-                             f"{d.get('version') if isinstance(d, dict) else type(d).__name__}); rerun the evaluation")
+        stored = read_json(path)
+        if not isinstance(stored, dict) or stored.get("version") != RECORD_VERSION:
+            found = stored.get("version") if isinstance(stored, dict) else type(stored).__name__
+            raise ValueError(f"{path}: not an evaluation record of format {RECORD_VERSION} (found {found}); rerun "
+                             "the evaluation")
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(n for n in names if n not in d and n not in ("components", "restarts", "seconds"))
+        missing = sorted(n for n in names if n not in stored and n not in ("components", "restarts", "seconds"))
         if missing:
             raise ValueError(f"{path}: evaluation record lacks {missing}")
-        kw: dict[str, Any] = {n: d[n] for n in names if n in d}
-        kw["per_image"] = PerImageStats.from_dict(d["per_image"])
-        kw["components"] = {k: PerImageStats.from_dict(v) for k, v in (d.get("components") or {}).items()}
-        return cls(**kw)
-
-
-def _generator(seed: int, batch_index: int, device: torch.device, restart: int = 0) -> torch.Generator:
-    g = torch.Generator(device=device)
-    # SeedSequence keeps the streams of (seed, batch, restart) apart; restart 0 is the single-run stream.
-    g.manual_seed(int(np.random.SeedSequence([seed, batch_index, restart]).generate_state(1, np.uint64)[0] >> 1))
-    return g
+        fields: dict[str, Any] = {n: stored[n] for n in names if n in stored}
+        fields["per_image"] = PerImageStats.from_dict(stored["per_image"])
+        fields["components"] = {k: PerImageStats.from_dict(v) for k, v in (stored.get("components") or {}).items()}
+        return cls(**fields)
 
 
 def predict(model: torch.nn.Module, images: torch.Tensor, amp: bool = False) -> torch.Tensor:
     """Class map ``[B, H, W]`` of ``images`` (no gradients, eval mode assumed)."""
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and images.is_cuda):
+    with torch.no_grad(), autocast(images.device, amp):
         return model(images).argmax(1)
 
 
@@ -147,33 +154,37 @@ def _reorder(stats: PerImageStats, order: np.ndarray) -> PerImageStats:
     return PerImageStats(stats.tp[order], stats.pred[order], stats.label[order])
 
 
-class _Components:
-    """Per-image counts of each named part of a composite attack result (SEA's losses, restarts)."""
+class _ComponentStats:
+    """Per-image counts of each named part of a composite attack result (SEA's losses, restarts) on one batch.
+
+    Called as the attack's ``component_callback(name, adv)``; ``parts`` maps each name to its counts.
+    """
 
     def __init__(self, model, labels, num_classes: int, ignore_index: int, amp: bool):
-        self.model, self.labels, self.c, self.ii, self.amp = model, labels, num_classes, ignore_index, amp
+        self.model, self.labels, self.amp = model, labels, amp
+        self.num_classes, self.ignore_index = num_classes, ignore_index
         self.parts: dict[str, PerImageStats] = {}
 
     def __call__(self, name: str, adv: torch.Tensor) -> PerImageStats:
-        st = per_image_stats(predict(self.model, adv, self.amp), self.labels, self.c, self.ii)
-        self.parts[name] = st
-        return st
+        stats = per_image_stats(predict(self.model, adv, self.amp), self.labels, self.num_classes, self.ignore_index)
+        self.parts[name] = stats
+        return stats
 
 
 def _run_attack(model, images, labels, attack, *, seed, batch_index, restarts, components, callback,
                 parts) -> torch.Tensor:
     """One batch under ``attack``; with restarts, per image the run with the lowest pixel accuracy (ties: first)."""
     best = best_acc = None
-    for r in range(restarts):
-        kwargs: dict[str, Any] = {"generator": _generator(seed, batch_index, images.device, r)}
-        if callback is not None and r == 0:
+    for restart in range(restarts):
+        kwargs: dict[str, Any] = {"generator": evaluation_generator(seed, batch_index, restart, images.device)}
+        if callback is not None and restart == 0:
             kwargs["callback"] = callback
         if components:
             kwargs["component_callback"] = parts
         adv = attack(model, images, labels, **kwargs)
         if restarts == 1:
             return adv
-        acc = parts(f"restart_{r}", adv).pixel_acc
+        acc = parts(f"restart_{restart}", adv).pixel_acc
         acc = torch.as_tensor(np.nan_to_num(acc, nan=np.inf), device=images.device)
         if best is None:
             best, best_acc = adv, acc
@@ -196,7 +207,7 @@ def _step_recorder(steps: dict[str, list]) -> Callable[[dict], None]:
 def _attack_batch(model, images, labels, attack, component_stats: dict[str, list[PerImageStats]], *, num_classes,
                   ignore_index, amp, seed, batch_index, restarts, components, callback) -> torch.Tensor:
     """:func:`_run_attack` on one batch; appends each component's per-image counts to ``component_stats``."""
-    parts = _Components(model, labels, num_classes, ignore_index, amp)
+    parts = _ComponentStats(model, labels, num_classes, ignore_index, amp)
     adv = _run_attack(model, images, labels, attack, seed=seed, batch_index=batch_index, restarts=restarts,
                       components=components, callback=callback, parts=parts)
     for name, stats in parts.parts.items():
@@ -312,3 +323,140 @@ def evaluate(
                      amp=amp, attacked=attack is not None)
     seconds = time.perf_counter() - start
     return _results(confusion, parts, component_stats, samples, steps, batch_indices, ignore_index, seconds)
+
+
+# ------------------------------------------------------------- evaluation jobs
+#: Keys of one entry of ``eroseg evaluate --settings``.
+SETTING_KEYS = ("setting", "attack", "params", "params_file", "restarts", "out")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSetting:
+    """One attack setting of an evaluation job: what to run and where its record goes.
+
+    Attributes:
+        setting: label in the tables (``"clean"`` without attack).
+        attack: registered attack name, or ``"none"``.
+        params: the attack's parameters (a tuning file's choice laid over them).
+        restarts: runs of the attack per image (the per-image worst is kept).
+        out: path of the evaluation JSON.
+    """
+
+    setting: str
+    attack: str
+    params: dict
+    restarts: int
+    out: str
+
+    @classmethod
+    def from_dict(cls, item: Mapping, where: str) -> EvalSetting:
+        """Check one entry (keys :data:`SETTING_KEYS`, ``out`` required) and read its ``params_file``.
+
+        Raises:
+            ValueError: not an object, no ``out``, an unknown key, ``params`` not an object, ``restarts``
+                not an integer >= 1, or a bad tuning file (each names ``where`` and the key).
+        """
+        from eroseg.tune import tuned_params
+
+        if not isinstance(item, Mapping) or not item.get("out"):
+            raise ValueError(f"{where}: expected an object with at least 'out', got {item!r}")
+        unknown = sorted(set(item) - set(SETTING_KEYS))
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {unknown}; valid: {', '.join(SETTING_KEYS)}")
+        attack = item.get("attack") or "none"
+        params = item.get("params") or {}
+        if not isinstance(params, dict):
+            raise ValueError(f"{where}.params must be a JSON object, got {params!r}")
+        restarts = item.get("restarts", 1)
+        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+            raise ValueError(f"{where}.restarts must be an integer >= 1, got {restarts!r}")
+        return cls(setting=item.get("setting") or ("clean" if attack == "none" else attack), attack=attack,
+                   params=tuned_params(params, item.get("params_file")), restarts=restarts, out=item["out"])
+
+
+def parse_settings(settings_json: str | None, single: Mapping, *, samples: bool = False) -> list[EvalSetting]:
+    """The settings of one ``eroseg evaluate`` call: the ``--settings`` JSON list, or the single setting's flags.
+
+    Args:
+        settings_json: ``--settings`` (a JSON list of objects with keys :data:`SETTING_KEYS`), or None.
+        single: the single setting's ``setting``, ``attack``, ``params``, ``restarts``, ``out`` (the flags).
+        samples: ``--samples`` was given (it needs a single setting).
+
+    Raises:
+        ValueError: both forms or neither, invalid JSON, or a bad entry (names the flag and the key).
+    """
+    if settings_json:
+        if single.get("out") or single.get("attack") or samples:
+            raise ValueError("--settings replaces --out/--attack/--attack-params/--setting; --samples needs a "
+                             "single setting")
+        try:
+            items = json.loads(settings_json)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--settings is not valid JSON: {err}") from None
+        if not isinstance(items, list) or not items:
+            raise ValueError("--settings must be a non-empty JSON list of {setting, attack, params, restarts, out}")
+        return [EvalSetting.from_dict(item, f"--settings[{k}]") for k, item in enumerate(items)]
+    if not single.get("out"):
+        raise ValueError("give --out (one setting) or --settings (several)")
+    return [EvalSetting.from_dict(single, "the single setting (--attack/--attack-params/--out)")]
+
+
+def write_evaluations(model: torch.nn.Module, meta: Mapping, dataset, settings: Sequence[EvalSetting],
+                      attacks: Sequence[Callable | None], *, split: str, source: str, manifest: str | None = None,
+                      samples: str | None = None, samples_n: int = 4, record_steps: bool = False,
+                      **evaluate_options) -> None:
+    """Evaluate ``model`` under each setting and write its :class:`EvalRecord`; the manifest last.
+
+    Each output is locked for the whole job (a second writer fails at once)
+    and temporary files a killed writer left are removed first.
+
+    Args:
+        model, meta: the model and its metadata (``num_classes``, ``method``, ``seed``, ``classes``).
+        dataset: the split evaluated.
+        settings: what to run; ``attacks`` holds the bound attack of each (None: clean).
+        split: split name recorded.
+        source: the model's checkpoint path (or ``factory:<spec>``), recorded.
+        manifest: written last, listing every output (:func:`eroseg.io.write_eval_manifest`).
+        samples: ``.npz`` of qualitative examples (single setting), ``samples_n`` images.
+        record_steps: record the attack's per-step masks into ``samples``.
+        **evaluate_options: ``batch_size``, ``device``, ``seed``, ``amp``, ``max_images`` of :func:`evaluate`.
+    """
+    with contextlib.ExitStack() as locks:
+        for item in settings:
+            locks.enter_context(exclusive_lock(item.out))
+            remove_stale_temps(item.out)  # left by a killed writer; the lock says none is alive
+        for extra in (manifest, samples):
+            if extra:
+                remove_stale_temps(extra)
+        log.info("evaluating %d settings: %s", len(settings), ", ".join(s.setting for s in settings))
+        for k, (item, attack) in enumerate(zip(settings, attacks), 1):
+            result = evaluate(model, dataset, int(meta["num_classes"]), attack=attack,
+                              num_samples=samples_n if samples else 0, record_steps=record_steps,
+                              restarts=item.restarts,
+                              components=attack is not None and attack_has_components(item.attack),
+                              **evaluate_options)
+            record = _record(item, attack is not None, result, meta, split, source)
+            if samples:
+                _write_samples(samples, result)
+            record.write(item.out)
+            # "setting k/N": the unit `eroseg status` counts for its progress and ETA
+            log.info("setting %d/%d %s: mIoU %.4f pixel acc %.4f (%d images, %.1f s)", k, len(settings),
+                     record.setting, record.miou, record.pixel_acc, record.num_images, record.seconds)
+        if manifest:  # last: a folder with a manifest holds a finished job's results
+            write_eval_manifest(manifest, [item.out for item in settings])
+
+
+def _record(item: EvalSetting, attacked: bool, result: dict, meta: Mapping, split: str, source: str) -> EvalRecord:
+    """The :class:`EvalRecord` of one setting's :func:`evaluate` result."""
+    return EvalRecord(
+        method=meta.get("method"), seed=meta.get("seed"), setting=item.setting, attack=item.attack,
+        attack_params=resolve_attack_params(item.params) if attacked else {}, split=split, checkpoint=source,
+        classes=meta.get("classes"), per_image=result["per_image"], components=result["components"],
+        restarts=item.restarts, seconds=result["seconds"], **result["metrics"])
+
+
+def _write_samples(path: str, result: dict) -> None:
+    """The qualitative examples and per-step masks of :func:`evaluate` as one ``.npz`` (atomically)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **result["samples"], **{f"step_{k}": v for k, v in result["steps"].items()})

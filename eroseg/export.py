@@ -13,6 +13,8 @@ and listed in the summary; the other images are still attacked.
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -22,14 +24,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from eroseg.io import atomic_path
+from eroseg.conventions import IMAGE_SUFFIXES, full_palette
+from eroseg.io import atomic_path, atomic_write_text
 from eroseg.seeds import generator
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
 SUMMARY_COLUMNS = ["id", "linf", "pixel_acc", "skipped"]
+
+#: Name of the per-image summary that :func:`attack_to_folder` writes in its output folder.
+SUMMARY_FILE = "summary.csv"
 
 
 def load_image(path: str | Path) -> torch.Tensor:
@@ -57,18 +61,11 @@ def _to_uint8(img: torch.Tensor) -> np.ndarray:
 def _save_png(array: np.ndarray, path: Path, palette: list | None = None) -> None:
     if palette is not None:
         im = Image.fromarray(array.astype(np.uint8), mode="P")
-        flat = [c for rgb in palette for c in rgb]
-        im.putpalette(flat + [0] * (768 - len(flat)))
+        im.putpalette([c for rgb in palette for c in rgb])
     else:
         im = Image.fromarray(array)
     with atomic_path(path) as tmp:
         im.save(tmp, format="PNG")
-
-
-def _full_palette(palette: list) -> list:
-    pal = [tuple(c) for c in palette] + [(0, 0, 0)] * (256 - len(palette))
-    pal[255] = (224, 224, 192)
-    return pal
 
 
 def _title_font():
@@ -157,7 +154,7 @@ def attack_and_save(
         clean prediction), and for a skipped image the reason (else empty).
     """
     out = Path(out_dir)
-    pal = _full_palette(palette)
+    pal = full_palette(palette)
     rows = []
     model = model.to(device).eval()
     bar = _progress(len(items), progress)
@@ -196,3 +193,52 @@ def _attack_one(model, name, image, label, attack, out: Path, pal: list, device,
     label_np = label.cpu().numpy() if label is not None else None
     _save_png(side_by_side(x[0], adv[0], clean_np, pred_np, label_np, pal), out / "side_by_side" / f"{name}.png")
     return {"id": name, "linf": float((adv - x).abs().max()), "pixel_acc": agree, "skipped": ""}
+
+
+def dataset_items(dataset, max_images: int | None = None) -> list[tuple[str, Callable]]:
+    """``(id, load)`` pairs of :func:`attack_and_save` for the first ``max_images`` images of a dataset split.
+
+    The id is the reader's sample id (``dataset.ids``), else the index as five digits.
+    """
+    n = len(dataset) if max_images is None else min(max_images, len(dataset))
+    ids = getattr(dataset, "ids", [f"{i:05d}" for i in range(len(dataset))])
+    return [(str(ids[i]), lambda i=i: dataset[i]) for i in range(n)]
+
+
+def folder_items(folder: str | Path, max_images: int | None = None) -> list[tuple[str, Callable]]:
+    """``(id, load)`` pairs of :func:`attack_and_save` for the images of a folder (no labels), id = file stem."""
+    return [(f.stem, lambda f=f: (load_image(f), None)) for f in folder_images(folder)[:max_images]]
+
+
+def write_summary(path: str | Path, rows: Sequence[dict]) -> None:
+    """The rows of :func:`attack_and_save` as a CSV with columns :data:`SUMMARY_COLUMNS` (atomically)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def attack_to_folder(model: torch.nn.Module, items, attack: Callable, out_dir: str | Path, palette: list,
+                     **options) -> list[dict]:
+    """:func:`attack_and_save`, then :data:`SUMMARY_FILE` in ``out_dir``; fails when no image could be attacked.
+
+    Args:
+        model, items, attack, out_dir, palette: as :func:`attack_and_save`.
+        **options: ``device``, ``seed``, ``max_pixels``, ``progress`` of :func:`attack_and_save`.
+
+    Returns:
+        The summary's rows.
+
+    Raises:
+        ValueError: every image was skipped (the message names the summary that says why).
+    """
+    summary = Path(out_dir) / SUMMARY_FILE
+    rows = attack_and_save(model, items, attack, out_dir, palette, **options)
+    write_summary(summary, rows)
+    skipped = [r["id"] for r in rows if r["skipped"]]
+    if len(skipped) == len(rows):
+        raise ValueError(f"{out_dir}: no image attacked; all {len(rows)} skipped (reasons in {summary})")
+    log.info("attacked %d images -> %s%s", len(rows) - len(skipped), out_dir,
+             f"; skipped {len(skipped)} (listed in {summary}): {', '.join(skipped[:5])}" if skipped else "")
+    return rows

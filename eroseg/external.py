@@ -34,12 +34,15 @@ import functools
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 #: The keys of an ``external`` entry; ``factory`` is the only required one.
 EXTERNAL_KEYS = ("factory", "weights", "mean", "std", "num_classes", "output_key", "pad_multiple", "kwargs")
@@ -408,3 +411,102 @@ def rebuild_external(info: Mapping, num_classes: int, where: str):
     entry["num_classes"] = int(num_classes)
     model, _ = build_external(entry, num_classes=num_classes, where=where)
     return model
+
+
+def load_model_factory(spec: str, *, dataset: str | None = None, device="cpu"):
+    """Build a model from a Python entry point ``module:function`` (``--model-factory``).
+
+    The function is called without arguments and returns an ``nn.Module`` or
+    ``(module, meta)``. ``meta`` may hold ``num_classes``, ``classes``,
+    ``dataset``, ``method``, ``seed`` (recorded like a checkpoint's metadata)
+    and the :func:`eroseg.models.wrap_model` options ``mean``, ``std``,
+    ``output_key``, ``pad_multiple``. The module is wrapped with ``wrap_model``
+    unless it already is a wrapped model. ``module`` may also be a path to a
+    ``.py`` file; the current directory is searched after ``sys.path``.
+
+    This runs code: the module is imported (its top-level code runs) and the
+    function called, with the caller's permissions; to find ``module`` the
+    current directory is appended to ``sys.path`` (for the rest of the
+    process), so a ``module.py`` lying in it is imported.
+
+    Args:
+        spec: ``"package.module:function"`` or ``"path/to/file.py:function"``.
+        dataset: dataset name; gives ``num_classes`` and ``classes`` when ``meta`` lacks them.
+        device: where the model is moved.
+
+    Returns:
+        ``(wrapped model in eval mode, meta)``.
+
+    Raises:
+        ValueError: malformed spec, module or function not found, or a factory
+            that returns something else than a module (the message names the spec).
+    """
+    from eroseg.models import SegmentationModel, wrap_model
+
+    where = f"--model-factory {spec!r}"
+    factory = import_factory(spec, where)
+    func_name = str(spec).rpartition(":")[2]
+    built, meta = split_factory_output(factory(), f"{where}: the factory")
+    wrap_opts = {k: meta.pop(k) for k in WRAP_KEYS if k in meta}
+    if dataset and "num_classes" not in meta:
+        from eroseg.data import dataset_info
+
+        info = dataset_info(dataset)
+        meta["num_classes"] = info.num_classes
+        meta.setdefault("classes", list(info.classes))
+    meta.setdefault("method", func_name)
+    meta.setdefault("seed", 0)
+    if isinstance(built, SegmentationModel):
+        model = built
+    else:
+        model = wrap_model(built, num_classes=meta.get("num_classes"), **wrap_opts)
+    return model.to(device).eval(), meta
+
+
+def import_model(entry: Mapping, *, dataset: str, method: str, seed: int, out: str | os.PathLike,
+                 where: str) -> dict:
+    """Build the model of an ``external`` entry with its weights, check it on ``dataset`` and save it as a checkpoint.
+
+    The check is a forward pass on a ``[1, 3, 64, 64]`` image: the model must
+    run and return one channel per class of the dataset.
+
+    Args:
+        entry: the ``external`` entry (``factory``, ``weights``, ... as :func:`check_external`).
+        dataset: registered dataset the model is evaluated on (its class count must match).
+        method, seed: recorded in the checkpoint.
+        out: checkpoint path (written atomically).
+        where: named in errors (the config key, or the command-line flags).
+
+    Returns:
+        The checkpoint's metadata.
+
+    Raises:
+        ValueError: the model is for another dataset or class count, its forward pass fails, or it returns
+            another number of channels (each names ``where``).
+    """
+    import torch
+
+    from eroseg.data import dataset_info
+    from eroseg.models import save_checkpoint
+
+    info = dataset_info(dataset)
+    model, built = build_external(entry, num_classes=info.num_classes, where=where)
+    classes = int(built["num_classes"] or info.num_classes)
+    if classes != info.num_classes or built.get("dataset") not in (None, dataset):
+        raise ValueError(f"{where}: the model is for {built.get('dataset') or 'a dataset'} with {classes} classes, "
+                         f"but the data is {dataset} with {info.num_classes} classes")
+    model.num_classes, declared = None, model.num_classes  # the channels are compared below, with the data's
+    try:  # a forward pass now, so that a model whose output eroseg cannot read fails here, named
+        with torch.no_grad():
+            output = model(torch.rand(1, 3, 64, 64))
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise ValueError(f"{where}: a forward pass of the model on a [1, 3, 64, 64] image failed: {err}") from None
+    model.num_classes = declared
+    if output.shape[1] != classes:
+        raise ValueError(f"{where}: the model returns {output.shape[1]} channels; the data has {classes} classes")
+    meta = {**built, "num_classes": classes, "classes": list(built.get("classes") or info.classes),
+            "dataset": dataset, "method": method, "seed": seed, "weights_file": entry.get("weights")}
+    save_checkpoint(out, model, meta)
+    log.info("%s: %s%s -> %s (%d classes)", method, entry["factory"],
+             f" with {entry['weights']}" if entry.get("weights") else "", out, classes)
+    return meta

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-IGNORE_INDEX = 255
+from eroseg.conventions import IGNORE_INDEX
 
 
 class ConfusionMatrix:

@@ -102,9 +102,14 @@ def eps_from_tag(tag: str) -> float:
     return float(tag) / 255
 
 
+def eps_in_255(eps: float) -> float:
+    """A budget in 1/255 units, to 3 decimals (``8.0`` for 8/255): how tables and figures compare and key budgets."""
+    return round(float(eps) * 255, 3)
+
+
 def eps_label(eps: float) -> str:
     """``"8/255"`` for a budget of 8/255 (as table and figure labels write it)."""
-    return f"{round(float(eps) * 255, 3):g}/255"
+    return f"{eps_in_255(eps):g}/255"
 
 
 #: Keys of the aggregate / figure specs whose values are budgets (a number or a list of them).

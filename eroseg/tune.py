@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from eroseg.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +59,61 @@ def tune(
     """
     rows = []
     candidates = grid_candidates(grid)
-    for k, cand in enumerate(candidates, 1):
-        mious = {label: float(run(model, {**base, **cand})) for label, model in models.items()}
+    for k, candidate in enumerate(candidates, 1):
+        mious = {label: float(run(model, {**base, **candidate})) for label, model in models.items()}
         mean = sum(mious.values()) / len(mious)
-        rows.append({"params": cand, "miou": mious, "mean": mean})
+        rows.append({"params": candidate, "miou": mious, "mean": mean})
         # "candidate k/N": the unit `eroseg status` counts for its progress and ETA
-        log.info("candidate %d/%d %s: mean val mIoU %.4f", k, len(candidates), cand, mean)
+        log.info("candidate %d/%d %s: mean val mIoU %.4f", k, len(candidates), candidate, mean)
     best = min(range(len(rows)), key=lambda i: (rows[i]["mean"], i))
     return {"chosen": rows[best]["params"], "candidates": rows}
+
+
+def tuned_params(params: dict, path: str | os.PathLike | None) -> dict:
+    """``params`` with the parameters that the tuning file ``path`` chose laid over them (``path`` None: unchanged).
+
+    Raises:
+        ValueError: ``path`` is not a tuning result of format :data:`TUNING_VERSION` with a ``chosen`` object
+            (names the file).
+        OSError: the file cannot be read.
+    """
+    if not path:
+        return params
+    result = read_json(path)
+    if not isinstance(result, dict) or result.get("version") != TUNING_VERSION or not isinstance(
+            result.get("chosen"), dict):
+        raise ValueError(f"{path}: not a tuning result (format {TUNING_VERSION} with a 'chosen' object); rerun the "
+                         "tuning stage")
+    return {**params, **result["chosen"]}
+
+
+def tune_attack(checkpoints: Sequence[str | os.PathLike], dataset, *, attack: str, base: dict, grid: dict,
+                batch_size: int, device, seed: int, amp: bool, max_images: int | None) -> dict:
+    """:func:`tune` of attack ``attack`` on the models of ``checkpoints``, each candidate scored by its val mIoU.
+
+    Args:
+        checkpoints: model files every candidate is run on.
+        dataset: the validation split (as :func:`eroseg.evaluate.evaluate` takes it).
+        attack: registered attack name.
+        base, grid: as :func:`tune` (numbers may be text such as ``"eps/4"``).
+        batch_size, device, seed, amp, max_images: as :func:`eroseg.evaluate.evaluate`.
+
+    Returns:
+        :func:`tune`'s result.
+    """
+    from eroseg.attacks import build_attack
+    from eroseg.evaluate import evaluate
+    from eroseg.models import load_model
+
+    models, num_classes = {}, None
+    for path in checkpoints:
+        model, meta = load_model(path, map_location=device)
+        models[str(path)] = model
+        num_classes = int(meta["num_classes"])
+
+    def val_miou(model, params: dict) -> float:
+        result = evaluate(model, dataset, num_classes, attack=build_attack(attack, {**params, "amp": amp}),
+                          batch_size=batch_size, device=device, seed=seed, amp=amp, max_images=max_images)
+        return result["metrics"]["miou"]
+
+    return tune(models, val_miou, base, grid)

@@ -11,6 +11,7 @@ from eroseg.attacks import (
     REGISTRY,
     AttackSpec,
     apgd,
+    attack_has_components,
     attack_parameters,
     attack_uses_steps,
     create_attack,
@@ -19,20 +20,22 @@ from eroseg.attacks import (
     sea,
 )
 from eroseg.attacks.apgd import (
-    LOSSES,
-    TRACK_LOSSES,
     ApgdRules,
     apgd_checkpoint_fractions,
     apgd_checkpoints,
+    halving_rule,
+    radius_parts,
+)
+from eroseg.attacks.losses import (
+    LOSSES,
     balanced_ce_loss,
     ce_loss,
     eroseg_loss,
-    halving_rule,
     image_loss,
     js_loss,
     masked_ce_loss,
     masked_spherical_loss,
-    radius_parts,
+    resolve_loss_params,
 )
 from eroseg.attacks.sea import SEA_LOSSES
 
@@ -400,8 +403,9 @@ def test_callback_contents_and_counts():
 
 def test_tracking_loss_pairing_and_its_effect():
     """SEA's reference pairing by default; tracking another loss changes the restarts, not the steps' loss."""
-    assert TRACK_LOSSES == {"ce": "ce", "masked_ce": "ce", "balanced_ce": "ce", "js": "ce",
-                            "masked_spherical": "spherical", "eroseg": "ce", "spherical": "spherical"}
+    tracked = {name: spec.track for name, spec in LOSSES.items()}
+    assert tracked == {"ce": "ce", "masked_ce": "ce", "balanced_ce": "ce", "js": "ce",
+                       "masked_spherical": "spherical", "eroseg": "ce", "spherical": "spherical"}
     model, x, y = setup(batch=2, seed=3)
     runs = {}
     for track in (None, "ce", "masked_ce"):
@@ -501,7 +505,7 @@ def test_registry_apgd_and_sea():
     ("apgd", dict(rho=-0.1), ValueError, r"rho must be in \[0, 1\]"),
     ("apgd", dict(initial_step=0), ValueError, "initial_step must be a finite number > 0"),
     ("apgd", dict(radius_schedule="yes"), TypeError, "radius_schedule must be a bool"),
-    ("apgd", dict(loss="eroseg", kernel_size=2), ValueError, "kernel_size must be an odd integer"),
+    ("apgd", dict(loss="eroseg", loss_params={"kernel_size": 2}), ValueError, "kernel_size must be an odd integer"),
     ("apgd", dict(steps=0), ValueError, "steps must be an integer >= 1"),
     ("apgd", dict(norm="l1"), ValueError, "norm must be one of"),
     ("sea", dict(losses=[]), ValueError, "losses must name at least one"),
@@ -513,6 +517,13 @@ def test_registry_apgd_and_sea():
     ("apgd", dict(track_loss="bogus"), ValueError, "track_loss must be one of ce, masked_ce"),
     ("apgd", dict(rules="paper"), ValueError, "rules must be one of default, reference or an ApgdRules; got 'paper'"),
     ("sea", dict(rules=ApgdRules(checkpoints="x")), ValueError, "rules.checkpoints must be 'paper' or 'reference'"),
+    ("apgd", dict(loss="ce", loss_params={"q0": 0.4}), ValueError,
+     r"loss 'ce' has no parameter\(s\) \['q0'\]; valid: none"),
+    ("apgd", dict(loss="eroseg", loss_params={"q": 0.4}), ValueError, "valid: q0, schedule, kernel_size"),
+    ("apgd", dict(loss="eroseg", loss_params=[0.4]), TypeError, "loss_params must be a dict"),
+    ("sea", dict(loss_params={"eroseg": {"q0": 0.4}}), ValueError, r"loss_params names \['eroseg'\], which are not"),
+    ("sea", dict(losses=["js", "eroseg"], loss_params={"eroseg": {"q0": 2.0}}), ValueError, "q0 must be in"),
+    ("sea", dict(loss_params=[1]), TypeError, "loss_params must be a dict from component loss"),
 ])
 def test_bad_parameters_are_named(name, bad, exc, match):
     model, x, y = setup(batch=1)
@@ -520,6 +531,31 @@ def test_bad_parameters_are_named(name, bad, exc, match):
         create_attack(name, **bad)
     with pytest.raises(exc, match=match):  # ... and when the function is called directly
         ATTACKS[name](model, x, y, **bad)
+
+
+def test_loss_params_reach_the_loss_in_apgd_and_in_a_sea_component():
+    """EroSeg's parameters given as loss_params change the run; SEA hands its component the same ones as APGD."""
+    model, x, y = setup(batch=2, seed=4)
+    params = {"q0": 0.6, "kernel_size": 5, "gamma": 0.3}
+    assert resolve_loss_params("eroseg", params) == {"q0": 0.6, "schedule": "linear", "kernel_size": 5,
+                                                     "gamma": 0.3, "front": True, "selection": True}
+    assert resolve_loss_params("masked_ce", None) == {}
+
+    def run_apgd(loss_params):
+        return apgd(model, x, y, eps=4 / 255, steps=6, loss="eroseg", loss_params=loss_params, radius_schedule=True,
+                    generator=gen())
+
+    tuned = run_apgd(params)
+    assert not torch.equal(tuned, run_apgd(None))  # the parameters change the iterates
+    component = sea(model, x, y, eps=4 / 255, steps=6, losses=["eroseg"], loss_params={"eroseg": params},
+                    generator=gen())
+    assert torch.equal(component, tuned)
+
+
+def test_only_sea_reports_components_and_the_registry_says_so():
+    """has_components comes from the component_callback parameter: SEA's losses are kept per image, no others."""
+    assert [name for name, spec in REGISTRY.items() if spec.has_components] == ["sea"]
+    assert attack_has_components("sea") and not attack_has_components("apgd")
 
 
 def test_registry_entries_cannot_drift_from_their_signatures():
@@ -546,30 +582,3 @@ def test_registry_entries_cannot_drift_from_their_signatures():
         spec.validate({"eps": 0.1, "steps": 0, "depth": 2})
     with pytest.raises(ValueError, match="already registered"):
         register_attack("pgd", atk, check_depth)
-
-
-# ----------------------------------------------------------------------- GPU
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.parametrize("name", ["apgd", "sea"])
-@pytest.mark.parametrize("norm", ["linf", "l2"])
-@pytest.mark.parametrize("radius_schedule", [False, True])
-def test_cuda_no_host_sync(name, norm, radius_schedule):
-    """On CUDA: outputs on the device, within budget, bf16 autocast, and no host-device synchronisation."""
-    model, x, y = setup(batch=2)
-    model, x, y = model.cuda(), x.cuda(), y.cuda()
-    extra = {"losses": ("masked_ce", "balanced_ce", "js", "masked_spherical", "eroseg")} if name == "sea" else \
-        {"loss": "eroseg"}
-    # Without the early stop, whose flag is the one host read per iteration.
-    atk = create_attack(name, eps=EPS[norm], steps=6, norm=norm, radius_schedule=radius_schedule, amp=True,
-                        rules=ApgdRules(early_stop="off"), **extra)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    atk(model, x, y, generator=g)  # warm-up
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        adv = atk(model, x, y, generator=g)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    assert adv.is_cuda and adv.dtype == x.dtype
-    assert size_of(adv - x, norm).max() <= EPS[norm] + 1e-6 and adv.min() >= 0 and adv.max() <= 1

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eroseg.cli import _eval_files, _json_arg, _settings, _spec_arg, build_parser, default_method, main, parse_number
+from eroseg.cli import _eval_files, _json_arg, _spec_arg, default_method, main, parse_number
 from eroseg.data import generate_synthetic
+from eroseg.evaluate import parse_settings
 from eroseg.models import create_model, load_checkpoint, save_checkpoint
 from tests.conftest import TINY_UNET as MODEL_CFG
 
@@ -170,8 +171,7 @@ def test_counts_below_one_are_refused_not_replaced(setup, tmp_path, capsys, flag
     assert not (tmp_path / "o.json").exists()
     settings = [{"attack": "fgsm", "params": {"eps": "4/255"}, "restarts": 0, "out": str(tmp_path / "o.json")}]
     with pytest.raises(ValueError, match=r"--settings\[0\].restarts must be an integer >= 1, got 0"):
-        _settings(build_parser().parse_args(["evaluate", "--checkpoint", str(ckpt), "--dataset", "synthetic",
-                                             "--root", str(root), "--settings", json.dumps(settings)]))
+        parse_settings(json.dumps(settings), {})
 
 
 def test_evaluate_and_prepare_refuse_an_image_above_the_pixel_budget_naming_it(setup, tmp_path, caplog):

@@ -6,6 +6,7 @@ from eroseg.numbers import (
     budget_text,
     budgets_as_numbers,
     budgets_as_text,
+    eps_in_255,
     eps_label,
     eps_tag,
     parse_number,
@@ -43,6 +44,8 @@ def test_budget_above_pixel_range_gets_the_1_over_255_hint():
 def test_eps_tag_and_label():
     assert eps_tag("8/255") == "8" and eps_tag(0.5 / 255) == "0.5" and eps_tag(1) == "255"
     assert eps_label(4 / 255) == "4/255"
+    assert eps_in_255(8 / 255) == 8.0 and eps_in_255(0.5 / 255) == 0.5 and eps_in_255(1 / 3) == 85.0
+    assert eps_in_255(0.00123) == 0.314 and eps_label(0.00123) == "0.314/255"
 
 
 def test_relative_step_size_by_zero():

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from eroseg.attacks import apgd, sea
-from eroseg.attacks.apgd import TRACK_LOSSES, pixel_loss
+from eroseg.attacks.losses import LOSSES, pixel_loss
 from eroseg.attacks.sea import SEA_LOSSES
 
 VOID = 255
@@ -200,7 +200,7 @@ def _steps(steps):
 def test_apgd_matches_the_reference_update_rule(loss, steps):
     model, x, y = problem(seed=1)
     seen, ours = [], []
-    ref = ref_apgd_train(model, x, y, EPS, steps, loss, TRACK_LOSSES[loss], None, seen)
+    ref = ref_apgd_train(model, x, y, EPS, steps, loss, LOSSES[loss].track, None, seen)
     adv = apgd(model, x, y, eps=EPS, steps=steps, loss=loss, random_start=False, rules="reference",
                callback=lambda info: ours.append(info["images"]))
     _close(ours, seen)

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from eroseg.attacks import create_attack
-from eroseg.cli import load_model_factory, main
+from eroseg.cli import main
 from eroseg.data import generate_synthetic
+from eroseg.external import load_model_factory
 from eroseg.models import IMAGENET_MEAN, IMAGENET_STD, SegmentationModel, wrap_model
 
 EPS = 8 / 255

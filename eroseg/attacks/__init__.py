@@ -36,7 +36,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from eroseg.attacks.apgd import LOSSES, apgd, check_apgd_params
+from eroseg.attacks.apgd import apgd, check_apgd_params
 from eroseg.attacks.core import (
     COMMON_PARAMETERS,
     INPUTS,
@@ -48,10 +48,15 @@ from eroseg.attacks.core import (
 from eroseg.attacks.cospgd import cospgd
 from eroseg.attacks.eroseg import check_eroseg_params, eroseg
 from eroseg.attacks.fgsm import check_fgsm_params, fgsm
+from eroseg.attacks.losses import LOSSES
 from eroseg.attacks.pgd import pgd
 from eroseg.attacks.sea import SEA_LOSSES, check_sea_params, sea
 from eroseg.attacks.segpgd import segpgd
 from eroseg.attacks.worst_case import worst_case_attack
+from eroseg.numbers import resolve_attack_params
+
+#: The parameter through which an attack with parts (SEA) reports each part's adversarial images.
+COMPONENT_CALLBACK = "component_callback"
 
 
 def _keyword_names(fn: Callable) -> tuple[str, ...]:
@@ -69,6 +74,9 @@ class AttackSpec:
             for bad values of the parameters it names (keyword-only), or None
             when every parameter is a common one.
         single_step: the attack always takes exactly one step (``steps`` must be 1).
+        has_components (property): the attack reports the result of each of
+            its parts through a ``component_callback(name, adv)`` parameter
+            (SEA: one per loss), which an evaluation keeps.
 
     Raises:
         TypeError: at construction, when ``check`` names a parameter ``fn``
@@ -91,6 +99,11 @@ class AttackSpec:
         if unchecked:
             raise TypeError(f"attack {self.name!r}: parameter(s) {unchecked} of {self.fn.__name__}() are checked "
                             f"neither by the common check nor by the entry's own check; add them to its check")
+
+    @property
+    def has_components(self) -> bool:
+        """Whether ``fn`` takes a ``component_callback`` (it has parts whose results an evaluation keeps)."""
+        return COMPONENT_CALLBACK in _keyword_names(self.fn)
 
     def own_parameters(self) -> tuple[str, ...]:
         """Names of the parameters the entry's own check validates."""
@@ -182,6 +195,29 @@ def attack_uses_steps(name: str) -> bool:
     return not _lookup(name).single_step
 
 
+def attack_has_components(name: str) -> bool:
+    """Whether attack ``name`` reports its parts (:attr:`AttackSpec.has_components`).
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones).
+    """
+    return _lookup(name).has_components
+
+
+def build_attack(name: str | None, params: Mapping[str, Any]) -> Callable | None:
+    """:func:`create_attack` from a config's or command line's values; None for no attack (``None``, ``"none"``).
+
+    Budgets given as text (``eps: "8/255"``, ``step_size: "eps/4"``) are
+    turned into numbers first (:func:`eroseg.numbers.resolve_attack_params`).
+
+    Raises:
+        ValueError, TypeError: as :func:`create_attack`, or a budget that does not parse.
+    """
+    if not name or name == "none":
+        return None
+    return create_attack(name, **resolve_attack_params(dict(params)))
+
+
 def create_attack(name: str, **params: Any) -> Callable:
     """Bind ``params`` to attack ``name``, checking names and values now rather than at the first batch.
 
@@ -216,9 +252,11 @@ __all__ = [
     "REGISTRY",
     "SEA_LOSSES",
     "apgd",
+    "attack_has_components",
     "attack_parameters",
     "attack_spec",
     "attack_uses_steps",
+    "build_attack",
     "cospgd",
     "create_attack",
     "eroseg",

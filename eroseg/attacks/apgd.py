@@ -1,5 +1,9 @@
 """APGD for segmentation: step-size-free PGD with momentum and per-image step halving, with the losses of SEA.
 
+The losses and their registry are :mod:`eroseg.attacks.losses`; APGD takes a
+loss name and that loss's parameters (``loss="eroseg", loss_params={"q0":
+0.4}``).
+
 Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble
 of diverse parameter-free attacks", ICML 2020. https://arxiv.org/abs/2003.01690
 Losses and progressive radius reduction from Croce et al., "Towards Reliable
@@ -46,7 +50,8 @@ choices (checkpoint rule, momentum and counting after a restart, condition 2
 at ``w_1``, ``<`` or ``<=``, best-iterate ties, void pixels) are
 :class:`ApgdRules`; the defaults are the reference code's except two with no
 measured effect (docs/sea_reference.md). The restarts and halving track
-``track_loss`` (default :data:`TRACK_LOSSES`, the reference's pairing), not
+``track_loss`` (default: the loss's ``track`` in
+:data:`eroseg.attacks.losses.LOSSES`, the reference's pairing), not
 necessarily the attack loss.
 
 Best iterate (``best_iterate=True``): per image, the iterate with the lowest
@@ -76,7 +81,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from eroseg.attacks.core import (
     BestIterate,
@@ -91,239 +95,15 @@ from eroseg.attacks.core import (
     random_init,
     step,
 )
-from eroseg.attacks.eroseg import check_eroseg_params, eroseg_masks, quantile_schedule
-from eroseg.attacks.segpgd import segpgd_weights
+from eroseg.attacks.losses import LOSSES, check_loss_name, pixel_loss, resolve_loss_params
+from eroseg.conventions import DEFAULT_EPS, DEFAULT_STEPS, IGNORE_INDEX
 
 #: Radii of the three parts of the progressive radius schedule, in units of eps.
 RADIUS_FACTORS = (2.0, 1.5, 1.0)
 
-_LOG2 = math.log(2.0)
-
-#: EroSeg's switches among APGD's parameters; every APGD run gets them as ``eroseg_switches``.
-EROSEG_SWITCHES = ("q0", "schedule", "kernel_size", "gamma", "front", "selection")
-
 #: Parameters of :func:`apgd` and SEA that every one of their APGD runs gets unchanged.
 _RUN_OPTIONS = ("eps", "steps", "norm", "random_start", "ignore_index", "targeted", "best_iterate", "generator", "amp",
                 "radius_schedule", "momentum", "initial_step", "rho", "rules")
-
-
-# --------------------------------------------------------------------- losses
-def _safe_labels(labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    # Any class at void pixels (so gathers stay in range); their loss is zeroed by the caller.
-    return torch.where(valid, labels, torch.zeros_like(labels)).unsqueeze(1)
-
-
-def _todo(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, targeted: bool,
-          pred: torch.Tensor | None) -> torch.Tensor:
-    """Valid pixels the attack still has to flip: correctly classified (targeted: not yet at the target)."""
-    pred = class_map(logits) if pred is None else pred
-    hit = pred == labels
-    return valid & (~hit if targeted else hit)
-
-
-def ce_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, **_) -> torch.Tensor:
-    """Cross-entropy ``-log p_y`` on every valid pixel.
-
-    Args:
-        logits: ``[B, C, H, W]``.
-        labels: ``[B, H, W]`` int64.
-        valid: ``[B, H, W]`` bool, False at void pixels.
-
-    Returns:
-        ``[B, H, W]``; 0 at void pixels.
-    """
-    # The fused cross_entropy (log_softmax + nll) has a cheaper backward than a gather of log_softmax.
-    return F.cross_entropy(logits, _safe_labels(labels, valid).squeeze(1), reduction="none") * valid
-
-
-def masked_ce_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, *, targeted: bool = False,
-                   pred: torch.Tensor | None = None, **_) -> torch.Tensor:
-    """Masked CE (Croce et al. 2024): cross-entropy on the pixels still correctly classified, 0 elsewhere.
-
-    The mask (``argmax u == y``) is recomputed at every iterate and carries no
-    gradient, so the attack spends its whole budget on pixels not yet fooled.
-    An image without a correct pixel has loss 0. Targeted: the mask is the
-    pixels not yet predicted as their target (the loss is then minimised).
-
-    Args:
-        logits: ``[B, C, H, W]``.
-        labels: ``[B, H, W]`` (targets when ``targeted``).
-        valid: ``[B, H, W]`` bool.
-        targeted: targeted mask (above).
-        pred: ``class_map(logits)`` if already computed.
-
-    Returns:
-        ``[B, H, W]``.
-    """
-    return ce_loss(logits, labels, valid) * _todo(logits, labels, valid, targeted, pred)
-
-
-def balanced_ce_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, *, t: int = 0,
-                     steps: int = 1, targeted: bool = False, **_) -> torch.Tensor:
-    """Balanced CE (SegPGD's weighting, as in SEA): ``(1 - lambda_t)`` CE on correct pixels, ``lambda_t`` on wrong ones.
-
-    ``lambda_t = t / (2T)`` (:func:`eroseg.attacks.segpgd.segpgd_lambda`), with
-    ``t`` the index of the iterate (0 at the start) and ``T`` the iterations of
-    the run (or of the current radius part), so the weight moves from the
-    correct pixels (``lambda_0 = 0``) to an even split (``lambda_T = 1/2``).
-    Targeted: ``1 - lambda_t`` on the pixels not yet at their target.
-
-    Args:
-        logits: ``[B, C, H, W]``.
-        labels: ``[B, H, W]``.
-        valid: ``[B, H, W]`` bool.
-        t: iterate index.
-        steps: ``T``.
-        targeted: targeted roles.
-
-    Returns:
-        ``[B, H, W]``.
-    """
-    w, _ = segpgd_weights(t, steps, logits.detach(), labels, valid, targeted=targeted)
-    return ce_loss(logits, labels, valid) * w
-
-
-def js_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, **_) -> torch.Tensor:
-    """Jensen-Shannon divergence between ``softmax(u)`` and ``onehot(y)``, summed over classes, per valid pixel.
-
-    ``JS(p, q) = (KL(p || m) + KL(q || m)) / 2`` with ``m = (p + q) / 2`` and
-    ``q = onehot(y)``. With ``q`` one-hot the sum over classes depends on
-    ``p_y`` only: ``JS = log 2 + (p_y log p_y - (1 + p_y) log(1 + p_y)) / 2``,
-    which is what is computed (``log p_y`` from the fused cross-entropy, so it
-    is finite and smooth for every logit). It is 0 when ``p_y = 1`` and at most ``log 2``
-    (``p_y = 0``): unlike CE it saturates, so pixels that are already fooled
-    cannot dominate the loss.
-
-    Args:
-        logits: ``[B, C, H, W]``.
-        labels: ``[B, H, W]``.
-        valid: ``[B, H, W]`` bool.
-
-    Returns:
-        ``[B, H, W]``, in ``[0, log 2]``; 0 at void pixels.
-    """
-    log_py = -F.cross_entropy(logits, _safe_labels(labels, valid).squeeze(1), reduction="none")
-    py = log_py.exp()
-    js = _LOG2 + 0.5 * (py * log_py - (1 + py) * torch.log1p(py))
-    return js * valid
-
-
-def masked_spherical_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, *,
-                          targeted: bool = False, pred: torch.Tensor | None = None, **_) -> torch.Tensor:
-    """Masked spherical loss (Croce et al. 2024): ``-<u / ||u||_2, onehot(y)> = -u_y / ||u||_2`` on correct pixels.
-
-    Minus the true class's logit after normalising the logit vector to unit
-    length, on the pixels still correctly classified (mask detached, 0
-    elsewhere). Maximising it lowers the true class's normalised logit; the
-    normalisation keeps pixels with large logits from dominating. The
-    gradient flows through ``||u||`` too (as in the reference code).
-    Targeted: on the pixels not yet at their target (the loss is then
-    minimised, which raises the target's normalised logit).
-
-    Args:
-        logits: ``[B, C, H, W]``.
-        labels: ``[B, H, W]``.
-        valid: ``[B, H, W]`` bool.
-        targeted: targeted mask.
-        pred: ``class_map(logits)`` if already computed.
-
-    Returns:
-        ``[B, H, W]``, in ``[-1, 1]``; 0 off the mask.
-    """
-    u_y = logits.gather(1, _safe_labels(labels, valid)).squeeze(1)
-    # sqrt(sum(u^2)) rather than linalg.vector_norm over dim 1: much faster on CPU for NCHW tensors.
-    norm = logits.square().sum(1).clamp_min(torch.finfo(logits.dtype).tiny).sqrt()
-    return -(u_y / norm) * _todo(logits, labels, valid, targeted, pred)
-
-
-def spherical_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, **_) -> torch.Tensor:
-    """Unmasked spherical loss: ``-u_y / ||u||_2`` on every valid pixel (the reference's ``norm-corrlog-avg``).
-
-    :func:`masked_spherical_loss` without the mask. SEA's reference tracks it
-    (restarts, step halving) in its masked-spherical run: unlike the masked
-    loss, it does not drop to 0 on the pixels already fooled, so its value
-    compares iterates fooling different pixels.
-
-    Args:
-        logits, labels, valid: as :func:`ce_loss`.
-
-    Returns:
-        ``[B, H, W]``, in ``[-1, 1]``; 0 at void pixels.
-    """
-    u_y = logits.gather(1, _safe_labels(labels, valid)).squeeze(1)
-    norm = logits.square().sum(1).clamp_min(torch.finfo(logits.dtype).tiny).sqrt()
-    return -(u_y / norm) * valid
-
-
-def eroseg_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, *, t: int = 0, steps: int = 1,
-                targeted: bool = False, q0: float = 0.2, schedule: str = "linear", kernel_size: int = 3,
-                gamma: float = 0.0, front: bool = True, selection: bool = True, **_) -> tuple[torch.Tensor, dict]:
-    """EroSeg's per-pixel weights times CE (:func:`eroseg.attacks.eroseg.eroseg_masks`), weights detached.
-
-    Weight 1 on the sensitive pixels ``S_t`` and the erosion front ``E_t``,
-    ``gamma`` on fooled pixels, 0 elsewhere, with ``q_t`` rising from ``q0``
-    to 1 over the ``steps + 1`` iterates ``t = 0..steps`` (the last iterate
-    uses ``q = 1``).
-
-    Args:
-        logits, labels, valid: as :func:`ce_loss`.
-        t: iterate index.
-        steps: iterations ``T`` of the run (or radius part).
-        targeted: targeted roles.
-        q0, schedule, kernel_size, gamma, front, selection: EroSeg's switches
-            (:func:`eroseg.attacks.eroseg.eroseg`).
-
-    Returns:
-        ``(loss [B, H, W], masks)``: the masks of :func:`eroseg_masks`
-        (``weights`` included).
-    """
-    with torch.no_grad():
-        q = quantile_schedule(t, steps + 1, q0, schedule)
-        weights, masks = eroseg_masks(logits.detach(), labels, valid, q=q, kernel_size=kernel_size, gamma=gamma,
-                                      front=front, selection=selection, targeted=targeted)
-    masks["weights"] = weights
-    return ce_loss(logits, labels, valid) * weights, masks
-
-
-#: APGD's losses by name: ``fn(logits, labels, valid, *, t, steps, targeted, pred, **eroseg_switches)``
-#: -> per-pixel loss ``[B, H, W]`` (``eroseg``: ``(loss, masks)``).
-LOSSES: dict[str, Callable] = {
-    "ce": ce_loss,
-    "masked_ce": masked_ce_loss,
-    "balanced_ce": balanced_ce_loss,
-    "js": js_loss,
-    "masked_spherical": masked_spherical_loss,
-    "eroseg": eroseg_loss,
-    "spherical": spherical_loss,
-}
-
-#: The loss APGD tracks (restarts from the best point, step halving) for each attack loss, as SEA's reference
-#: pairs them (``tools/infer.py``: plain CE, except the unmasked normalised true-class logit for the masked
-#: spherical loss). The masked and re-weighted losses change their pixel weights between iterates, so their
-#: values do not rank iterates; CE (or the unmasked spherical loss) does. ``eroseg`` weights CE by masks that
-#: change with the iterate (as ``masked_ce`` and ``balanced_ce`` do), so it tracks CE too.
-TRACK_LOSSES: dict[str, str] = {
-    "ce": "ce",
-    "masked_ce": "ce",
-    "balanced_ce": "ce",
-    "js": "ce",
-    "masked_spherical": "spherical",
-    "eroseg": "ce",
-    "spherical": "spherical",
-}
-
-
-def pixel_loss(name: str, logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, **kw) -> tuple[
-        torch.Tensor, dict]:
-    """Per-pixel loss ``name`` of :data:`LOSSES` and its masks (empty except for ``eroseg``)."""
-    out = LOSSES[name](logits, labels, valid, **kw)
-    return out if isinstance(out, tuple) else (out, {})
-
-
-def image_loss(pixel: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Per-image mean of a per-pixel loss over the image's valid pixels: ``[B, H, W]`` -> ``[B]`` (0 without any)."""
-    n = valid.flatten(1).sum(1).clamp_min(1)
-    return pixel.flatten(1).sum(1) / n
 
 
 # ----------------------------------------------------------------- schedules
@@ -506,12 +286,6 @@ def _check_unit(name: str, value, what: str) -> None:
         raise ValueError(f"{name} must be in [0, 1] ({what}), got {value!r}")
 
 
-def check_loss_name(loss, key: str = "loss") -> None:
-    """Raise ``ValueError`` naming the valid losses if ``loss`` is not a key of :data:`LOSSES`."""
-    if not isinstance(loss, str) or loss not in LOSSES:
-        raise ValueError(f"{key} must be one of {', '.join(LOSSES)}; got {loss!r}")
-
-
 def check_rules(rules) -> None:
     """Raise naming the valid choices unless ``rules`` is a name of :data:`NAMED_RULES` or a valid ApgdRules."""
     if isinstance(rules, ApgdRules):
@@ -524,20 +298,13 @@ def check_rules(rules) -> None:
         raise ValueError(f"rules must be one of {', '.join(NAMED_RULES)} or an ApgdRules; got {rules!r}")
 
 
-def check_apgd_params(*, loss: str, track_loss: str | None, rules, momentum: float, initial_step: float, rho: float,
-                      radius_schedule: bool, q0: float, schedule: str, kernel_size: int, gamma: float, front: bool,
-                      selection: bool) -> None:
-    """Validate APGD's own parameters (EroSeg's switches are checked whatever the loss).
+def check_apgd_options(*, rules, momentum: float, initial_step: float, rho: float, radius_schedule: bool) -> None:
+    """Validate the APGD options that :func:`apgd` and SEA share (not the loss).
 
     Raises:
         TypeError: wrong type (e.g. ``momentum="0.75"``, ``radius_schedule="yes"``).
-        ValueError: unknown loss or tracking loss (lists the valid ones), unknown
-            ``rules``, ``momentum`` or ``rho`` outside [0, 1], ``initial_step <= 0``,
-            or a bad EroSeg switch.
+        ValueError: unknown ``rules``, ``momentum`` or ``rho`` outside [0, 1], ``initial_step <= 0``.
     """
-    check_loss_name(loss)
-    if track_loss is not None:
-        check_loss_name(track_loss, key="track_loss")
     check_rules(rules)
     _check_unit("momentum", momentum, "weight of the new step; 1 = no momentum")
     _check_unit("rho", rho, "share of loss-raising steps below which the step is halved")
@@ -549,8 +316,23 @@ def check_apgd_params(*, loss: str, track_loss: str | None, rules, momentum: flo
     if not isinstance(radius_schedule, bool):
         raise TypeError(f"radius_schedule must be a bool (True/False), got {type(radius_schedule).__name__} "
                         f"{radius_schedule!r}")
-    check_eroseg_params(q0=q0, schedule=schedule, kernel_size=kernel_size, gamma=gamma, front=front,
-                        selection=selection)
+
+
+def check_apgd_params(*, loss: str, loss_params: Mapping[str, Any] | None, track_loss: str | None, rules,
+                      momentum: float, initial_step: float, rho: float, radius_schedule: bool) -> None:
+    """Validate APGD's own parameters: the loss, its parameters, the tracked loss and the shared options.
+
+    Raises:
+        TypeError: wrong type (e.g. ``momentum="0.75"``, ``radius_schedule="yes"``, ``loss_params=[...]``).
+        ValueError: unknown loss or tracking loss (lists the valid ones), a parameter the loss does not take
+            or a bad value of one (:func:`eroseg.attacks.losses.resolve_loss_params`), unknown ``rules``,
+            ``momentum`` or ``rho`` outside [0, 1], ``initial_step <= 0``.
+    """
+    resolve_loss_params(loss, loss_params)
+    if track_loss is not None:
+        check_loss_name(track_loss, key="track_loss")
+    check_apgd_options(rules=rules, momentum=momentum, initial_step=initial_step, rho=rho,
+                       radius_schedule=radius_schedule)
 
 
 def checked_run_options(arguments: Mapping[str, Any], check_own: Callable[..., None]) -> dict:
@@ -566,16 +348,15 @@ def checked_run_options(arguments: Mapping[str, Any], check_own: Callable[..., N
             :func:`eroseg.attacks.sea.check_sea_params`.
 
     Returns:
-        Keyword arguments of :func:`run_apgd` but ``loss`` and ``callback``:
-        ``eps``, ``steps``, ``norm``, ``random_start``, ``ignore_index``,
-        ``targeted``, ``best_iterate``, ``generator``, ``amp``,
-        ``radius_schedule``, ``momentum``, ``initial_step``, ``rho``, ``rules`` (an :class:`ApgdRules`) and
-        ``eroseg_switches`` (``q0`` ... ``selection`` in a dict).
+        Keyword arguments of :func:`run_apgd` but ``loss``, ``loss_params``,
+        ``track_loss`` and ``callback``: ``eps``, ``steps``, ``norm``,
+        ``random_start``, ``ignore_index``, ``targeted``, ``best_iterate``,
+        ``generator``, ``amp``, ``radius_schedule``, ``momentum``,
+        ``initial_step``, ``rho``, ``rules`` (an :class:`ApgdRules`).
     """
     check_attack_arguments(arguments, check_own)
     options = {name: arguments[name] for name in _RUN_OPTIONS}
     options["rules"] = resolve_rules(options["rules"])
-    options["eroseg_switches"] = {name: arguments[name] for name in EROSEG_SWITCHES}
     return options
 
 
@@ -620,8 +401,115 @@ class _PartBest(BestIterate):
         return bool((done | self.empty).all())
 
 
-def _apgd_part(model, x, y, valid, delta, *, radius, steps, norm, loss, track_loss, loss_kw, targeted, momentum,
-               initial_step, rho, rules, early_stop, use_amp, callback,
+class _IterateEvaluator:
+    """Evaluates the iterates of one APGD part: forward pass, attack loss and its gradient, tracked loss.
+
+    Each call also updates the part's lowest-accuracy iterate (``best``) and
+    calls the attack's callback. The per-image objective is the loss's mean
+    over the image's valid pixels, negated when targeted, so that APGD always
+    maximises it.
+    """
+
+    def __init__(self, model, x, y, valid, best: _PartBest, *, radius: float, steps: int, loss: str,
+                 loss_params: dict, track_loss: str, targeted: bool, use_amp: bool,
+                 callback: Callable[[dict], None] | None, step0: int):
+        self.model, self.x, self.y, self.valid, self.best = model, x, y, valid, best
+        self.radius, self.steps, self.targeted, self.use_amp = radius, steps, targeted, use_amp
+        self.loss, self.loss_params, self.track_loss = loss, loss_params, track_loss
+        self.track_params = loss_params if track_loss == loss else resolve_loss_params(track_loss, None)
+        self.callback, self.step0 = callback, step0
+        self.n_valid = valid.flatten(1).sum(1).clamp_min(1)
+        self.sign = -1.0 if targeted else 1.0
+
+    def __call__(self, delta: torch.Tensor, t: int, need_grad: bool,
+                 step_size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Iterate ``x + delta`` (iterate index ``t``) -> ``(tracked objective [B], gradient or None, score [B])``."""
+        delta = delta.detach().requires_grad_(need_grad)
+        with torch.set_grad_enabled(need_grad):
+            adv = self.x + delta
+            logits = _forward(self.model, adv, self.use_amp)
+            if t == 0 and self.step0 == 0:
+                check_logits(logits, self.y)
+            with torch.no_grad():
+                pred = class_map(logits)
+            context = dict(t=t, steps=self.steps, targeted=self.targeted, pred=pred)
+            pixels, masks = pixel_loss(self.loss, logits, self.y, self.valid, **context, **self.loss_params)
+            objective = self.sign * pixels.flatten(1).sum(1) / self.n_valid
+            grad = torch.autograd.grad(objective.sum(), delta)[0] if need_grad else None
+        with torch.no_grad():
+            if self.track_loss == self.loss:
+                tracked = objective.detach()
+            else:
+                track_pixels, _ = pixel_loss(self.track_loss, logits.detach(), self.y, self.valid, **context,
+                                             **self.track_params)
+                tracked = self.sign * track_pixels.flatten(1).sum(1) / self.n_valid
+            score = self.best.update(adv, pred, t)
+            if self.callback is not None:
+                self.callback({
+                    "step": self.step0 + t, "logits": logits.detach(), "weights": masks.pop("weights", None),
+                    "fooled": fooled_mask(logits.detach(), self.y, self.valid, self.targeted),
+                    "images": adv.detach(), "radius": self.radius, "step_size": step_size.view(-1).clone(),
+                    "loss": tracked, "attack_loss": objective.detach(), **masks})
+        return tracked, grad, score
+
+
+class _StepSizeControl:
+    """APGD's per-image step size and its restarts from the highest-loss point (module docstring).
+
+    Holds the step size ``eta``, the highest tracked loss seen with its
+    perturbation and gradient, and the counts that :func:`halving_rule`
+    reads at each checkpoint.
+    """
+
+    def __init__(self, objective: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, step_size: torch.Tensor,
+                 rules: ApgdRules, rho: float):
+        self.rules, self.rho, self.eta = rules, rho, step_size
+        self.loss_best, self.delta_best, self.grad_best = objective.clone(), delta.clone(), grad.clone()
+        # The loss the first step is compared with: the start's (reference: 0, see ApgdRules).
+        self.loss_prev = objective.clone() if rules.first_count_from_start else torch.zeros_like(objective)
+        self.n_up = torch.zeros(objective.shape[0], device=objective.device)
+        self.best_at_check = self.loss_best.clone()
+        # "halved at the last checkpoint": False lets condition 2 act at the first checkpoint (paper).
+        self.halved_at_check = torch.full(objective.shape, not rules.condition2_at_first_check, dtype=torch.bool,
+                                          device=objective.device)
+        self.last_check = 0
+
+    def record(self, objective: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor) -> None:
+        """Count a loss-raising iteration and keep the highest-loss point."""
+        self.n_up += (objective > self.loss_prev).float()
+        self.loss_prev = objective
+        improved = objective > self.loss_best
+        shape = (-1,) + (1,) * (delta.dim() - 1)
+        self.loss_best = torch.where(improved, objective, self.loss_best)
+        self.delta_best = torch.where(improved.view(shape), delta, self.delta_best)
+        self.grad_best = torch.where(improved.view(shape), grad, self.grad_best)
+
+    def checkpoint(self, iteration: int, delta: torch.Tensor, grad: torch.Tensor,
+                   delta_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """At a checkpoint: halve ``eta`` and restart from the best point where :func:`halving_rule` says so.
+
+        Returns:
+            ``(delta, grad, delta_prev)`` to continue from.
+        """
+        rules = self.rules
+        halve = halving_rule(self.n_up, iteration - self.last_check, self.rho, self.halved_at_check,
+                             self.loss_best, self.best_at_check, strict=rules.strict_condition1)
+        halve_image = halve.view((-1,) + (1,) * (delta.dim() - 1))
+        self.eta = torch.where(halve_image, self.eta / 2, self.eta)
+        delta = torch.where(halve_image, self.delta_best, delta)
+        grad = torch.where(halve_image, self.grad_best, grad)
+        if rules.reset_momentum:
+            delta_prev = torch.where(halve_image, self.delta_best, delta_prev)
+        if rules.count_from_restart:
+            self.loss_prev = torch.where(halve, self.loss_best, self.loss_prev)
+        self.halved_at_check, self.best_at_check = halve, self.loss_best.clone()
+        self.n_up.zero_()
+        self.last_check = iteration
+        return delta, grad, delta_prev
+
+
+def _apgd_part(model, x, y, valid, delta, *, radius, steps, norm, loss, loss_params, track_loss, targeted, momentum,
+               initial_step, rho, rules, ignore_index, early_stop, use_amp, callback,
                step0) -> tuple[BestIterate, torch.Tensor, torch.Tensor, int]:
     """One APGD run at one radius from ``delta`` (already inside it).
 
@@ -630,84 +518,32 @@ def _apgd_part(model, x, y, valid, delta, *, radius, steps, norm, loss, track_lo
         tracker, the last iterate's perturbation and per-image score, and the
         number of iterates evaluated (for the callback's step numbering).
     """
-    b = x.shape[0]
-    bshape = (b,) + (1,) * (x.dim() - 1)
-    best = _PartBest(x + delta, y, loss_kw["ignore_index"], targeted, valid, rules)
+    best = _PartBest(x + delta, y, ignore_index, targeted, valid, rules)
+    evaluate_iterate = _IterateEvaluator(model, x, y, valid, best, radius=radius, steps=steps, loss=loss,
+                                         loss_params=loss_params, track_loss=track_loss, targeted=targeted,
+                                         use_amp=use_amp, callback=callback, step0=step0)
     checks = set(apgd_checkpoints(steps, rules.checkpoints))
-    n_valid = valid.flatten(1).sum(1).clamp_min(1)
-    sign = -1.0 if targeted else 1.0
-
-    def evaluate(d: torch.Tensor, t: int, need_grad: bool):
-        d = d.detach().requires_grad_(need_grad)
-        with torch.set_grad_enabled(need_grad):
-            adv = x + d
-            logits = _forward(model, adv, use_amp)
-            if t == 0 and step0 == 0:
-                check_logits(logits, y)
-            with torch.no_grad():
-                pred = class_map(logits)
-            kw = dict(t=t, steps=steps, targeted=targeted, pred=pred)
-            pix, masks = pixel_loss(loss, logits, y, valid, **kw, **loss_kw["eroseg"])
-            obj = sign * pix.flatten(1).sum(1) / n_valid
-            grad = torch.autograd.grad(obj.sum(), d)[0] if need_grad else None
-        with torch.no_grad():
-            if track_loss == loss:
-                tracked = obj.detach()
-            else:
-                track_pix, _ = pixel_loss(track_loss, logits.detach(), y, valid, **kw, **loss_kw["track"])
-                tracked = sign * track_pix.flatten(1).sum(1) / n_valid
-            score = best.update(adv, pred, t)
-            if callback is not None:
-                callback({"step": step0 + t, "logits": logits.detach(), "weights": masks.pop("weights", None),
-                          "fooled": fooled_mask(logits.detach(), y, valid, targeted), "images": adv.detach(),
-                          "radius": radius, "step_size": eta.view(b).clone(), "loss": tracked,
-                          "attack_loss": obj.detach(), **masks})
-        return tracked, grad, score
-
-    eta = torch.full(bshape, initial_step * radius, dtype=x.dtype, device=x.device)
-    obj, grad, score = evaluate(delta, 0, steps > 0)
+    step_size = torch.full((x.shape[0],) + (1,) * (x.dim() - 1), initial_step * radius, dtype=x.dtype,
+                           device=x.device)
+    objective, grad, score = evaluate_iterate(delta, 0, steps > 0, step_size)
     calls = 1
     with torch.no_grad():
-        loss_best, d_best, grad_best = obj.clone(), delta.clone(), grad.clone()
-        # The loss the first step is compared with: the start's (reference: 0, see ApgdRules).
-        loss_prev = obj.clone() if rules.first_count_from_start else torch.zeros_like(obj)
-        d_prev = delta.clone()
-        n_up = torch.zeros(b, device=x.device)
-        best_at_check = loss_best.clone()
-        # "halved at the last checkpoint": False lets condition 2 act at the first checkpoint (paper).
-        halved_at_check = torch.full((b,), not rules.condition2_at_first_check, dtype=torch.bool, device=x.device)
-        last_check = 0
+        control = _StepSizeControl(objective, delta, grad, step_size, rules, rho)
+        delta_prev = delta.clone()
         for k in range(steps):
-            a = 1.0 if k == 0 else momentum
-            z = project(x, step(delta, grad, eta, norm), radius, norm)
-            new = project(x, delta + a * (z - delta) + (1 - a) * (delta - d_prev), radius, norm)
-            d_prev, delta = delta, new
+            alpha = 1.0 if k == 0 else momentum
+            z = project(x, step(delta, grad, control.eta, norm), radius, norm)
+            new = project(x, delta + alpha * (z - delta) + (1 - alpha) * (delta - delta_prev), radius, norm)
+            delta_prev, delta = delta, new
             last = k + 1 == steps
-            obj, grad_new, score = evaluate(delta, k + 1, not last)
+            objective, grad_new, score = evaluate_iterate(delta, k + 1, not last, control.eta)
             calls += 1
             if last:
                 break
             grad = grad_new
-            n_up += (obj > loss_prev).float()
-            loss_prev = obj
-            improved = obj > loss_best
-            loss_best = torch.where(improved, obj, loss_best)
-            d_best = torch.where(improved.view(bshape), delta, d_best)
-            grad_best = torch.where(improved.view(bshape), grad, grad_best)
+            control.record(objective, delta, grad)
             if k + 1 in checks:
-                halve = halving_rule(n_up, k + 1 - last_check, rho, halved_at_check, loss_best, best_at_check,
-                                     strict=rules.strict_condition1)
-                hv = halve.view(bshape)
-                eta = torch.where(hv, eta / 2, eta)
-                delta = torch.where(hv, d_best, delta)
-                grad = torch.where(hv, grad_best, grad)
-                if rules.reset_momentum:
-                    d_prev = torch.where(hv, d_best, d_prev)
-                if rules.count_from_restart:
-                    loss_prev = torch.where(halve, loss_best, loss_prev)
-                halved_at_check, best_at_check = halve, loss_best.clone()
-                n_up.zero_()
-                last_check = k + 1
+                delta, grad, delta_prev = control.checkpoint(k + 1, delta, grad, delta_prev)
             if early_stop and best.all_fooled():
                 break
     return best, delta, score, calls
@@ -722,6 +558,7 @@ def run_apgd(
     steps: int,
     norm: str,
     loss: str,
+    loss_params: dict,
     track_loss: str | None,
     random_start: bool,
     ignore_index: int,
@@ -735,31 +572,32 @@ def run_apgd(
     initial_step: float,
     rho: float,
     rules: ApgdRules,
-    eroseg_switches: dict,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """APGD without the parameter checks; returns ``(adv, score)``, ``score`` the per-image pixel accuracy of ``adv``
     (targeted: ``1 -`` the accuracy with respect to the targets), from the forward pass that evaluated it.
+
+    ``loss_params`` are all the loss's parameters
+    (:func:`eroseg.attacks.losses.resolve_loss_params`); ``track_loss`` None
+    tracks the loss's :attr:`~eroseg.attacks.losses.LossSpec.track`.
     """
     x, y = prepare_inputs(images, labels)
     valid = y != ignore_index
     use_amp = amp and x.is_cuda
     parts = radius_parts(steps, eps, radius_schedule)
-    track_loss = TRACK_LOSSES[loss] if track_loss is None else track_loss
-    loss_kw = {"ignore_index": ignore_index, "eroseg": eroseg_switches if loss == "eroseg" else {},
-               "track": eroseg_switches if track_loss == "eroseg" else {}}
+    track_loss = LOSSES[loss].track if track_loss is None else track_loss
     with eval_mode(model), torch.enable_grad():
         # The random start is drawn in the first radius of the schedule even when a short run skips that part.
-        r0 = RADIUS_FACTORS[0] * eps if radius_schedule else eps
-        delta = random_init(x, r0, norm, generator) if random_start else torch.zeros_like(x)
-        delta = project(x, delta, r0, norm)
+        first_radius = RADIUS_FACTORS[0] * eps if radius_schedule else eps
+        delta = random_init(x, first_radius, norm, generator) if random_start else torch.zeros_like(x)
+        delta = project(x, delta, first_radius, norm)
         calls = 0
         for radius, n in parts:
             delta = project(x, delta, radius, norm)
             best, last_delta, last_score, used = _apgd_part(
-                model, x, y, valid, delta, radius=radius, steps=n, norm=norm, loss=loss, track_loss=track_loss,
-                loss_kw=loss_kw, targeted=targeted, momentum=momentum, initial_step=initial_step, rho=rho,
-                rules=rules, early_stop=rules.early_stop != "off" and best_iterate, use_amp=use_amp, callback=callback,
-                step0=calls)
+                model, x, y, valid, delta, radius=radius, steps=n, norm=norm, loss=loss, loss_params=loss_params,
+                track_loss=track_loss, targeted=targeted, momentum=momentum, initial_step=initial_step, rho=rho,
+                rules=rules, ignore_index=ignore_index, early_stop=rules.early_stop != "off" and best_iterate,
+                use_amp=use_amp, callback=callback, step0=calls)
             calls += used
             # The next part starts from this part's lowest-accuracy iterate (projected onto its radius).
             delta = best.adv - x
@@ -776,13 +614,14 @@ def apgd(
     images: torch.Tensor,
     labels: torch.Tensor,
     *,
-    eps: float = 8 / 255,
-    steps: int = 10,
+    eps: float = DEFAULT_EPS,
+    steps: int = DEFAULT_STEPS,
     norm: str = "linf",
     loss: str = "ce",
+    loss_params: dict | None = None,
     track_loss: str | None = None,
     random_start: bool = True,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     targeted: bool = False,
     best_iterate: bool = True,
     generator: torch.Generator | None = None,
@@ -793,12 +632,6 @@ def apgd(
     initial_step: float = 2.0,
     rho: float = 0.75,
     rules: str | ApgdRules = "default",
-    q0: float = 0.2,
-    schedule: str = "linear",
-    kernel_size: int = 3,
-    gamma: float = 0.0,
-    front: bool = True,
-    selection: bool = True,
 ) -> torch.Tensor:
     """APGD (Croce & Hein 2020) with a segmentation loss (definition in the module docstring).
 
@@ -812,12 +645,18 @@ def apgd(
         eps: budget in pixel units (Linf per element, L2 per image).
         steps: iterations ``T >= 1``.
         norm: ``"linf"`` or ``"l2"``.
-        loss: one of :data:`LOSSES`: ``ce``, ``masked_ce``, ``balanced_ce``,
-            ``js``, ``masked_spherical``, ``eroseg``, ``spherical`` (each
-            function's docstring gives its definition). Its gradient drives the steps.
+        loss: one of :data:`eroseg.attacks.losses.LOSSES`: ``ce``, ``masked_ce``,
+            ``balanced_ce``, ``js``, ``masked_spherical``, ``eroseg``,
+            ``spherical`` (each function's docstring gives its definition).
+            Its gradient drives the steps.
+        loss_params: the loss's own parameters, e.g. ``{"q0": 0.4}`` for
+            ``loss="eroseg"`` (EroSeg's ``q0``, ``schedule``, ``kernel_size``,
+            ``gamma``, ``front``, ``selection``; the other losses take none);
+            None: the loss's defaults.
         track_loss: the loss whose per-image value drives the restarts from
-            the best point and the step halving (one of :data:`LOSSES`); None:
-            SEA's reference pairing, :data:`TRACK_LOSSES` (``ce`` for ``ce``,
+            the best point and the step halving (one of :data:`eroseg.attacks.losses.LOSSES`,
+            with its default parameters unless it is ``loss``); None:
+            SEA's reference pairing, :attr:`eroseg.attacks.losses.LossSpec.track` (``ce`` for ``ce``,
             ``masked_ce``, ``balanced_ce``, ``js`` and ``eroseg``;
             ``spherical``, the unmasked normalised true-class logit, for
             ``masked_spherical``). Pass ``track_loss=loss`` to track the
@@ -847,8 +686,6 @@ def apgd(
         rules: bookkeeping choices, :class:`ApgdRules` or a name of
             :data:`NAMED_RULES`: ``"default"`` (this package's) or
             ``"reference"`` (SEA's reference code, iterate for iterate).
-        q0, schedule, kernel_size, gamma, front, selection: EroSeg's switches
-            (:func:`eroseg.attacks.eroseg.eroseg`); used only with ``loss="eroseg"``.
 
     Returns:
         Adversarial images: same shape, dtype and device as ``images``, detached,
@@ -862,5 +699,6 @@ def apgd(
         TypeError, ValueError: bad parameters or inputs (the message names them).
     """
     options = checked_run_options(locals(), check_apgd_params)
-    adv, _ = run_apgd(model, images, labels, loss=loss, track_loss=track_loss, callback=callback, **options)
+    adv, _ = run_apgd(model, images, labels, loss=loss, loss_params=resolve_loss_params(loss, loss_params),
+                      track_loss=track_loss, callback=callback, **options)
     return adv

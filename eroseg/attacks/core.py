@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from eroseg.conventions import IGNORE_INDEX, autocast
 from eroseg.numbers import above_pixel_range
 
 #: Threat models: per-element (``linf``) or per-image Euclidean (``l2``) budget.
@@ -189,7 +190,7 @@ def class_map(logits: torch.Tensor) -> torch.Tensor:
 
 
 def pixel_accuracy_per_image(
-    logits_or_pred: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255
+    logits_or_pred: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
     """Per-image pixel accuracy over the valid (non-void) pixels.
 
@@ -218,7 +219,7 @@ def pixel_accuracy_per_image(
 
 
 def segmentation_loss(
-    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None, ignore_index: int = 255
+    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
     """Weighted pixel cross-entropy ``sum(w * CE) / N``, ``N`` the valid pixels of the whole batch.
 
@@ -344,13 +345,8 @@ def eval_mode(model: Any):
             m.training = mode
 
 
-def _autocast(enabled: bool):
-    # nullcontext on CPU: amp is a CUDA-only option and must be a true no-op elsewhere.
-    return torch.autocast("cuda", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
-
-
 def _forward(model: Callable, adv: torch.Tensor, amp: bool) -> torch.Tensor:
-    with _autocast(amp):
+    with autocast(adv.device, amp):
         logits = model(adv)
     # Loss and weights in float32 when the forward ran in low precision; float64 models stay float64.
     if logits.dtype in (torch.float16, torch.bfloat16):
@@ -550,7 +546,7 @@ def run_attack(
     steps: int,
     norm: str = "linf",
     random_start: bool = True,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     targeted: bool = False,
     best_iterate: bool = False,
     generator: torch.Generator | None = None,

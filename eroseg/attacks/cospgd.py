@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from eroseg.attacks.core import run_attack
+from eroseg.conventions import DEFAULT_EPS, DEFAULT_STEPS, IGNORE_INDEX
 
 
 def cospgd_weights(
@@ -50,12 +51,12 @@ def cospgd(
     images: torch.Tensor,
     labels: torch.Tensor,
     *,
-    eps: float = 8 / 255,
+    eps: float = DEFAULT_EPS,
     step_size: float = 2 / 255,
-    steps: int = 10,
+    steps: int = DEFAULT_STEPS,
     norm: str = "linf",
     random_start: bool = True,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     targeted: bool = False,
     best_iterate: bool = False,
     generator: torch.Generator | None = None,

@@ -55,7 +55,7 @@ those of ``K`` closest to success, i.e. with the *highest* target probability
 Everything is vectorised over the batch and stays on the inputs' device: one
 per-row order statistic (a batched sort on GPU) for the quantiles, one
 separable dilation for the fronts, no Python loop over images and no
-host-device synchronisation on CUDA (tested in ``tests/test_attacks_gpu.py``).
+host-device synchronisation on CUDA (tested in ``tests/gpu/test_attacks_cuda.py``).
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ import torch
 import torch.nn.functional as F
 
 from eroseg.attacks.core import class_map, run_attack
+from eroseg.conventions import DEFAULT_EPS, DEFAULT_STEPS, IGNORE_INDEX
 
 #: Shapes of the rise of ``q_t`` from ``q0`` to 1.
 SCHEDULES = ("linear", "cosine", "constant")
@@ -323,12 +324,12 @@ def eroseg(
     images: torch.Tensor,
     labels: torch.Tensor,
     *,
-    eps: float = 8 / 255,
+    eps: float = DEFAULT_EPS,
     step_size: float = 2 / 255,
-    steps: int = 10,
+    steps: int = DEFAULT_STEPS,
     norm: str = "linf",
     random_start: bool = True,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     targeted: bool = False,
     best_iterate: bool = False,
     generator: torch.Generator | None = None,

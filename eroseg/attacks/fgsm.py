@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 
 from eroseg.attacks.core import run_attack
+from eroseg.conventions import DEFAULT_EPS, IGNORE_INDEX
 
 
 def check_fgsm_params(*, steps: int) -> None:
@@ -28,10 +29,10 @@ def fgsm(
     images: torch.Tensor,
     labels: torch.Tensor,
     *,
-    eps: float = 8 / 255,
+    eps: float = DEFAULT_EPS,
     steps: int = 1,
     norm: str = "linf",
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     targeted: bool = False,
     best_iterate: bool = False,
     generator: torch.Generator | None = None,

@@ -11,22 +11,26 @@ keeps per image the component whose result has the lowest pixel accuracy
 ``losses`` gives the SEA + EroSeg ensemble.
 
 Each component tracks (restarts, step halving) the loss its reference pairs
-with it (:data:`eroseg.attacks.apgd.TRACK_LOSSES`): plain CE for
+with it (``track`` in :data:`eroseg.attacks.losses.LOSSES`): plain CE for
 ``masked_ce``, ``balanced_ce`` and ``js``; the unmasked normalised
 true-class logit for ``masked_spherical`` (``tools/infer.py`` of
 nmndeep/robust-segmentation). The radius schedule runs ``3 T // 10``,
 ``3 T // 10`` and the rest of the ``T`` iterations at 2, 1.5 and 1 eps.
 ``rules="reference"`` reproduces the reference's iterates; the default
 rules differ where ``docs/sea_reference.md`` says why and by how much.
+A component's loss takes its parameters from ``loss_params[name]`` (e.g.
+``loss_params={"eroseg": {"q0": 0.4}}``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from eroseg.attacks.apgd import ApgdRules, check_apgd_params, check_loss_name, checked_run_options, run_apgd
+from eroseg.attacks.apgd import ApgdRules, check_apgd_options, checked_run_options, run_apgd
+from eroseg.attacks.losses import check_loss_name, resolve_loss_params
+from eroseg.conventions import DEFAULT_EPS, DEFAULT_STEPS, IGNORE_INDEX
 
 #: SEA's losses in the paper, in its order (also the order of preference for ties).
 SEA_LOSSES = ("masked_ce", "balanced_ce", "js", "masked_spherical")
@@ -51,23 +55,41 @@ def check_sea_losses(*, losses: Sequence[str]) -> None:
         raise ValueError(f"losses must be distinct (each component runs once), got {repeated} more than once")
 
 
-def check_sea_params(*, losses: Sequence[str], component_callback: Callable | None, rules, momentum: float,
-                     initial_step: float, rho: float, radius_schedule: bool, q0: float, schedule: str,
-                     kernel_size: int, gamma: float, front: bool, selection: bool) -> None:
-    """Validate SEA's own parameters: its losses, the component callback and the APGD parameters of every component.
+def check_sea_loss_params(*, losses: Sequence[str], loss_params: Mapping[str, Mapping] | None) -> None:
+    """Validate ``loss_params``: None, or a dict from some of ``losses`` to that loss's parameters.
 
     Raises:
-        TypeError, ValueError: as :func:`check_sea_losses` and
-            :func:`eroseg.attacks.apgd.check_apgd_params`; ``component_callback``
-            not callable.
+        TypeError: not a dict, or a component's parameters not a dict.
+        ValueError: a key that is not one of ``losses``, or a parameter the loss does not take or a bad value.
+    """
+    if loss_params is None:
+        return
+    if not isinstance(loss_params, Mapping):
+        raise TypeError(f"loss_params must be a dict from component loss to its parameters (e.g. "
+                        f"{{'eroseg': {{'q0': 0.4}}}}), got {type(loss_params).__name__} {loss_params!r}")
+    stray = sorted(set(loss_params) - set(losses))
+    if stray:
+        raise ValueError(f"loss_params names {stray}, which are not among losses {list(losses)}")
+    for name, params in loss_params.items():
+        resolve_loss_params(name, params, key=f"loss_params[{name!r}]")
+
+
+def check_sea_params(*, losses: Sequence[str], loss_params: Mapping[str, Mapping] | None,
+                     component_callback: Callable | None, rules, momentum: float, initial_step: float, rho: float,
+                     radius_schedule: bool) -> None:
+    """Validate SEA's own parameters: its losses and their parameters, the component callback, the APGD options.
+
+    Raises:
+        TypeError, ValueError: as :func:`check_sea_losses`, :func:`check_sea_loss_params` and
+            :func:`eroseg.attacks.apgd.check_apgd_options`; ``component_callback`` not callable.
     """
     check_sea_losses(losses=losses)
+    check_sea_loss_params(losses=losses, loss_params=loss_params)
     if component_callback is not None and not callable(component_callback):
         raise TypeError(f"component_callback must be callable(name, adv) or None, got "
                         f"{type(component_callback).__name__}")
-    check_apgd_params(loss=losses[0], track_loss=None, rules=rules, momentum=momentum, initial_step=initial_step,
-                      rho=rho, radius_schedule=radius_schedule, q0=q0, schedule=schedule, kernel_size=kernel_size,
-                      gamma=gamma, front=front, selection=selection)
+    check_apgd_options(rules=rules, momentum=momentum, initial_step=initial_step, rho=rho,
+                       radius_schedule=radius_schedule)
 
 
 def _tagged(callback: Callable[[dict], None] | None, name: str) -> Callable[[dict], None] | None:
@@ -98,13 +120,14 @@ def sea(
     images: torch.Tensor,
     labels: torch.Tensor,
     *,
-    eps: float = 8 / 255,
-    steps: int = 10,
+    eps: float = DEFAULT_EPS,
+    steps: int = DEFAULT_STEPS,
     norm: str = "linf",
     losses: Sequence[str] = SEA_LOSSES,
+    loss_params: Mapping[str, Mapping] | None = None,
     radius_schedule: bool = True,
     random_start: bool = True,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     targeted: bool = False,
     best_iterate: bool = True,
     generator: torch.Generator | None = None,
@@ -115,12 +138,6 @@ def sea(
     initial_step: float = 2.0,
     rho: float = 0.75,
     rules: str | ApgdRules = "default",
-    q0: float = 0.2,
-    schedule: str = "linear",
-    kernel_size: int = 3,
-    gamma: float = 0.0,
-    front: bool = True,
-    selection: bool = True,
 ) -> torch.Tensor:
     """SEA: per image, the worst case over APGD runs with each loss of ``losses``.
 
@@ -138,18 +155,18 @@ def sea(
         eps: budget in pixel units (Linf per element, L2 per image).
         steps: APGD iterations of EACH component.
         norm: ``"linf"`` or ``"l2"``.
-        losses: APGD losses of the components (:data:`eroseg.attacks.apgd.LOSSES`),
+        losses: APGD losses of the components (:data:`eroseg.attacks.losses.LOSSES`),
             distinct, in order of preference for ties.
+        loss_params: parameters of some components' losses by loss name,
+            e.g. ``{"eroseg": {"q0": 0.4}}``; the others use their defaults.
         radius_schedule: progressive radius reduction in every component.
         random_start, ignore_index, targeted, best_iterate, generator, amp,
         momentum, initial_step, rho, rules: as :func:`eroseg.attacks.apgd.apgd`, for every component
-            (each component tracks the loss of :data:`eroseg.attacks.apgd.TRACK_LOSSES`).
+            (each component tracks its loss's ``track`` of :data:`eroseg.attacks.losses.LOSSES`).
         callback: passed to every component; ``info["component"]`` names the loss.
         component_callback: ``component_callback(loss_name, adv)`` once per
             component with its adversarial images (detached), so that an
             evaluation can keep each component's per-image results.
-        q0, schedule, kernel_size, gamma, front, selection: EroSeg's switches,
-            used by an ``"eroseg"`` component.
 
     Returns:
         Adversarial images: same shape, dtype and device as ``images``, within
@@ -165,8 +182,9 @@ def sea(
     options = checked_run_options(locals(), check_sea_params)
     best_adv = best_score = None
     for name in losses:
-        adv, score = run_apgd(model, images, labels, loss=name, track_loss=None, callback=_tagged(callback, name),
-                              **options)
+        params = resolve_loss_params(name, (loss_params or {}).get(name))
+        adv, score = run_apgd(model, images, labels, loss=name, loss_params=params, track_loss=None,
+                              callback=_tagged(callback, name), **options)
         if component_callback is not None:
             component_callback(name, adv)
         best_adv, best_score = _keep_better(best_adv, best_score, adv, score)

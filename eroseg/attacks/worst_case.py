@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from eroseg.attacks.core import check_grad_mode, check_inputs, eval_mode, pixel_accuracy_per_image
+from eroseg.conventions import IGNORE_INDEX
 
 
 def worst_case_attack(
@@ -21,7 +22,7 @@ def worst_case_attack(
     labels: torch.Tensor,
     attacks: Mapping[str, Callable],
     *,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Run every attack; per image keep the adversarial image with the lowest pixel accuracy.
 

@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 
+from eroseg.conventions import IMAGE_SUFFIXES
 from eroseg.data.errors import IGNORE_INDEX, DatasetError, DatasetNotFoundError, layout_hint
 from eroseg.data.reader import SegmentationReader
 from eroseg.data.transforms import JointTransform
@@ -83,8 +84,6 @@ ADE20K_PALETTE: tuple[tuple[int, int, int], ...] = tuple(ade20k_palette())
 SPLIT_FOLDERS: dict[str, str] = {"train": "training", "val": "validation", "training": "training",
                                  "validation": "validation"}
 
-#: Image suffixes tried, in order (the release uses .jpg).
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png")
 
 LAYOUT = (
     "images/{training,validation}/*.jpg and annotations/{training,validation}/*.png (same file stem) "

@@ -6,10 +6,8 @@ that a failed ``prepare`` job tells the user what to fix without a debugger.
 
 from __future__ import annotations
 
-#: Label value of void pixels (object boundaries, unlabelled regions); losses
-#: and metrics skip it. Kept here, not imported from :mod:`eroseg.metrics`, so
-#: the data package has no dependency on the rest of the pipeline.
-IGNORE_INDEX = 255
+# The void label, as the readers import it (eroseg.conventions imports neither torch nor the pipeline).
+from eroseg.conventions import IGNORE_INDEX  # noqa: F401
 
 
 class DatasetError(ValueError):

@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from eroseg.conventions import flat_palette
 from eroseg.data.errors import IGNORE_INDEX, DatasetError
 
 log = logging.getLogger(__name__)
@@ -506,10 +507,7 @@ def _save_image(path: Path, image: np.ndarray) -> None:
 def _save_label(path: Path, label: np.ndarray) -> None:
     h, w = label.shape
     im = Image.frombytes("P", (w, h), np.ascontiguousarray(label, np.uint8).tobytes())
-    pal = [c for rgb in SYNTHETIC_PALETTE for c in rgb]
-    pal += [0] * (768 - len(pal))
-    pal[3 * IGNORE_INDEX:3 * IGNORE_INDEX + 3] = [224, 224, 192]  # void drawn as in VOC
-    im.putpalette(pal)
+    im.putpalette(flat_palette(SYNTHETIC_PALETTE))
     im.save(path, format="PNG", compress_level=6)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from eroseg.conventions import IMAGE_SUFFIXES
 from eroseg.data.errors import IGNORE_INDEX, DatasetError, DatasetNotFoundError, layout_hint
 from eroseg.data.reader import SegmentationReader
 from eroseg.data.transforms import JointTransform
@@ -26,8 +27,6 @@ VOC_CLASSES: tuple[str, ...] = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
 
-#: Image suffixes tried, in order, for ``JPEGImages/<id>``.
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".png", ".jpeg")
 
 #: What a VOC root holds at least; a folder near a wrong root that holds these is suggested.
 LAYOUT_MARKERS: tuple[str, ...] = ("JPEGImages", "ImageSets/Segmentation")
@@ -197,4 +196,4 @@ class VOCSegmentation(SegmentationReader):
             self._add(sample_id, image, label)
 
 
-__all__ = ["IGNORE_INDEX", "IMAGE_SUFFIXES", "VOC_CLASSES", "VOCSegmentation", "voc_palette"]
+__all__ = ["IGNORE_INDEX", "VOC_CLASSES", "VOCSegmentation", "voc_palette"]

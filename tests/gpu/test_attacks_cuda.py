@@ -5,6 +5,7 @@ import torch
 
 from eroseg.attacks import create_attack
 from eroseg.attacks.eroseg import eroseg_masks, masked_quantile
+from eroseg.conventions import autocast
 from tests.conftest import ATTACK_NAMES as NAMES
 from tests.conftest import ToyNet as Tiny
 from tests.conftest import attack_params as params
@@ -77,3 +78,9 @@ def test_attack_loop_never_waits_for_the_gpu(name):
         atk(model, x, y, generator=gen)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_conventions_autocast_runs_bf16_on_cuda():
+    layer = torch.nn.Linear(4, 4).cuda()
+    with autocast("cuda", True):
+        assert layer(torch.ones(1, 4, device="cuda")).dtype == torch.bfloat16
