@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
+from eroseg.conventions import full_palette  # noqa: E402
 from eroseg.io import atomic_path  # noqa: E402
 
 if TYPE_CHECKING:
@@ -98,10 +99,7 @@ def _palette_image(label: np.ndarray, palette: np.ndarray) -> np.ndarray:
 
 
 def _full_palette(palette) -> np.ndarray:
-    pal = np.zeros((256, 3), dtype=np.uint8)
-    pal[255] = (224, 224, 192)
-    pal[: len(palette)] = np.asarray(palette, dtype=np.uint8)
-    return pal
+    return np.asarray(full_palette(palette), dtype=np.uint8)
 
 
 def _eps_label(value: float, _pos=None) -> str:

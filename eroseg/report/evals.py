@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from eroseg import stats
-from eroseg.numbers import eps_label
+from eroseg.numbers import eps_in_255, eps_label
 from eroseg.report.spec import ReportSpec
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class Evals:
 
     @staticmethod
     def key(method, seed, setting, eps, steps) -> tuple:
-        return (method, int(seed), setting, round(float(eps) * 255, 3), int(steps))
+        return (method, int(seed), setting, eps_in_255(eps), int(steps))
 
     @classmethod
     def load(cls, paths: list[str]) -> Evals:
@@ -85,7 +85,7 @@ class Evals:
 
     def frame(self) -> pd.DataFrame:
         rows = [{"method": r.method, "seed": int(r.seed), "setting": r.setting, "attack": r.attack,
-                 "eps_255": round(r.eps * 255, 3), "steps": r.steps, "restarts": r.restarts,
+                 "eps_255": eps_in_255(r.eps), "steps": r.steps, "restarts": r.restarts,
                  "miou": r.miou, "pixel_acc": r.pixel_acc, "num_images": r.num_images, "split": r.split,
                  "seconds": r.seconds} for r in self.records]
         return pd.DataFrame(rows)

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from eroseg.io import read_json
+from eroseg.numbers import eps_in_255
 from eroseg.report.registry import register_figure
 from eroseg.report.spec import PerClass, ReportSpec, Sweep
 
@@ -46,7 +47,7 @@ class FigureInputs:
         return list(self.sweep.attacks) or sorted(set(self.frame.get("setting", [])) - {"clean"})
 
     def headline_eps_255(self) -> float:
-        return round(float(self.spec.headline.eps) * 255, 3)
+        return eps_in_255(self.spec.headline.eps)
 
 
 def _sweep(inputs: FigureInputs, x: str) -> list[Path]:
@@ -76,7 +77,7 @@ def _per_class_records(inputs: FigureInputs, method: str, attacks: list[str], se
             continue
         if d["setting"] == "clean" or (
             d["setting"] in attacks
-            and round(params.get("eps", 0) * 255, 3) == inputs.headline_eps_255()
+            and eps_in_255(params.get("eps", 0)) == inputs.headline_eps_255()
             and int(params.get("steps", 0)) == inputs.spec.steps_at_headline(d["setting"])
         ):
             if all(c["setting"] != d["setting"] for c in chosen):

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from eroseg.conventions import DEFAULT_EPS
 from eroseg.numbers import parse_number
 
 #: The two rules of the worst case (see :func:`eroseg.metrics.worst_case_stats`).
@@ -165,7 +166,7 @@ def _plain(value) -> Any:
 class Headline:
     """The budget of the main table: ``eps`` (fraction of the pixel range) and attack ``steps``."""
 
-    eps: float = _check(_eps, default=8 / 255)
+    eps: float = _check(_eps, default=DEFAULT_EPS)
     steps: int = _check(_count, default=10)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from eroseg.io import atomic_write_text, read_json
-from eroseg.numbers import eps_label
+from eroseg.numbers import eps_in_255, eps_label
 from eroseg.report.evals import (
     WORST,
     Evals,
@@ -159,7 +159,7 @@ def steps_table(evals: Evals, spec: ReportSpec | dict) -> pd.DataFrame:
     """Attack strength versus steps at the headline eps on the sweep's model: mIoU (%)."""
     spec = as_spec(spec)
     base, order = _sweep_rows(evals, spec)
-    head_eps = round(spec.headline.eps * 255, 3)
+    head_eps = eps_in_255(spec.headline.eps)
     table = base[base.eps_255 == head_eps].pivot_table(index="setting", columns="steps", values="miou",
                                                        aggfunc="mean")
     table = (table * 100).sort_index(key=lambda ix: ix.map(order))
