@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-import eroseg.train as train_module
+import eroseg.training.loop as train_module
 from eroseg.cli import main
 from eroseg.data import DatasetError, generate_synthetic, get_dataset
 from eroseg.io import OutputLockedError, exclusive_lock
@@ -27,12 +27,12 @@ from eroseg.models import (
     load_model,
     save_checkpoint,
 )
-from eroseg.train import (
+from eroseg.training import (
     RUN_IDENTITY,
+    AdversarialTraining,
     LossExplosionError,
     NonFiniteWeightsError,
     TrainConfig,
-    TrainingTask,
     adversarial_counts,
     train,
 )
@@ -102,7 +102,7 @@ def test_partial_checkpoint_of_another_run_is_set_aside(tmp_path, caplog, monkey
     fit(tmp_path, max_steps=2)
     if field == "version":
         monkeypatch.setattr(train_module, "__version__", "99.0")
-    with caplog.at_level(logging.INFO, logger="eroseg.train"):
+    with caplog.at_level(logging.INFO, logger="eroseg.training"):
         fit(tmp_path, **CHANGES[field])
     aside = [r.getMessage() for r in caplog.records if "set aside" in r.getMessage()]
     assert len(aside) == 1 and f" {field}" in aside[0] and "training starts over" in aside[0], aside
@@ -115,7 +115,7 @@ def test_partial_checkpoint_of_another_run_is_set_aside(tmp_path, caplog, monkey
 
 def test_partial_checkpoint_of_the_same_run_is_resumed(tmp_path, caplog):
     fit(tmp_path, max_steps=2)
-    with caplog.at_level(logging.INFO, logger="eroseg.train"):
+    with caplog.at_level(logging.INFO, logger="eroseg.training"):
         fit(tmp_path)
     # 1-based: 2 of the 4 steps of the first epoch were done, so step 3 runs next.
     assert any("resuming" in r.getMessage() and "epoch 1/2, step 3/4" in r.getMessage() for r in caplog.records)
@@ -248,7 +248,7 @@ def test_batch_of_one_per_process_still_trains_on_adversarial_images():
     # 16 processes with one image each (global batch 16): half of them attack their image.
     assert sum(adversarial_counts(0.5, 16, 16)) == 8
     calls = []
-    task = TrainingTask(torch.nn.Conv2d(3, 2, 1), lambda m, x, y, generator=None: calls.append(1) or x,
+    task = AdversarialTraining(torch.nn.Conv2d(3, 2, 1), lambda m, x, y, generator=None: calls.append(1) or x,
                         adv_fraction=0.5)
     res = task(torch.rand(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))
     assert int(res["adv_mask"].sum()) == 1 and calls == [1]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from eroseg.models import load_checkpoint, load_model, model_from_config
-from eroseg.train import NonFiniteLossError, TrainConfig, TrainingTask, train
+from eroseg.training import AdversarialTraining, NonFiniteLossError, TrainConfig, train
 from tests.conftest import TINY_UNET as MODEL
 from tests.conftest import HalfSplit as Toy
 
@@ -104,7 +104,7 @@ def test_adversarial_fraction_holds(fraction, expected):
         calls.append(images.shape[0])
         return images + 0.01
 
-    task = TrainingTask(model, attack, adv_fraction=fraction)
+    task = AdversarialTraining(model, attack, adv_fraction=fraction)
     images, labels = torch.rand(4, 3, 8, 8), torch.zeros(4, 8, 8, dtype=torch.long)
     res = task(images, labels)
     assert int(res["adv_mask"].sum()) == expected
@@ -120,7 +120,7 @@ def test_attack_passes_do_not_update_batchnorm_statistics():
     from eroseg.attacks import create_attack
 
     attack = create_attack("pgd", eps=8 / 255, step_size=2 / 255, steps=3)
-    task = TrainingTask(model, attack, adv_fraction=0.5)
+    task = AdversarialTraining(model, attack, adv_fraction=0.5)
     images, labels = torch.rand(4, 3, 8, 8), torch.randint(0, 2, (4, 8, 8))
     before = bn.num_batches_tracked.item()
     task(images, labels)
@@ -171,7 +171,7 @@ def test_config_rejects_unknown_and_bad_values():
 
 
 def test_keyed_augmentation_is_a_function_of_the_key():
-    from eroseg.train import KeyedAugment
+    from eroseg.training import KeyedAugment
 
     aug = KeyedAugment(Toy(4), [10, 10], [0.5, 1.5], seed=1)
     a, b = aug[5], aug[5]
@@ -206,16 +206,6 @@ class MixedSizes(torch.utils.data.Dataset):
         image = torch.where(label == 1, 0.7, 0.3).float().expand(3, h, w).clone()
         image[0, 0, 0] = i / 10  # identifies the image
         return image, label
-
-
-def test_batches_by_size_keeps_order_and_groups_equal_sizes():
-    from eroseg.train import batches_by_size
-
-    batches = list(batches_by_size(MixedSizes(), 2))
-    assert [tuple(b[0].shape) for b in batches] == [
-        (2, 3, 16, 16), (1, 3, 16, 24), (2, 3, 24, 16), (1, 3, 24, 16), (1, 3, 16, 16)]
-    order = torch.cat([b[0][:, 0, 0, 0] for b in batches])
-    assert torch.allclose(order, torch.arange(7) / 10)
 
 
 def test_validation_and_evaluation_on_whole_images_of_mixed_sizes(tmp_path):
@@ -262,7 +252,6 @@ def test_schema_train_keys_are_the_train_config_fields():
 
     import yaml
 
-    from eroseg.train import TrainConfig
 
     schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
     train = schema["properties"]["train"]["properties"]
