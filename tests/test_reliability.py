@@ -76,7 +76,7 @@ def fit(tmp_path, model=None, name="m", max_steps=None, **over):
     return train(model if model is not None else tiny(s["num_classes"]), train_set=Halves(), val_set=None,
                  num_classes=s["num_classes"], model_cfg=s["model_cfg"], cfg=TrainConfig.from_dict(s["train"]),
                  attack=None, out=tmp_path / f"{name}.pt", log_path=tmp_path / f"{name}.csv", seed=s["seed"],
-                 meta=s["meta"], progress=False, max_steps=max_steps)
+                 meta=s["meta"], progress=False, max_steps=max_steps, objective=s.get("objective"))
 
 
 # ---------------------------------------------------------------- 1. resume only what matches
@@ -84,6 +84,7 @@ CHANGES = {
     "model": dict(model_cfg={"arch": "tiny", "width": 8}),
     "train": dict(train={**BASE["train"], "lr": 0.01}),
     "method": dict(meta={**BASE["meta"], "method": "segpgd_at"}),
+    "objective": dict(objective={"name": "adversarial", "adv_fraction": 1.0}),
     "attack": dict(meta={**BASE["meta"], "attack": "segpgd"}),
     "attack_params": dict(meta={**BASE["meta"], "attack_params": {"eps": "4/255"}}),
     "seed": dict(seed=1),

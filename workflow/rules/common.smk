@@ -111,7 +111,8 @@ def source_hash(*patterns):
 
 
 CODE_DATA = source_hash("data/*.py", "io.py")
-CODE_TRAIN = source_hash("data/*.py", "io.py", "models.py", "train.py", "attacks/*.py", "metrics.py", "numbers.py")
+CODE_TRAIN = source_hash("data/*.py", "io.py", "models.py", "training/*.py", "attacks/*.py", "metrics.py", "numbers.py",
+                         "evaluate.py", "seeds.py")
 CODE_EVAL = source_hash("data/*.py", "io.py", "models.py", "evaluate.py", "attacks/*.py", "metrics.py", "numbers.py")
 CODE_AGG = source_hash("aggregate.py", "stats.py", "evaluate.py", "metrics.py", "io.py", "numbers.py")
 CODE_FIG = source_hash("figures.py", "aggregate.py", "io.py")
@@ -455,6 +456,15 @@ def training_attack(method):
               "step_size": _parse(at["step_size"], eps, key="adversarial_training.step_size")}
     params.update(entry.get("params") or {})
     return entry["attack"], params
+
+
+def training_objective(method):
+    """``methods.<m>.objective`` (default: adversarial training with the method's attack); an objective that
+    makes its own examples (any but ``adversarial``) gets adversarial_training's eps, step_size and steps."""
+    objective = dict(config["methods"][method].get("objective") or {"name": "adversarial"})
+    if objective["name"] != "adversarial":
+        objective = {"name": objective["name"], **{k: config["adversarial_training"][k] for k in ("eps", "step_size", "steps")}, **objective}
+    return objective
 
 
 def aggregate_spec():
