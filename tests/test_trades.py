@@ -67,7 +67,8 @@ def test_trades_task_gradient_reaches_every_parameter():
     task = TradesTraining(model, eps=8 / 255, step_size=2 / 255, steps=2, beta=6.0)
     res = task(images, labels, generator=torch.Generator().manual_seed(0))
     assert res["adv_mask"].all() and res["output"].shape == (2, 4, 16, 16)
-    assert float(res["kl"]) > 0 and float(res["loss"]) == pytest.approx(float(res["ce"] + 6.0 * res["kl"]), rel=1e-5)
+    kl, ce = float(res["kl"].detach()), float(res["ce"].detach())
+    assert kl > 0 and float(res["loss"].detach()) == pytest.approx(ce + 6.0 * kl, rel=1e-5)
     res["loss"].backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
     assert not missing, missing

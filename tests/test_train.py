@@ -257,3 +257,37 @@ def test_schema_train_keys_are_the_train_config_fields():
     train = schema["properties"]["train"]["properties"]
     assert set(train) == {f.name for f in dataclasses.fields(TrainConfig)}
     assert not [k for k, v in train.items() if "default" in v]
+
+
+def _consecutive_batch_miou(model, dataset, batch_size, attack=None, seed=0):
+    """The per-epoch validation as a plain loop: consecutive images in batches, one confusion matrix."""
+    from eroseg.metrics import ConfusionMatrix
+    from eroseg.seeds import generator
+
+    confusion = ConfusionMatrix(2)
+    model.eval()
+    for i in range(0, len(dataset), batch_size):
+        images, labels = map(torch.stack, zip(*[dataset[j] for j in range(i, min(i + batch_size, len(dataset)))]))
+        if attack is not None:
+            images = attack(model, images, labels, generator=generator(seed, "val_robust", step=i // batch_size))
+        with torch.no_grad():
+            confusion.update(model(images).argmax(1), labels)
+    return confusion.compute()["miou"]
+
+
+def test_validation_row_gives_the_numbers_of_a_plain_validation_loop():
+    """Clean val mIoU equals a plain loop; so does the robust one for an attack without a random start (with
+    one, the start is drawn from evaluate's per-batch stream instead of the training's own `val_robust` one)."""
+    from types import SimpleNamespace
+
+    from eroseg.attacks import create_attack
+    from eroseg.training.loop import validation_row
+
+    model, val_set = unet(seed=3), Toy(10, seed=1)
+    pgd = create_attack("pgd", eps=8 / 255, step_size=2 / 255, steps=2, random_start=False)
+    run = SimpleNamespace(model=model, cfg=cfg(val_batch_size=4, val_robust_images=6, val_robust_steps=2),
+                          device=torch.device("cpu"), seed=0, local_bs=4)
+    row = validation_row(run, val_set, 2, pgd)
+    assert row["val_miou"] == _consecutive_batch_miou(model, val_set, 4)
+    robust = _consecutive_batch_miou(model, torch.utils.data.Subset(val_set, range(6)), 4, attack=pgd)
+    assert row["robust_val_miou"] == robust < row["val_miou"]

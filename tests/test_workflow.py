@@ -125,7 +125,8 @@ def test_report_shows_every_table_inline_as_html(workdir):
         # Job parameters readable: no JSON quotes (the report shows each one as \"), the spec's keys visible.
         params = entry["job_properties"]["params"]
         assert '\\' not in params and '"' not in params, params[:300]
-        assert "methods: [standard, eroseg_at, trades_at]" in params and "headline: {eps: 8/255, steps: 3}" in params, params[:300]
+        assert "methods: [standard, eroseg_at, trades_at]" in params, params[:300]
+        assert "headline: {eps: 8/255, steps: 3}" in params, params[:300]
         assert_table_shows_csv(path.with_suffix(".csv"),
                                table_cells(base64.b64decode(entry["data_uri"].split(",", 1)[1]).decode()))
     landing = report_data(workdir / "report.html", "workflow-desc", "workflow_desc")
