@@ -257,6 +257,17 @@ def test_schema_train_keys_are_the_train_config_fields():
     train = schema["properties"]["train"]["properties"]
     assert set(train) == {f.name for f in dataclasses.fields(TrainConfig)}
     assert not [k for k, v in train.items() if "default" in v]
+    words = ("minimum", "exclusiveMinimum", "maximum", "enum")
+    for f in dataclasses.fields(TrainConfig):  # one set of ranges: the schema states TrainConfig's
+        assert {w: train[f.name][w] for w in words if w in train[f.name]} == dict(f.metadata), f.name
+
+
+def test_config_ranges_name_the_parameter_and_the_bound():
+    for bad, message in (({"lr": 0}, "lr must be > 0, got 0"), ({"hflip": 1.5}, "hflip must be <= 1, got 1.5"),
+                         ({"optimizer": "adam"}, "optimizer must be one of 'sgd', 'adamw', got 'adam'"),
+                         ({"num_workers": -1}, "num_workers must be >= 0, got -1")):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig.from_dict(bad)
 
 
 def _consecutive_batch_miou(model, dataset, batch_size, attack=None, seed=0):

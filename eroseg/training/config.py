@@ -2,8 +2,9 @@
 
 Every training method gets the same :class:`TrainConfig` (optimiser, schedule, epochs, augmentation,
 validation), so a comparison of methods is fair; ``config/config.yaml``'s ``train`` section and
-``eroseg train --train`` take their defaults from here. The workflow's schema checks the same keys (a test
-keeps the two key sets equal); the checks here cover the package's own callers.
+``eroseg train --train`` take their defaults from here, and each field's range from its ``metadata``. The
+workflow's schema states the same keys and ranges (a test compares them); the checks here serve the
+package's own callers.
 """
 
 from __future__ import annotations
@@ -69,30 +70,30 @@ class TrainConfig:
         deterministic: ask torch for deterministic algorithms.
     """
 
-    epochs: int = 10
-    batch_size: int = 16
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    schedule: str = "poly"
-    poly_power: float = 0.9
-    warmup_iters: int = 0
-    adv_fraction: float = 0.5
-    clean_weight: float = 1.0
-    adv_weight: float = 1.0
-    hflip: float = 0.5
+    epochs: int = field(default=10, metadata={"minimum": 1})
+    batch_size: int = field(default=16, metadata={"minimum": 1})
+    optimizer: str = field(default="sgd", metadata={"enum": ["sgd", "adamw"]})
+    lr: float = field(default=0.01, metadata={"exclusiveMinimum": 0})
+    momentum: float = field(default=0.9, metadata={"minimum": 0, "maximum": 1})
+    weight_decay: float = field(default=1e-4, metadata={"minimum": 0})
+    schedule: str = field(default="poly", metadata={"enum": ["poly", "constant"]})
+    poly_power: float = field(default=0.9, metadata={"minimum": 0})
+    warmup_iters: int = field(default=0, metadata={"minimum": 0})
+    adv_fraction: float = field(default=0.5, metadata={"minimum": 0, "maximum": 1})
+    clean_weight: float = field(default=1.0, metadata={"minimum": 0})
+    adv_weight: float = field(default=1.0, metadata={"minimum": 0})
+    hflip: float = field(default=0.5, metadata={"minimum": 0, "maximum": 1})
     crop_size: list | None = None
     scale_range: list = field(default_factory=lambda: [1.0, 1.0])
-    checkpoint_every: int = 0
-    loss_explosion_factor: float = 1000.0
-    val_batch_size: int | None = None
-    val_every: int = 1
-    val_robust_images: int = 32
-    val_robust_steps: int = 3
+    checkpoint_every: int = field(default=0, metadata={"minimum": 0})
+    loss_explosion_factor: float = field(default=1000.0, metadata={"minimum": 0})
+    val_batch_size: int | None = field(default=None, metadata={"minimum": 1})
+    val_every: int = field(default=1, metadata={"minimum": 1})
+    val_robust_images: int = field(default=32, metadata={"minimum": 0})
+    val_robust_steps: int = field(default=3, metadata={"minimum": 0})
     amp: bool = True
     channels_last: bool = False
-    num_workers: int = 0
+    num_workers: int = field(default=0, metadata={"minimum": 0})
     deterministic: bool = False
 
     @classmethod
@@ -120,26 +121,29 @@ class TrainConfig:
                 raise ConfigTypeError(f"training parameter {name!r}: expected a list of {expected}, got {value!r}")
 
     def validate(self) -> None:
-        """Check types and ranges; errors name the parameter and what was expected."""
+        """Check types and ranges; errors name the parameter and what was expected.
+
+        Each field's range is its ``metadata`` (JSON-Schema words: ``minimum``, ``exclusiveMinimum``,
+        ``maximum``, ``enum``), the same rules as the workflow schema's ``train`` part (a test compares them).
+        """
         self._check_types()
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.val_every < 1:
-            raise ValueError(f"val_every must be >= 1 (validate after every N-th epoch), got {self.val_every}")
-        if self.val_batch_size is not None and self.val_batch_size < 1:
-            raise ValueError(f"val_batch_size must be >= 1 or null (= batch_size), got {self.val_batch_size}")
-        if not 0.0 <= self.adv_fraction <= 1.0:
-            raise ValueError(f"adv_fraction must be in [0, 1], got {self.adv_fraction}")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        for f in fields(self):
+            _check_range(f.name, getattr(self, f.name), f.metadata)
         if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) < 1):
             raise ValueError(f"crop_size must be [height, width] of positive integers, got {self.crop_size!r}")
         if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise ValueError(f"scale_range must be [low, high] with 0 < low <= high, got {self.scale_range!r}")
-        if self.loss_explosion_factor < 0 or (0 < self.loss_explosion_factor <= 1):
+        if 0 < self.loss_explosion_factor <= 1:
             raise ValueError(f"loss_explosion_factor must be 0 (off) or > 1, got {self.loss_explosion_factor}")
-        if self.schedule not in ("poly", "constant"):
-            raise ValueError(f"schedule must be 'poly' or 'constant', got {self.schedule!r}")
 
+
+def _check_range(name: str, value, rules) -> None:
+    """``value`` against the JSON-Schema words of ``rules`` (``None`` passes: the type check allowed it)."""
+    if value is None:
+        return
+    if "enum" in rules and value not in rules["enum"]:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, rules['enum']))}, got {value!r}")
+    for word, fails, relation in (("minimum", lambda v, b: v < b, ">="), ("exclusiveMinimum", lambda v, b: v <= b, ">"),
+                                  ("maximum", lambda v, b: v > b, "<=")):
+        if word in rules and fails(value, rules[word]):
+            raise ValueError(f"{name} must be {relation} {rules[word]}, got {value}")
