@@ -28,7 +28,7 @@ import torch
 
 from eroseg.attacks import create_attack
 from eroseg.models import create_model
-from eroseg.train import TrainingTask
+from eroseg.training import AdversarialTraining
 
 
 def _timed(fn, device, repeats):
@@ -70,8 +70,8 @@ def main() -> None:
     batch = {"images": torch.rand(args.batch, 3, h, w, device=device),
              "labels": torch.randint(0, args.classes, (args.batch, h, w), device=device)}
     at_attack = create_attack("eroseg", eps=8 / 255, step_size=2 / 255, steps=args.at_steps, amp=amp)
-    tasks = {"standard": TrainingTask(model, None, amp=amp),
-             f"eroseg_at (K={args.at_steps})": TrainingTask(model, at_attack, adv_fraction=0.5, amp=amp)}
+    tasks = {"standard": AdversarialTraining(model, None, amp=amp),
+             f"eroseg_at (K={args.at_steps})": AdversarialTraining(model, at_attack, adv_fraction=0.5, amp=amp)}
 
     def train_step(task):
         res = task(batch["images"], batch["labels"])

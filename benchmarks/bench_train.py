@@ -26,7 +26,7 @@ import torch
 
 from eroseg.attacks import create_attack
 from eroseg.models import create_model
-from eroseg.train import TrainingTask
+from eroseg.training import AdversarialTraining
 
 
 def _sync(device):
@@ -85,10 +85,10 @@ def main():
     labels = torch.randint(0, args.classes, (args.batch, args.height, args.width), device=device)
     amp = args.amp and device.type == "cuda"
 
-    tasks = {"standard": TrainingTask(model, None, amp=amp)}
+    tasks = {"standard": AdversarialTraining(model, None, amp=amp)}
     for name in args.attacks:
         atk = create_attack(name, eps=8 / 255, step_size=2 / 255, steps=args.steps, amp=amp)
-        tasks[name] = TrainingTask(model, atk, adv_fraction=1.0, amp=amp)
+        tasks[name] = AdversarialTraining(model, atk, adv_fraction=1.0, amp=amp)
     for t in tasks.values():  # warm-up
         time_steps(t, opt, images, labels, 1, device)
     samples = {k: [] for k in tasks}
@@ -105,8 +105,8 @@ def main():
         print(f"{k:<10} {v * 1e3:9.1f} {r:7.2f} {ideal:6d} {r / ideal:12.3f}")
 
     if args.precision and device.type == "cuda":
-        fp32 = TrainingTask(model, None, amp=False)
-        bf16 = TrainingTask(model, None, amp=True)
+        fp32 = AdversarialTraining(model, None, amp=False)
+        bf16 = AdversarialTraining(model, None, amp=True)
         time_steps(fp32, opt, images, labels, 2, device)
         time_steps(bf16, opt, images, labels, 2, device)
         s32, s16 = [], []

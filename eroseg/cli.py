@@ -62,13 +62,6 @@ def _make_attack(name: str | None, params: dict, extra: dict | None = None):
     return build_attack(name, {**params, **(extra or {})})
 
 
-def _tuned(params: dict, path: str | None) -> dict:
-    """:func:`eroseg.tune.tuned_params` under the name that ``cmd_train`` calls."""
-    from eroseg.tune import tuned_params
-
-    return tuned_params(params, path)
-
-
 def _dataset(name: str, root: str, split: str, **kwargs):
     from eroseg.data import get_dataset
 
@@ -106,38 +99,18 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_train(args) -> None:
-    import torch
+    from eroseg.training import run_training_job
+    from eroseg.tune import tuned_params
 
-    from eroseg.data import dataset_info
-    from eroseg.device import select_device
-    from eroseg.io import check_writable_dir
-    from eroseg.models import model_from_config
-    from eroseg.seeds import stream_seed
-    from eroseg.train import TrainConfig, init_distributed, train
-
-    cfg = TrainConfig.from_dict(_json_arg(args.train, "--train"))
-    model_cfg = _json_arg(args.model, "--model")
-    attack_params = _tuned(_json_arg(args.attack_params, "--attack-params"), args.attack_params_file)
-    check_writable_dir(args.out, "checkpoint (--out)")
-    check_writable_dir(args.log, "training log (--log)")
-    rank, _ = init_distributed()
-    info = dataset_info(args.dataset)
-    device = select_device(args.device)
-    attack = _make_attack(args.attack, attack_params, {"amp": cfg.amp})
-    robust = None
-    if cfg.val_robust_steps > 0 and args.robust_eps:
-        robust = _make_attack("pgd", {"eps": args.robust_eps, "step_size": args.robust_step_size,
-                                      "steps": cfg.val_robust_steps, "amp": cfg.amp})
-    train_set = _dataset(args.dataset, args.root, args.train_split)
-    val_set = _dataset(args.dataset, args.root, args.val_split) if args.val_split else None
-    torch.manual_seed(stream_seed(args.seed, "init"))  # the same initial weights in every process
-    model = model_from_config(model_cfg, info.num_classes)
-    train(
-        model, train_set=train_set, val_set=val_set, num_classes=info.num_classes, model_cfg=model_cfg, cfg=cfg,
-        attack=attack, out=args.out, log_path=args.log, seed=args.seed, device=device,
-        meta={"method": args.method or default_method(args.attack), "attack": args.attack,
-              "attack_params": attack_params, "dataset": args.dataset, "classes": list(info.classes)},
-        robust_attack=robust, progress=not args.quiet and rank == 0,
+    attack_params = tuned_params(_json_arg(args.attack_params, "--attack-params"), args.attack_params_file)
+    objective = _json_arg(args.objective, "--objective")
+    run_training_job(
+        dataset=args.dataset, root=args.root, train_split=args.train_split, val_split=args.val_split,
+        model_cfg=_json_arg(args.model, "--model"), train_settings=_json_arg(args.train, "--train"),
+        objective=objective, method=args.method or default_method(args.attack, objective),
+        attack=args.attack, attack_params=attack_params, robust_eps=args.robust_eps,
+        robust_step_size=args.robust_step_size, seed=args.seed, device=args.device, out=args.out, log=args.log,
+        progress=not args.quiet,
     )
 
 
@@ -153,8 +126,11 @@ def cmd_import_model(args) -> None:
                  where=args.config_key or "--factory/--weights/--options")
 
 
-def default_method(attack: str | None) -> str:
-    """Method name stored by ``eroseg train`` without ``--method``: ``standard``, or ``<attack>_at``."""
+def default_method(attack: str | None, objective: dict | None = None) -> str:
+    """Method stored by ``eroseg train`` without ``--method``: ``standard``, ``<attack>_at`` or ``<objective>_at``."""
+    name = (objective or {}).get("name", "adversarial")
+    if name != "adversarial":
+        return f"{name}_at"
     return "standard" if attack in (None, "", "none") else f"{attack}_at"
 
 
@@ -431,7 +407,11 @@ def _add_train_parser(sub) -> None:
     parser.add_argument("--model", default="{}", metavar="JSON",
                         help="model config as JSON (arch, encoder, encoder_weights, kwargs)")
     parser.add_argument("--train", default="{}", metavar="JSON",
-                        help="training config as JSON (see eroseg.train.TrainConfig)")
+                        help="training config as JSON (see eroseg.training.TrainConfig)")
+    parser.add_argument("--objective", default="{}", metavar="JSON",
+                        help="training objective as JSON, e.g. {\"name\": \"trades\", \"beta\": 6, \"eps\": \"8/255\", "
+                             "\"step_size\": \"eps/4\", \"steps\": 3}; names: adversarial (default: adversarial "
+                             "training with --attack), trades (see eroseg.training.tasks)")
     parser.add_argument("--method", default=None,
                         help="method name stored in the checkpoint (default: standard, or <attack>_at)")
     parser.add_argument("--attack", default=None, choices=attacks_or_none, metavar="NAME",

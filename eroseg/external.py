@@ -163,7 +163,7 @@ def check_methods(methods: Any) -> dict[str, dict]:
             if "attack" in entry:
                 raise ValueError(f"{where}: has both 'attack' (a method trained here) and 'external' (your own "
                                  "model, not trained); keep one")
-            for key in ("params", "tuned"):
+            for key in ("params", "tuned", "objective"):
                 if entry.get(key):
                     raise ValueError(f"{where}.{key}: a training setting, but the method is external (not trained "
                                      "here); remove it")

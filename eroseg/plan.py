@@ -336,6 +336,16 @@ class EvaluationPlan:
         params.update(entry.get("params") or {})
         return entry["attack"], params
 
+    def training_objective(self, method) -> dict:
+        """``methods.<m>.objective`` (default: adversarial training with the method's attack); an objective that
+        makes its own examples (any but ``adversarial``) gets adversarial_training's eps, step_size and steps
+        unless it sets its own."""
+        objective = dict(self.config["methods"][method].get("objective") or {"name": "adversarial"})
+        if objective["name"] == "adversarial":
+            return objective
+        training = self.config["adversarial_training"]
+        return {"name": objective["name"], **{k: training[k] for k in ("eps", "step_size", "steps")}, **objective}
+
     def attacks_to_check(self) -> list[tuple[str, str, dict]]:
         """(config key, attack, parameters) of every attack the config builds, each once."""
         seen, out = set(), []

@@ -24,7 +24,7 @@ def _tiny_model(num_classes=2):
 
 
 def _train(out, log):
-    import eroseg.train as t
+    import eroseg.training as t
     from tests.conftest import HalfSplit as Toy
 
     cfg = t.TrainConfig.from_dict(dict(epochs=2, batch_size=4, lr=0.05, hflip=0.5, amp=False, val_robust_steps=0))
@@ -36,7 +36,7 @@ def _worker(rank, port, out, log):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from eroseg.train import init_distributed
+    from eroseg.training import init_distributed
 
     init_distributed()
     try:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-import eroseg.train as train_module
+import eroseg.training.loop as train_module
 from eroseg.cli import main
 from eroseg.data import DatasetError, generate_synthetic, get_dataset
 from eroseg.io import OutputLockedError, exclusive_lock
@@ -27,12 +27,12 @@ from eroseg.models import (
     load_model,
     save_checkpoint,
 )
-from eroseg.train import (
+from eroseg.training import (
     RUN_IDENTITY,
+    AdversarialTraining,
     LossExplosionError,
     NonFiniteWeightsError,
     TrainConfig,
-    TrainingTask,
     adversarial_counts,
     train,
 )
@@ -76,7 +76,7 @@ def fit(tmp_path, model=None, name="m", max_steps=None, **over):
     return train(model if model is not None else tiny(s["num_classes"]), train_set=Halves(), val_set=None,
                  num_classes=s["num_classes"], model_cfg=s["model_cfg"], cfg=TrainConfig.from_dict(s["train"]),
                  attack=None, out=tmp_path / f"{name}.pt", log_path=tmp_path / f"{name}.csv", seed=s["seed"],
-                 meta=s["meta"], progress=False, max_steps=max_steps)
+                 meta=s["meta"], progress=False, max_steps=max_steps, objective=s.get("objective"))
 
 
 # ---------------------------------------------------------------- 1. resume only what matches
@@ -84,6 +84,7 @@ CHANGES = {
     "model": dict(model_cfg={"arch": "tiny", "width": 8}),
     "train": dict(train={**BASE["train"], "lr": 0.01}),
     "method": dict(meta={**BASE["meta"], "method": "segpgd_at"}),
+    "objective": dict(objective={"name": "adversarial", "adv_fraction": 1.0}),
     "attack": dict(meta={**BASE["meta"], "attack": "segpgd"}),
     "attack_params": dict(meta={**BASE["meta"], "attack_params": {"eps": "4/255"}}),
     "seed": dict(seed=1),
@@ -102,7 +103,7 @@ def test_partial_checkpoint_of_another_run_is_set_aside(tmp_path, caplog, monkey
     fit(tmp_path, max_steps=2)
     if field == "version":
         monkeypatch.setattr(train_module, "__version__", "99.0")
-    with caplog.at_level(logging.INFO, logger="eroseg.train"):
+    with caplog.at_level(logging.INFO, logger="eroseg.training"):
         fit(tmp_path, **CHANGES[field])
     aside = [r.getMessage() for r in caplog.records if "set aside" in r.getMessage()]
     assert len(aside) == 1 and f" {field}" in aside[0] and "training starts over" in aside[0], aside
@@ -115,7 +116,7 @@ def test_partial_checkpoint_of_another_run_is_set_aside(tmp_path, caplog, monkey
 
 def test_partial_checkpoint_of_the_same_run_is_resumed(tmp_path, caplog):
     fit(tmp_path, max_steps=2)
-    with caplog.at_level(logging.INFO, logger="eroseg.train"):
+    with caplog.at_level(logging.INFO, logger="eroseg.training"):
         fit(tmp_path)
     # 1-based: 2 of the 4 steps of the first epoch were done, so step 3 runs next.
     assert any("resuming" in r.getMessage() and "epoch 1/2, step 3/4" in r.getMessage() for r in caplog.records)
@@ -248,7 +249,7 @@ def test_batch_of_one_per_process_still_trains_on_adversarial_images():
     # 16 processes with one image each (global batch 16): half of them attack their image.
     assert sum(adversarial_counts(0.5, 16, 16)) == 8
     calls = []
-    task = TrainingTask(torch.nn.Conv2d(3, 2, 1), lambda m, x, y, generator=None: calls.append(1) or x,
+    task = AdversarialTraining(torch.nn.Conv2d(3, 2, 1), lambda m, x, y, generator=None: calls.append(1) or x,
                         adv_fraction=0.5)
     res = task(torch.rand(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))
     assert int(res["adv_mask"].sum()) == 1 and calls == [1]

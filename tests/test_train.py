@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from eroseg.models import load_checkpoint, load_model, model_from_config
-from eroseg.train import NonFiniteLossError, TrainConfig, TrainingTask, train
+from eroseg.training import AdversarialTraining, NonFiniteLossError, TrainConfig, train
 from tests.conftest import TINY_UNET as MODEL
 from tests.conftest import HalfSplit as Toy
 
@@ -104,7 +104,7 @@ def test_adversarial_fraction_holds(fraction, expected):
         calls.append(images.shape[0])
         return images + 0.01
 
-    task = TrainingTask(model, attack, adv_fraction=fraction)
+    task = AdversarialTraining(model, attack, adv_fraction=fraction)
     images, labels = torch.rand(4, 3, 8, 8), torch.zeros(4, 8, 8, dtype=torch.long)
     res = task(images, labels)
     assert int(res["adv_mask"].sum()) == expected
@@ -120,7 +120,7 @@ def test_attack_passes_do_not_update_batchnorm_statistics():
     from eroseg.attacks import create_attack
 
     attack = create_attack("pgd", eps=8 / 255, step_size=2 / 255, steps=3)
-    task = TrainingTask(model, attack, adv_fraction=0.5)
+    task = AdversarialTraining(model, attack, adv_fraction=0.5)
     images, labels = torch.rand(4, 3, 8, 8), torch.randint(0, 2, (4, 8, 8))
     before = bn.num_batches_tracked.item()
     task(images, labels)
@@ -171,7 +171,7 @@ def test_config_rejects_unknown_and_bad_values():
 
 
 def test_keyed_augmentation_is_a_function_of_the_key():
-    from eroseg.train import KeyedAugment
+    from eroseg.training import KeyedAugment
 
     aug = KeyedAugment(Toy(4), [10, 10], [0.5, 1.5], seed=1)
     a, b = aug[5], aug[5]
@@ -206,16 +206,6 @@ class MixedSizes(torch.utils.data.Dataset):
         image = torch.where(label == 1, 0.7, 0.3).float().expand(3, h, w).clone()
         image[0, 0, 0] = i / 10  # identifies the image
         return image, label
-
-
-def test_batches_by_size_keeps_order_and_groups_equal_sizes():
-    from eroseg.train import batches_by_size
-
-    batches = list(batches_by_size(MixedSizes(), 2))
-    assert [tuple(b[0].shape) for b in batches] == [
-        (2, 3, 16, 16), (1, 3, 16, 24), (2, 3, 24, 16), (1, 3, 24, 16), (1, 3, 16, 16)]
-    order = torch.cat([b[0][:, 0, 0, 0] for b in batches])
-    assert torch.allclose(order, torch.arange(7) / 10)
 
 
 def test_validation_and_evaluation_on_whole_images_of_mixed_sizes(tmp_path):
@@ -262,9 +252,53 @@ def test_schema_train_keys_are_the_train_config_fields():
 
     import yaml
 
-    from eroseg.train import TrainConfig
 
     schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
     train = schema["properties"]["train"]["properties"]
     assert set(train) == {f.name for f in dataclasses.fields(TrainConfig)}
     assert not [k for k, v in train.items() if "default" in v]
+    words = ("minimum", "exclusiveMinimum", "maximum", "enum")
+    for f in dataclasses.fields(TrainConfig):  # one set of ranges: the schema states TrainConfig's
+        assert {w: train[f.name][w] for w in words if w in train[f.name]} == dict(f.metadata), f.name
+
+
+def test_config_ranges_name_the_parameter_and_the_bound():
+    for bad, message in (({"lr": 0}, "lr must be > 0, got 0"), ({"hflip": 1.5}, "hflip must be <= 1, got 1.5"),
+                         ({"optimizer": "adam"}, "optimizer must be one of 'sgd', 'adamw', got 'adam'"),
+                         ({"num_workers": -1}, "num_workers must be >= 0, got -1")):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig.from_dict(bad)
+
+
+def _consecutive_batch_miou(model, dataset, batch_size, attack=None, seed=0):
+    """The per-epoch validation as a plain loop: consecutive images in batches, one confusion matrix."""
+    from eroseg.metrics import ConfusionMatrix
+    from eroseg.seeds import generator
+
+    confusion = ConfusionMatrix(2)
+    model.eval()
+    for i in range(0, len(dataset), batch_size):
+        images, labels = map(torch.stack, zip(*[dataset[j] for j in range(i, min(i + batch_size, len(dataset)))]))
+        if attack is not None:
+            images = attack(model, images, labels, generator=generator(seed, "val_robust", step=i // batch_size))
+        with torch.no_grad():
+            confusion.update(model(images).argmax(1), labels)
+    return confusion.compute()["miou"]
+
+
+def test_validation_row_gives_the_numbers_of_a_plain_validation_loop():
+    """Clean val mIoU equals a plain loop; so does the robust one for an attack without a random start (with
+    one, the start is drawn from evaluate's per-batch stream instead of the training's own `val_robust` one)."""
+    from types import SimpleNamespace
+
+    from eroseg.attacks import create_attack
+    from eroseg.training.loop import validation_row
+
+    model, val_set = unet(seed=3), Toy(10, seed=1)
+    pgd = create_attack("pgd", eps=8 / 255, step_size=2 / 255, steps=2, random_start=False)
+    run = SimpleNamespace(model=model, cfg=cfg(val_batch_size=4, val_robust_images=6, val_robust_steps=2),
+                          device=torch.device("cpu"), seed=0, local_bs=4)
+    row = validation_row(run, val_set, 2, pgd)
+    assert row["val_miou"] == _consecutive_batch_miou(model, val_set, 4)
+    robust = _consecutive_batch_miou(model, torch.utils.data.Subset(val_set, range(6)), 4, attack=pgd)
+    assert row["robust_val_miou"] == robust < row["val_miou"]

@@ -125,7 +125,8 @@ def test_report_shows_every_table_inline_as_html(workdir):
         # Job parameters readable: no JSON quotes (the report shows each one as \"), the spec's keys visible.
         params = entry["job_properties"]["params"]
         assert '\\' not in params and '"' not in params, params[:300]
-        assert "methods: [standard, eroseg_at]" in params and "headline: {eps: 8/255, steps: 3}" in params, params[:300]
+        assert "methods: [standard, eroseg_at, trades_at]" in params, params[:300]
+        assert "headline: {eps: 8/255, steps: 3}" in params, params[:300]
         assert_table_shows_csv(path.with_suffix(".csv"),
                                table_cells(base64.b64decode(entry["data_uri"].split(",", 1)[1]).decode()))
     landing = report_data(workdir / "report.html", "workflow-desc", "workflow_desc")
@@ -181,7 +182,7 @@ def test_changing_one_tuning_grid_reruns_that_tuning_and_what_reads_it(workdir):
     # pgd's grid: pgd is tuned and then evaluated on every model; no model is retrained and
     # eroseg's tuning does not run again.
     jobs = _changed(workdir, "grid", lambda c: c["tuning"]["grids"]["pgd"].update(step_size=["eps/4", "eps"]))
-    n_models = 2 * 2
+    n_models = 3 * 2  # methods x seeds
     assert jobs == {"tune": 1, "evaluate": n_models, "aggregate": 1, "figures": 1, "all": 1}, jobs
 
 
@@ -189,6 +190,11 @@ def test_changing_one_method_retrains_only_that_method(workdir):
     jobs = _changed(workdir, "method", lambda c: c["methods"]["eroseg_at"].update(params={"random_start": False}))
     # eroseg_at is retrained (both seeds) and its evaluations redone; nothing of `standard` (which also
     # owns the samples, sweeps, ablation and the tuning) runs again, nor the tuning eroseg_at reads.
+    assert jobs == {"train": 2, "evaluate": 2, "aggregate": 1, "figures": 1, "all": 1}, jobs
+
+
+def test_changing_one_objective_parameter_retrains_only_that_method(workdir):
+    jobs = _changed(workdir, "beta", lambda c: c["methods"]["trades_at"]["objective"].update(beta=3))
     assert jobs == {"train": 2, "evaluate": 2, "aggregate": 1, "figures": 1, "all": 1}, jobs
 
 

@@ -34,7 +34,7 @@ def test_attacks_on_cuda_bf16(name, amp):
 
 
 def test_training_bf16_channels_last(tmp_path):
-    from eroseg.train import TrainConfig, train
+    from eroseg.training import TrainConfig, train
     from tests.conftest import HalfSplit as Toy
 
     cfg = TrainConfig.from_dict(dict(epochs=1, batch_size=4, amp=True, channels_last=True, val_robust_steps=1,

@@ -76,8 +76,8 @@ def source_hash(*patterns):
 
 
 CODE_DATA = source_hash("data/*.py", "io.py", "conventions.py")
-CODE_TRAIN = source_hash("data/*.py", "io.py", "models.py", "train.py", "attacks/*.py", "metrics.py", "numbers.py",
-                         "conventions.py")
+CODE_TRAIN = source_hash("data/*.py", "io.py", "models.py", "training/*.py", "attacks/*.py", "metrics.py", "numbers.py",
+                         "evaluate.py", "seeds.py", "conventions.py")
 CODE_EVAL = source_hash("data/*.py", "io.py", "models.py", "evaluate.py", "attacks/*.py", "metrics.py", "numbers.py",
                         "conventions.py", "seeds.py", "tune.py", "external.py")
 CODE_AGG = source_hash("aggregate.py", "report/*.py", "stats.py", "evaluate.py", "metrics.py", "io.py", "numbers.py")
@@ -130,6 +130,10 @@ def training_tuning_file(method):
 
 def training_attack(method):
     return PLAN.training_attack(method)
+
+
+def training_objective(method):
+    return PLAN.training_objective(method)
 
 
 def all_outputs():

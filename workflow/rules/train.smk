@@ -20,6 +20,7 @@ rule train:
         train=js(config["train"]),
         attack=lambda wc: training_attack(wc.method)[0] or "none",
         attack_params=lambda wc: js(training_attack(wc.method)[1]),
+        objective=lambda wc: js(training_objective(wc.method)),
         params_file=lambda wc: f"--attack-params-file {shlex.quote(training_tuning_file(wc.method))}" if training_tuning_file(wc.method) else "",
         robust_eps=config["adversarial_training"]["eps"],
         code=CODE_TRAIN,
@@ -36,5 +37,5 @@ rule train:
         "\"$EROSEG_PYTHON\" {params.module} train --dataset {params.dataset:q} --root {params.root:q} --train-split {params.train_split:q}"
         " --val-split {params.val_split:q} --model {params.model:q} --train {params.train:q}"
         " --method {wildcards.method:q} --attack {params.attack:q} --attack-params {params.attack_params:q} {params.params_file}"
-        " --robust-eps {params.robust_eps:q} --seed {wildcards.seed} --threads {threads}"
+        " --objective {params.objective:q} --robust-eps {params.robust_eps:q} --seed {wildcards.seed} --threads {threads}"
         " --out {output.model:q} --log {output.log:q} > {log:q} 2>&1"
