@@ -101,7 +101,8 @@ def _starts(size: int, crop: int, stride: int) -> list[int]:
     return [max(min(i * stride + crop, size) - crop, 0) for i in range(count)]
 
 
-def window_grid(height: int, width: int, crop: tuple[int, int], stride: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+def window_grid(height: int, width: int, crop: tuple[int, int],
+                stride: tuple[int, int]) -> list[tuple[int, int, int, int]]:
     """The windows ``(top, bottom, left, right)`` covering a ``height x width`` image, row by row."""
     rows = [(top, min(top + crop[0], height)) for top in _starts(height, crop[0], stride[0])]
     cols = [(left, min(left + crop[1], width)) for left in _starts(width, crop[1], stride[1])]
@@ -151,14 +152,14 @@ class SlidingWindow(nn.Module):
         record = torch.is_grad_enabled()
         for first in range(0, len(windows), self.windows_per_chunk):
             chunk = windows[first:first + self.windows_per_chunk]
-            crops = torch.cat([images[..., t:b, l:r] for t, b, l, r in chunk])
+            crops = torch.cat([images[..., top:bottom, left:right] for top, bottom, left, right in chunk])
             logits = checkpoint(self._run, crops, use_reentrant=False) if record else self._run(crops)
             if total is None:
                 total = logits.new_zeros(batch, logits.shape[1], height, width)
                 count = images.new_zeros(1, 1, height, width, dtype=logits.dtype)
-            for j, (t, b, l, r) in enumerate(chunk):
-                total[..., t:b, l:r] += logits[j * batch:(j + 1) * batch]
-                count[..., t:b, l:r] += 1
+            for j, (top, bottom, left, right) in enumerate(chunk):
+                total[..., top:bottom, left:right] += logits[j * batch:(j + 1) * batch]
+                count[..., top:bottom, left:right] += 1
         return total / count
 
 
