@@ -73,11 +73,12 @@ def _read_list(path: Path) -> tuple[str, list[str]]:
     return sources.pop(), [row["id"] for row in rows]
 
 
-def carved_selection(split_lists: str | os.PathLike | None, split: str) -> tuple[str, set[str] | None, set[str]]:
-    """How a reader builds ``split``: ``(split to scan, ids to keep or None for all, ids to leave out)``.
+def carved_selection(split_lists: str | os.PathLike | None, split: str) -> tuple[str, list[str] | None, set[str]]:
+    """How a reader builds ``split``: ``(split to scan, ids to keep in order or None for all, ids to leave out)``.
 
     ``split`` is carved when ``<split_lists>/<split>.csv`` exists: the reader scans its source split and keeps
-    its ids. Otherwise the reader scans ``split`` itself, leaving out the ids of every list carved from it.
+    its ids, in the list's order (sorted), whatever the order of the source split. Otherwise the reader scans
+    ``split`` itself, leaving out the ids of every list carved from it.
     """
     if split_lists is None:
         return split, None, set()
@@ -88,25 +89,27 @@ def carved_selection(split_lists: str | os.PathLike | None, split: str) -> tuple
     own = folder / f"{split}.csv"
     if own.is_file():
         source, ids = _read_list(own)
-        return source, set(ids), set()
+        return source, ids, set()
     carved = [_read_list(path) for path in sorted(folder.glob("*.csv"))]
     return split, None, {i for source, ids in carved if source == split for i in ids}
 
 
-def select_samples(reader, split: str, keep: set[str] | None, drop: set[str]) -> None:
-    """Restrict a reader built on its source split to ``keep`` (None: all) minus ``drop``, renamed ``split``.
+def select_samples(reader, split: str, keep: list[str] | None, drop: set[str]) -> None:
+    """Restrict a reader built on its source split to ``keep`` (in that order; None: all, in the reader's
+    order) minus ``drop``, and rename it ``split``.
 
     Raises:
         DatasetError: a kept id is not in the source split (the list belongs to another dataset or root).
     """
+    position = {sample_id: k for k, sample_id in enumerate(reader.ids)}
     if keep is not None:
-        missing = sorted(keep - set(reader.ids))
+        missing = [i for i in keep if i not in position]
         if missing:
             raise DatasetError(f"{reader.root}: split {split!r} lists {len(missing)} ids not in split "
                                f"{reader.split!r} (first: {missing[0]!r}); the carved list belongs to another "
                                "dataset or root: rerun the prepare stage")
-    rows = [(i, reader.image_path(k), reader.label_path(k)) for k, i in enumerate(reader.ids)
-            if (keep is None or i in keep) and i not in drop]
+    order = [position[i] for i in keep] if keep is not None else range(len(reader.ids))
+    rows = [(reader.ids[k], reader.image_path(k), reader.label_path(k)) for k in order if reader.ids[k] not in drop]
     reader.ids, reader._images, reader._labels = [], [], []
     for sample_id, image, label in rows:
         reader._add(sample_id, image, label)
