@@ -18,8 +18,8 @@ cover it, divided by the count). Windows run in chunks of ``windows_per_chunk``
 recorded each chunk's forward is checkpointed (:func:`torch.utils.checkpoint.checkpoint`),
 so only the crops are kept and the chunk's activations are recomputed one
 chunk at a time in the backward pass: the memory of a batch is that of one
-chunk's forward and backward plus the image-sized logit map, whatever the
-number of windows.
+chunk's forward and backward plus the crops (the image times the windows'
+overlap) and the image-sized logit sums, whatever the number of windows.
 """
 
 from __future__ import annotations
