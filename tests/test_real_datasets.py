@@ -512,9 +512,6 @@ def test_workflow_dry_run(dry_runs, trees, name):
     assert trains and tunes and evaluations
     assert all("--val-split tune" in c for c in trains) and all("--split tune" in c for c in tunes)
     assert all("--split val" in c for c in evaluations)
-    prepare = [c for c in commands if " -m eroseg prepare " in c]
-    assert len(prepare) == 1 and f"--tune-from {TRAIN_SPLITS[name]} --tune-size 2 --tune-seed 0" in prepare[0]
-    assert "--split-lists results/" in prepare[0] and "tune" in prepare[0].split("--splits")[1].split("--manifest")[0]
     assert not any("--split val" in c or "--val-split val" in c for c in trains + tunes)
 
 

@@ -1,8 +1,5 @@
 # Data: generate the embedded synthetic dataset (if configured), then validate
-# the dataset and write its manifest and class frequencies; with dataset.tune_size,
-# first carve the `tune` list out of the training split (eroseg.data.splits).
-
-TUNE_LIST = f"{OUT}/data/splits/tune.csv" if DATASET.get("tune_size") else None
+# the dataset and write its manifest and class frequencies.
 
 
 if SYNTH:
@@ -35,14 +32,10 @@ rule prepare:
     output:
         manifest=f"{OUT}/data/manifest.csv",
         frequencies=f"{OUT}/data/class_frequencies.csv",
-        tune_list=[TUNE_LIST] if TUNE_LIST else [],
     params:
         dataset=DATASET["name"],
         root=lambda w, input: input[0] if SYNTH else DATA_ROOT,
         splits=sorted({DATASET["train_split"], DATASET["val_split"], DATASET["test_split"]}),
-        tune=(f"--tune-from {shlex.quote(DATASET['train_split'])} --tune-size {DATASET['tune_size']}"
-              f" --tune-seed {DATASET['tune_seed']} --split-lists {shlex.quote(os.path.dirname(TUNE_LIST))}"
-              if TUNE_LIST else ""),
         code=CODE_DATA,
     log:
         f"{OUT}/logs/prepare.log",
@@ -50,4 +43,4 @@ rule prepare:
         "../envs/eroseg.yml"
     shell:
         "\"$EROSEG_PYTHON\" -m eroseg prepare --dataset {params.dataset:q} --root {params.root:q} --splits {params.splits:q}"
-        " --manifest {output.manifest:q} --frequencies {output.frequencies:q} {params.tune} > {log:q} 2>&1"
+        " --manifest {output.manifest:q} --frequencies {output.frequencies:q} > {log:q} 2>&1"
