@@ -1,8 +1,9 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    create .venv if missing, install eroseg, run the whole pipeline (embedded default)
 #   make test   same set-up, then ruff and the fast test tier (under 5 minutes on 2 cores)
-# More tests: make test-slurm (the SLURM tier on a local test cluster, a few minutes),
-# make test-all (every tier that runs without a GPU).
+# More tests: make test-slow (real-layout end-to-end runs, ~12 minutes on 2 cores), make test-slurm (the
+# SLURM tier on a local test cluster, a few minutes), make test-all (every tier that runs without a GPU, in
+# one pytest run). CI (.ci/run) runs make test, then make test-slow and make test-slurm.
 # CORES sets snakemake's --cores; PYTHON the interpreter used to create .venv.
 
 PYTHON ?= python3
@@ -17,7 +18,7 @@ STAMP := $(VENV)/.installed
 unexport PYTHONDONTWRITEBYTECODE
 PYTEST := MPLBACKEND=Agg PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
-.PHONY: run test test-slurm test-all install report clean-results
+.PHONY: run test test-slow test-slurm test-all install report clean-results
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +40,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(PYTEST) -m "not slow and not gpu and not slurm"
+
+# The slow tier without the SLURM tests (those are test-slurm's): with make test and make test-slurm, every
+# test that runs without a GPU, each once.
+test-slow: $(STAMP)
+	$(PYTEST) -m "slow and not gpu and not slurm"
 
 # The SLURM tests start a local test cluster (tests/slurm/cluster.sh; apt-installs slurm-wlm as root)
 # and are skipped with its one-line reason where it cannot start.

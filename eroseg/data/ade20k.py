@@ -20,6 +20,7 @@ import numpy as np
 from eroseg.conventions import IMAGE_SUFFIXES
 from eroseg.data.errors import IGNORE_INDEX, DatasetError, DatasetNotFoundError, layout_hint
 from eroseg.data.reader import SegmentationReader
+from eroseg.data.splits import carved_selection, select_samples
 from eroseg.data.transforms import JointTransform
 
 #: The 150 SceneParsing classes in the benchmark's order (``objectInfo150``,
@@ -110,6 +111,8 @@ class ADE20K(SegmentationReader):
         transform: optional joint transform ``(image, label) -> (image, label)``.
         num_classes: if given, every loaded label is checked to hold only
             ``0..num_classes-1`` or 255 (after the mapping).
+        split_lists: folder of carved split lists (:mod:`eroseg.data.splits`): ``split`` is read from
+            ``<split_lists>/<split>.csv`` where that exists, and without the ids carved from it otherwise.
 
     Attributes:
         ids: sample ids (file stems such as ``ADE_train_00000001``), sorted.
@@ -126,17 +129,21 @@ class ADE20K(SegmentationReader):
         *,
         transform: JointTransform | None = None,
         num_classes: int | None = None,
+        split_lists: str | os.PathLike | None = None,
     ) -> None:
-        super().__init__(root, split, transform=transform, num_classes=num_classes)
-        if split not in SPLIT_FOLDERS:
+        source, keep, drop = carved_selection(split_lists, split)
+        super().__init__(root, source, transform=transform, num_classes=num_classes)
+        if source not in SPLIT_FOLDERS:
             raise DatasetError(
-                f"{self.root}: ADE20K has no split {split!r}; expected one of {', '.join(SPLIT_FOLDERS)} "
+                f"{self.root}: ADE20K has no split {source!r}; expected one of {', '.join(SPLIT_FOLDERS)} "
                 f"(the folders of {LAYOUT})"
             )
         if not self.root.is_dir():
             raise DatasetNotFoundError(f"{self.root}: ADE20K root not found; expected {LAYOUT}."
                                        + layout_hint(self.root, LAYOUT_MARKERS))
-        self._scan(SPLIT_FOLDERS[split])
+        self._scan(SPLIT_FOLDERS[source])
+        if split_lists is not None:
+            select_samples(self, split, keep, drop)
 
     def _scan(self, folder: str) -> None:
         image_dir = self.root / "images" / folder

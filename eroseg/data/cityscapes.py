@@ -21,6 +21,7 @@ import numpy as np
 
 from eroseg.data.errors import IGNORE_INDEX, DatasetError, DatasetNotFoundError, layout_hint
 from eroseg.data.reader import SegmentationReader
+from eroseg.data.splits import carved_selection, select_samples
 from eroseg.data.transforms import JointTransform
 
 #: The 19 Cityscapes evaluation classes; index = train id.
@@ -138,6 +139,8 @@ class Cityscapes(SegmentationReader):
         transform: optional joint transform ``(image, label) -> (image, label)``.
         num_classes: if given, every loaded label is checked to hold only
             ``0..num_classes-1`` or 255 (after the id mapping).
+        split_lists: folder of carved split lists (:mod:`eroseg.data.splits`): ``split`` is read from
+            ``<split_lists>/<split>.csv`` where that exists, and without the ids carved from it otherwise.
 
     Attributes:
         ids: sample ids (``<city>_<seq>_<frame>``), sorted by city then name.
@@ -154,12 +157,16 @@ class Cityscapes(SegmentationReader):
         *,
         transform: JointTransform | None = None,
         num_classes: int | None = None,
+        split_lists: str | os.PathLike | None = None,
     ) -> None:
-        super().__init__(root, split, transform=transform, num_classes=num_classes)
+        source, keep, drop = carved_selection(split_lists, split)
+        super().__init__(root, source, transform=transform, num_classes=num_classes)
         if not self.root.is_dir():
             raise DatasetNotFoundError(f"{self.root}: Cityscapes root not found; expected {LAYOUT}."
                                        + layout_hint(self.root, LAYOUT_MARKERS))
         self._scan()
+        if split_lists is not None:
+            select_samples(self, split, keep, drop)
 
     def _scan(self) -> None:
         image_split = self.root / "leftImg8bit" / self.split

@@ -22,6 +22,7 @@ from PIL import Image
 from eroseg.data.batching import DEFAULT_MAX_PIXELS, pixel_budget_error
 from eroseg.data.checks import check_label_size, check_label_values
 from eroseg.data.errors import IGNORE_INDEX, DatasetError
+from eroseg.data.splits import carve_tune_split
 from eroseg.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,27 @@ def _validate_split(dataset, split: str, root: Path, num_classes: int, pixels: n
     return rows
 
 
+def _carve_tune(dataset_name: str, root: Path, tune: dict | None, split_lists: str | os.PathLike | None,
+                splits: list[str]) -> str | None:
+    """Write the tune list (:func:`eroseg.data.splits.carve_tune_split`) when ``tune`` asks for one; its path."""
+    if not tune:
+        return None
+    from eroseg.data import get_dataset  # the registry imports this module
+
+    unknown = sorted(set(tune) - {"source", "size", "seed"})
+    if unknown or "source" not in tune or "size" not in tune:
+        raise ValueError(f"prepare_dataset: tune {tune!r}; expected keys source, size and optionally seed")
+    if split_lists is None:
+        raise ValueError("prepare_dataset: a tune list needs split_lists, the folder it is written to")
+    if tune["source"] not in splits:
+        raise ValueError(f"prepare_dataset: the tune list's source split {tune['source']!r} is not one of splits "
+                         f"{splits}; it must be validated too")
+    source = get_dataset(dataset_name, root, tune["source"], num_classes=None)  # every image, none carved yet
+    path = carve_tune_split(source.ids, tune["source"], tune["size"], tune.get("seed", 0), split_lists)
+    log.info("%s: %d images of split %s carved as the tune list %s", root, tune["size"], tune["source"], path)
+    return str(path)
+
+
 def prepare_dataset(
     dataset_name: str,
     root: str | os.PathLike,
@@ -114,6 +136,8 @@ def prepare_dataset(
     frequencies_path: str | os.PathLike,
     frequency_split: str | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS["cuda"],
+    tune: dict | None = None,
+    split_lists: str | os.PathLike | None = None,
 ) -> dict:
     """Validate every sample of ``splits``; write the manifest and class-frequency CSVs.
 
@@ -132,11 +156,15 @@ def prepare_dataset(
         max_pixels: refuse an image with more pixels (H x W) than this, naming it
             (default: the GPU budget of :data:`eroseg.data.batching.DEFAULT_MAX_PIXELS`, the largest image
             evaluated whole); None or 0: no budget.
+        tune: carve the ``tune`` list first: ``{"source": split, "size": n, "seed": s}`` takes ``n``
+            images of ``source`` (deterministic in ``s``; see :mod:`eroseg.data.splits`); ``splits`` may
+            then name ``tune``, and ``source`` is validated without them.
+        split_lists: folder of the carved lists (written with ``tune``, read by every split's reader).
 
     Returns:
         A summary: ``dataset``, ``root``, ``num_classes``, ``samples`` (per
         split), ``frequency_split``, ``class_pixels`` (list), ``manifest``,
-        ``frequencies`` (output paths).
+        ``frequencies`` (output paths), ``tune_list`` (the carved list's path, or None).
 
     Raises:
         ValueError: unknown dataset or empty/duplicate ``splits``.
@@ -148,13 +176,15 @@ def prepare_dataset(
     splits, frequency_split = _check_splits(splits, frequency_split)
     root = Path(root)
     start = time.perf_counter()
+    tune_list = _carve_tune(dataset_name, root, tune, split_lists, splits)
     num_classes = info.num_classes
     pixels = np.zeros(num_classes, np.int64)
     rows: list[tuple] = []
     samples: dict[str, int] = {}
     for split in splits:
         # num_classes=None: values are checked here, where the message can name the split.
-        dataset = get_dataset(dataset_name, root, split, num_classes=None)
+        carved = {"split_lists": split_lists} if split_lists is not None else {}  # readers outside eroseg lack it
+        dataset = get_dataset(dataset_name, root, split, num_classes=None, **carved)
         rows += _validate_split(dataset, split, root, num_classes, pixels if split == frequency_split else None,
                                 max_pixels)
         samples[split] = len(dataset)
@@ -179,6 +209,7 @@ def prepare_dataset(
         "class_pixels": [int(v) for v in pixels],
         "manifest": str(manifest_path),
         "frequencies": str(frequencies_path),
+        "tune_list": tune_list,
     }
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from eroseg.conventions import IMAGE_SUFFIXES
 from eroseg.data.errors import IGNORE_INDEX, DatasetError, DatasetNotFoundError, layout_hint
 from eroseg.data.reader import SegmentationReader
+from eroseg.data.splits import carved_selection, select_samples
 from eroseg.data.transforms import JointTransform
 
 #: The 21 PASCAL VOC classes; index = class id in the label PNGs.
@@ -87,6 +88,8 @@ class VOCSegmentation(SegmentationReader):
             ``0..num_classes-1`` or 255.
         image_dir: image folder under ``root``.
         label_dir: label folder under ``root`` (``SegmentationClassAug`` for SBD).
+        split_lists: folder of carved split lists (:mod:`eroseg.data.splits`): ``split`` is read from
+            ``<split_lists>/<split>.csv`` where that exists, and without the ids carved from it otherwise.
 
     Attributes:
         ids: the sample ids in list order.
@@ -106,8 +109,10 @@ class VOCSegmentation(SegmentationReader):
         num_classes: int | None = None,
         image_dir: str = "JPEGImages",
         label_dir: str = "SegmentationClass",
+        split_lists: str | os.PathLike | None = None,
     ) -> None:
-        super().__init__(root, split, transform=transform, num_classes=num_classes)
+        source, keep, drop = carved_selection(split_lists, split)
+        super().__init__(root, source, transform=transform, num_classes=num_classes)
         if not self.root.is_dir():
             raise DatasetNotFoundError(
                 f"{self.root}: dataset root not found; expected a folder in the PASCAL VOC layout "
@@ -116,6 +121,8 @@ class VOCSegmentation(SegmentationReader):
             )
         self.list_file = self._list_path(list_file)
         self._read_list(image_dir, label_dir)
+        if split_lists is not None:
+            select_samples(self, split, keep, drop)
 
     # ----------------------------------------------------------------- building
     def _list_path(self, list_file: str | os.PathLike | None) -> Path:

@@ -1,0 +1,124 @@
+"""One model's evaluation split into shards over image ranges, and the shards' records merged back.
+
+A shard is a contiguous range of the split in dataset order; the ranges of the
+shards of one evaluation are disjoint and cover the split. Each shard's job
+writes an ordinary :class:`eroseg.evaluate.EvalRecord` over its images;
+:func:`merge_records` concatenates the per-image counts in shard order and
+recomputes every metric from them, which gives exactly the record one job
+would have written (the dataset mIoU, pixel accuracy and per-class IoU are
+functions of the summed integer counts, so no rounding enters).
+
+Random starts: :func:`eroseg.evaluate.evaluate` seeds each batch's attack
+generator with ``(seed, batch index, restart)``. A shard reproduces the one
+job's streams when its batches are the one job's batches and it numbers them
+as the one job does: its range starts and ends on a batch boundary
+(:func:`shard_range` with ``batch_size``) and it passes the index of its first
+batch (:func:`shard_batch_offset`) as the offset of its batch numbers. That
+holds where the one job's batches are consecutive images, i.e. on a split whose
+images share one size (Cityscapes, the synthetic set) or at batch size 1; on a
+split of mixed sizes the one job gathers equal sizes across the whole split,
+so a shard's batches differ from the one job's and its random starts (and
+batched numerics) differ too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+from eroseg.evaluate import EvalRecord
+from eroseg.metrics import PerImageStats
+
+#: Fields every shard record of one evaluation must agree on.
+SHARED_FIELDS = ("method", "seed", "setting", "attack", "attack_params", "split", "checkpoint", "classes", "restarts")
+
+
+def _check_shards(num_images: int, shards: int, index: int, batch_size: int) -> None:
+    for name, value, low in (("num_images", num_images, 0), ("shards", shards, 1), ("batch_size", batch_size, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < shards:
+        raise ValueError(f"shard index must be an integer in [0, {shards}), got {index!r}")
+
+
+def _batch_bounds(num_images: int, shards: int, index: int, batch_size: int) -> tuple[int, int]:
+    """First and one-past-last batch of shard ``index``: the batches split as evenly as whole batches allow."""
+    num_batches = -(-num_images // batch_size)
+    return index * num_batches // shards, (index + 1) * num_batches // shards
+
+
+def shard_range(num_images: int, shards: int, index: int, batch_size: int = 1) -> range:
+    """Dataset indices of shard ``index`` of ``shards`` over a split of ``num_images`` images.
+
+    The split's ``ceil(num_images / batch_size)`` batches of consecutive images
+    are divided as evenly as possible (shard sizes differ by at most one batch),
+    so every range starts on a batch boundary; the ranges are disjoint, in
+    dataset order, and cover ``range(num_images)``. A shard may be empty when
+    there are more shards than batches.
+
+    Args:
+        num_images: images in the split.
+        shards: number of shards (>= 1).
+        index: this shard, ``0 <= index < shards``.
+        batch_size: the evaluation's batch size; 1 splits by single images.
+
+    Raises:
+        ValueError: a count below its minimum or an index outside ``[0, shards)`` (named, with the value).
+    """
+    _check_shards(num_images, shards, index, batch_size)
+    first, last = _batch_bounds(num_images, shards, index, batch_size)
+    return range(min(first * batch_size, num_images), min(last * batch_size, num_images))
+
+
+def shard_batch_offset(num_images: int, shards: int, index: int, batch_size: int) -> int:
+    """Index, in the one-job evaluation, of shard ``index``'s first batch (its random-start stream offset)."""
+    _check_shards(num_images, shards, index, batch_size)
+    return _batch_bounds(num_images, shards, index, batch_size)[0]
+
+
+def _differing_field(records: Sequence[EvalRecord]) -> str | None:
+    """The first of :data:`SHARED_FIELDS` (or the component names) on which the records disagree, else None."""
+    for name in SHARED_FIELDS:
+        if any(getattr(r, name) != getattr(records[0], name) for r in records[1:]):
+            return name
+    if any(set(r.components) != set(records[0].components) for r in records[1:]):
+        return "components"
+    return None
+
+
+def merge_records(records: Sequence[EvalRecord]) -> EvalRecord:
+    """Merge the records of an evaluation's shards, given in shard order, into the one-job record.
+
+    Per-image counts (and those of every component: SEA's losses, restarts) are
+    concatenated in the given order, which is dataset order when the records
+    are those of shards 0, 1, ... of :func:`shard_range`; ``miou``,
+    ``pixel_acc`` and ``per_class_iou`` are recomputed from the merged counts.
+    ``seconds`` is the sum over the shards: the compute time of the
+    evaluation, comparable to one job's time (the wall time of shards run in
+    parallel is shorter).
+
+    Raises:
+        ValueError: no records, or records of different evaluations (names the field that differs).
+    """
+    if not records:
+        raise ValueError("merge_records: no shard records given; expected one per shard")
+    differing = _differing_field(records)
+    if differing is not None:
+        values = [getattr(r, differing) if differing != "components" else sorted(r.components) for r in records]
+        raise ValueError(f"merge_records: the shard records differ in {differing!r} ({values}); expected the "
+                         "shards of one evaluation (same model, setting, split and parameters)")
+    per_image = PerImageStats.concat([r.per_image for r in records])
+    components = {name: PerImageStats.concat([r.components[name] for r in records]) for name in records[0].components}
+    return dataclasses.replace(records[0], per_image=per_image, components=components,
+                               seconds=float(sum(r.seconds for r in records)), **per_image.scores())
+
+
+def merge_record_files(paths: Sequence[str | Path], out: str | Path) -> EvalRecord:
+    """Read shard records from ``paths`` (in shard order), merge them and write the result to ``out`` atomically."""
+    merged = merge_records([EvalRecord.read(p) for p in paths])
+    merged.write(out)
+    return merged
+
+
+__all__ = ["SHARED_FIELDS", "merge_record_files", "merge_records", "shard_batch_offset", "shard_range"]
