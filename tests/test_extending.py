@@ -1,4 +1,4 @@
-"""The two routes of docs/extending-attack-dataset.md, each taken in a temporary registry.
+"""The two routes of docs/extending.md, each taken in a temporary registry.
 
 A new attack is a function (with the check of its own parameters) and one ``register_attack`` line; a new dataset
 is a reader and one ``register_dataset`` call (plus the schema's list of names, which only the workflow reads).

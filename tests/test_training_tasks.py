@@ -1,6 +1,6 @@
 """The training-objective seam: a new objective is one registered TrainingTask subclass.
 
-The route is written down in docs/extending-objective.md.
+The route is written down in docs/extending.md.
 """
 
 from typing import Any, ClassVar

@@ -14,7 +14,7 @@ backward, optimiser, logging), the same for every objective.
 The config names an objective as ``methods.<m>.objective: {name: trades, beta: 6}`` and the CLI as
 ``eroseg train --objective '{"name": "trades", "beta": 6}'``; :func:`check_objective` validates it and
 :func:`create_task` builds it. A new objective is a subclass registered in :data:`TASKS`
-(docs/extending-objective.md).
+(docs/extending.md).
 """
 
 from __future__ import annotations
