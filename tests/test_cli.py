@@ -8,12 +8,14 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from eroseg.cli import _eval_files, _json_arg, _spec_arg, default_method, main, parse_number
 from eroseg.data import generate_synthetic
 from eroseg.evaluate import parse_settings
 from eroseg.models import create_model, load_checkpoint, save_checkpoint
+from eroseg.training import TrainConfig
 from tests.conftest import TINY_UNET as MODEL_CFG
 
 
@@ -225,3 +227,103 @@ def test_training_without_method_stores_a_method_name(setup, tmp_path):
                  "--log", str(tmp_path / "log.csv"), "--device", "cpu", "--quiet"]) == 0
     assert load_checkpoint(out)["meta"]["method"] == "fgsm_at"
     assert default_method(None) == default_method("none") == "standard"
+
+
+# ------------------------------------------------------ one-line errors of train and attack, skipped images
+@pytest.fixture(scope="module")
+def three_classes(setup):
+    """A checkpoint of the tiny U-Net for 3 classes, beside ``setup``'s 8-class one."""
+    d, _, _ = setup
+    save_checkpoint(d / "three.pt", create_model("Unet", "resnet18", 3, encoder_depth=3, decoder_channels=(8, 8, 8)),
+                    {"model": MODEL_CFG, "num_classes": 3, "dataset": "synthetic"})
+    return d / "three.pt"
+
+
+def _train_args(root, tmp_path, train_cfg='{"epochs": 1, "batch_size": 4, "amp": false}'):
+    return ["train", "--dataset", "synthetic", "--root", str(root), "--model", json.dumps(MODEL_CFG),
+            "--train", train_cfg, "--out", str(tmp_path / "m" / "m.pt"), "--log", str(tmp_path / "m" / "m.csv"),
+            "--device", "cpu", "--quiet"]
+
+
+def test_train_config_of_wrong_type_is_one_line(tmp_path, caplog):
+    assert main(_train_args(tmp_path / "nodata", tmp_path, '{"epochs": "ten"}')) == 1
+    (msg,) = _errors(caplog)
+    assert "'epochs'" in msg and "integer" in msg and "'ten'" in msg and "\n" not in msg
+    with pytest.raises(ValueError, match="'crop_size': expected a list of integers"):
+        TrainConfig.from_dict({"crop_size": ["a", 8]})
+
+
+def test_unwritable_output_folder_fails_before_any_work(tmp_path, caplog):
+    (tmp_path / "file").write_text("not a folder")
+    args = _train_args(tmp_path / "nodata", tmp_path)  # the data does not even exist: no work was started
+    args[args.index("--out") + 1] = str(tmp_path / "file" / "m.pt")
+    assert main(args) == 1
+    (msg,) = _errors(caplog)
+    assert "file: cannot write the checkpoint (--out) m.pt" in msg
+    caplog.clear()
+    assert main(["attack", "--checkpoint", str(tmp_path / "missing.pt"), "--images", str(tmp_path),
+                 "--attack", "fgsm", "--out-dir", str(tmp_path / "file" / "out"), "--quiet"]) == 1
+    (msg,) = _errors(caplog)
+    assert "cannot write the attack outputs (--out-dir)" in msg
+
+
+def test_full_disk_is_one_line(setup, tmp_path, caplog, monkeypatch):
+    _, root, _ = setup
+
+    def full(*args, **kwargs):  # what torch raises when the disk is full
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr("eroseg.models._low_on_space", lambda path: True)
+    assert main(_train_args(root, tmp_path)) == 1
+    (msg,) = _errors(caplog)
+    assert msg.startswith("no space left on device while writing ") and "m.pt.partial" in msg and "\n" not in msg
+
+
+def _png(path, size=(32, 32)):
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+
+
+def test_attack_skips_a_non_image_png_and_lists_it(setup, tmp_path, caplog):
+    d, _, _ = setup
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    _png(folder / "a.png")
+    (folder / "b.png").write_text("not an image")
+    _png(folder / "c.png")
+    assert main(["attack", "--checkpoint", str(d / "model.pt"), "--images", str(folder), "--attack", "fgsm",
+                 "--attack-params", '{"eps": "4/255"}', "--out-dir", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    rows = {r["id"]: r for r in csv.DictReader(open(tmp_path / "out" / "summary.csv"))}
+    assert list(rows) == ["a", "b", "c"]
+    assert rows["b"]["skipped"].startswith("not readable") and not rows["a"]["skipped"] and not rows["c"]["skipped"]
+    assert sorted(p.name for p in (tmp_path / "out" / "adv").iterdir()) == ["a.png", "c.png"]
+    assert any("b: skipped" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def test_attack_refuses_a_checkpoint_of_other_classes(setup, three_classes, tmp_path, caplog):
+    _, root, _ = setup
+    assert main(["attack", "--checkpoint", str(three_classes), "--dataset", "synthetic", "--root", str(root),
+                 "--attack", "fgsm", "--attack-params", '{"eps": "4/255"}', "--out-dir", str(tmp_path / "o"),
+                 "--device", "cpu"]) == 1
+    (msg,) = _errors(caplog)
+    assert "three.pt" in msg and "3 classes" in msg and "8 classes" in msg
+
+
+
+def test_attack_refuses_images_above_the_pixel_budget(setup, tmp_path, caplog):
+    d, _, _ = setup
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    _png(folder / "big.png", (64, 64))
+    _png(folder / "small.png", (16, 16))
+    args = ["attack", "--checkpoint", str(d / "model.pt"), "--images", str(folder), "--attack", "fgsm",
+            "--attack-params", '{"eps": "4/255"}', "--out-dir", str(tmp_path / "out"), "--device", "cpu",
+            "--max-pixels", "1000"]
+    assert main(args) == 0
+    rows = {r["id"]: r for r in csv.DictReader(open(tmp_path / "out" / "summary.csv"))}
+    assert "above the budget" in rows["big"]["skipped"] and not rows["small"]["skipped"]
+    assert not (tmp_path / "out" / "adv" / "big.png").exists()
+    (folder / "small.png").unlink()
+    assert main(args) == 1  # nothing left to attack: an error, not an empty success
+    assert "no image attacked" in _errors(caplog)[-1]

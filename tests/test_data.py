@@ -15,6 +15,7 @@ from eroseg.data import (
     DatasetNotFoundError,
     VOCSegmentation,
     dataset_info,
+    generate_synthetic,
     get_dataset,
     prepare_dataset,
     voc_palette,
@@ -283,3 +284,24 @@ def test_reader_base_gives_a_subclass_everything_but_layout_and_mapping(two_imag
         Shifted(two_images, num_classes=2)[1]  # the mapped ids are checked against num_classes
     flipped = Shifted(two_images, transform=RandomHorizontalFlip(1.0))[0][1]
     assert flipped[0].tolist() == [2, 2, 2, IGNORE_INDEX, 0, 0]
+
+
+# ---------------------------------------------------------------- split lists of a generated dataset
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory):
+    """A small generated synthetic dataset (4 train, 2 val images of 32x32)."""
+    return generate_synthetic(tmp_path_factory.mktemp("syn") / "syn", n_train=4, n_val=2, height=32, width=32,
+                              seed=0)
+
+
+def test_duplicate_ids_in_a_split_list_are_refused(synthetic_root):
+    root = synthetic_root
+    lst = root / "ImageSets" / "Segmentation" / "val.txt"
+    text = lst.read_text()
+    first = text.split()[0]
+    lst.write_text(text + first + "\n")
+    try:
+        with pytest.raises(DatasetError, match=rf"val\.txt: sample id '{first}' is listed twice"):
+            get_dataset("synthetic", root, "val")
+    finally:
+        lst.write_text(text)

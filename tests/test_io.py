@@ -1,4 +1,4 @@
-"""Atomic writes: outputs get the umask's mode, failures leave nothing behind."""
+"""Atomic writes: outputs get the umask's mode, failures leave nothing behind; one writer per output."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ import stat
 import numpy as np
 import pytest
 
-from eroseg.io import atomic_path, atomic_write_bytes, atomic_write_text, read_json, write_json
+from eroseg.io import (
+    OutputLockedError,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_text,
+    exclusive_lock,
+    read_json,
+    write_json,
+)
 
 
 @contextlib.contextmanager
@@ -66,3 +74,12 @@ def test_failed_write_leaves_target_and_no_temporary(tmp_path):
             raise RuntimeError("boom")
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.txt"]
+
+
+def test_lock_is_exclusive_within_one_process_too(tmp_path):
+    with exclusive_lock(tmp_path / "e.json"):
+        with pytest.raises(OutputLockedError, match=f"pid {os.getpid()}"):
+            with exclusive_lock(tmp_path / "e.json"):
+                pass
+    with exclusive_lock(tmp_path / "e.json"):  # released
+        pass

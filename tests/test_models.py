@@ -1,9 +1,10 @@
-"""Model wrapper, encoder weights and checkpoints."""
+"""Model wrapper, encoder weights, model parameters and checkpoints (and their fit to the data)."""
 
 import pytest
 import torch
 
-from eroseg.models import create_model, load_checkpoint, load_model, save_checkpoint
+from eroseg.models import check_checkpoint_matches, create_model, load_checkpoint, load_model, save_checkpoint
+from tests.conftest import TINY_UNET as UNET
 
 SMALL = dict(encoder_depth=3, decoder_channels=(16, 8, 8))
 
@@ -72,3 +73,34 @@ def test_checkpoint_roundtrip_weights_only(tmp_path):
         load_checkpoint(bad)
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         load_checkpoint(tmp_path / "nope.pt")
+
+
+# ------------------------------------------------------- checkpoints checked against the data
+def test_malformed_checkpoint_metadata_is_one_line_naming_the_file(tmp_path):
+    model = create_model("Unet", "resnet18", 2, encoder_depth=3, decoder_channels=(8, 8, 8))
+    save_checkpoint(tmp_path / "nomodel.pt", model, {"num_classes": 2})
+    with pytest.raises(ValueError, match=r"nomodel\.pt: checkpoint metadata lacks 'model'") as err:
+        load_model(tmp_path / "nomodel.pt")
+    assert "\n" not in str(err.value)
+    other = {**UNET, "kwargs": {"encoder_depth": 3, "decoder_channels": [16, 16, 16]}}
+    save_checkpoint(tmp_path / "mismatch.pt", model, {"model": other, "num_classes": 2})
+    with pytest.raises(ValueError, match=r"mismatch\.pt: weights do not match") as err:
+        load_model(tmp_path / "mismatch.pt")
+    assert "\n" not in str(err.value)
+
+
+def test_checkpoint_for_other_classes_or_dataset_is_refused():
+    meta = {"num_classes": 21, "dataset": "voc"}
+    with pytest.raises(ValueError, match=r"m\.pt: .*voc with 21 classes.*synthetic with 8 classes"):
+        check_checkpoint_matches(meta, "synthetic", 8, "m.pt")
+    with pytest.raises(ValueError, match="trained on voc"):
+        check_checkpoint_matches(meta, "cityscapes", 21, "m.pt")
+    check_checkpoint_matches(meta, "voc", 21, "m.pt")  # matches: no error
+
+
+def test_model_kwargs_typo_names_the_closest_valid_name():
+    with pytest.raises(ValueError, match=r"unknown parameter 'decoder_chanels' for Unet; did you mean "
+                                         r"'decoder_channels'\?"):
+        create_model("Unet", "resnet18", 2, encoder_depth=3, decoder_chanels=(8, 8, 8))
+    with pytest.raises(ValueError, match="'classes' is set by eroseg"):
+        create_model("Unet", "resnet18", 2, classes=3)

@@ -1,16 +1,26 @@
-"""The training-objective seam: a new objective is one registered TrainingTask subclass.
+"""The training-objective seam: a new objective is one registered TrainingTask subclass; the adversarial share
+of the global batch.
 
 The route is written down in docs/extending.md.
 """
 
 from typing import Any, ClassVar
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from eroseg.models import SegmentationModel, load_checkpoint
-from eroseg.training import TASKS, TrainConfig, TrainingTask, create_task, train
+from eroseg.training import (
+    TASKS,
+    AdversarialTraining,
+    TrainConfig,
+    TrainingTask,
+    adversarial_counts,
+    create_task,
+    train,
+)
 from tests.conftest import HalfSplit
 
 
@@ -57,3 +67,26 @@ def test_an_unregistered_objective_is_refused_with_the_valid_names():
                                          r"valid: adversarial, trades"):
         create_task({"name": "label_smoothing"}, torch.nn.Conv2d(3, 2, 1), attack=None, cfg=cfg,
                     where="methods.m.objective")
+
+
+# ------------------------------------------------------------ adversarial share of the global batch
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.25, 0.5, 0.75, 1.0])
+@pytest.mark.parametrize("global_batch,world", [(1, 1), (4, 1), (8, 2), (6, 2), (16, 16), (32, 16)])
+def test_adversarial_count_is_defined_on_the_global_batch(fraction, global_batch, world):
+    counts = adversarial_counts(fraction, global_batch, world)
+    expected = int(np.floor(fraction * global_batch + 0.5))
+    expected = max(expected, 1) if fraction > 0 else 0
+    assert len(counts) == world and sum(counts) == expected
+    assert all(0 <= c <= global_batch // world for c in counts)
+    assert max(counts) - min(counts) <= 1  # spread evenly
+    assert counts == adversarial_counts(fraction, global_batch, world)  # deterministic
+
+
+def test_batch_of_one_per_process_still_trains_on_adversarial_images():
+    # 16 processes with one image each (global batch 16): half of them attack their image.
+    assert sum(adversarial_counts(0.5, 16, 16)) == 8
+    calls = []
+    task = AdversarialTraining(torch.nn.Conv2d(3, 2, 1), lambda m, x, y, generator=None: calls.append(1) or x,
+                        adv_fraction=0.5)
+    res = task(torch.rand(1, 3, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))
+    assert int(res["adv_mask"].sum()) == 1 and calls == [1]
