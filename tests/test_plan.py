@@ -152,7 +152,8 @@ def test_a_registered_table_reaches_the_workflow_outputs_and_the_tables(tmp_path
     tables = aggregate([], plan.aggregate_spec(), tmp_path / "tables", tables=only_new)
     assert list(tables["methods_count"].index) == ["standard", "eroseg_at", "trades_at"] == plan.methods
     assert (tmp_path / "tables" / "methods_count.md").read_text().startswith("## 3 methods\n")
-    assert (tmp_path / "tables" / "methods_count.csv").read_text() == "method\n" + "".join(f"{m}\n" for m in plan.methods)
+    csv_text = (tmp_path / "tables" / "methods_count.csv").read_text()
+    assert csv_text == "method\n" + "".join(f"{m}\n" for m in plan.methods)
     # a spec that does not enable it: neither in the outputs nor built
     assert aggregate([], {"methods": ["one"]}, tmp_path / "none", tables=only_new) == {}
 
