@@ -185,3 +185,33 @@ def stats_at_eps(record: dict, eps: float, *, tolerance: float = 1e-9) -> PerIma
         if abs(entry["eps"] - float(eps)) <= tolerance:
             return PerImageStats.from_dict(entry["per_image"])
     raise ValueError(f"eps {eps!r} is not on the minimal-norm record's grid {record['eps_grid']}")
+
+
+def write_min_norm_record(model: torch.nn.Module, meta: dict, dataset, out: str, *, attack: str,
+                          eps_grid: list[float], setting: str | None = None, source: str | None = None,
+                          split: str | None = None, **options) -> dict:
+    """:func:`evaluate_min_norm` on one model, written atomically to ``out`` with the model named.
+
+    Args:
+        model, meta: the model and its checkpoint metadata (``num_classes``, ``method``, ``seed``).
+        dataset: as in :func:`evaluate_min_norm`.
+        out: the JSON file (its folder is created).
+        attack, eps_grid: as in :func:`evaluate_min_norm`.
+        setting: the config's name of this attack setting (default: the attack's name).
+        source, split: the checkpoint (or factory) and the split, kept in the record.
+        options: the other keyword arguments of :func:`evaluate_min_norm` (params, norm, adv_threshold,
+            steps, batch_size, device, seed, max_images).
+
+    Returns:
+        The record as written: :func:`evaluate_min_norm`'s fields plus ``method``, ``seed`` (the model's
+        training seed, else the attack's seed), ``setting``, ``checkpoint`` and ``split``.
+    """
+    from eroseg.io import check_writable_dir, write_json
+
+    check_writable_dir(out, f"minimal-norm record of {setting or attack}")
+    record = evaluate_min_norm(model, dataset, int(meta["num_classes"]), attack=attack, eps_grid=eps_grid, **options)
+    seed = meta.get("seed")
+    record.update(method=meta.get("method"), seed=int(options.get("seed", 0) if seed is None else seed),
+                  setting=setting or attack, checkpoint=source, split=split)
+    write_json(out, record)
+    return record
