@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 from pathlib import Path
 
 import yaml
@@ -412,6 +413,16 @@ class EvaluationPlan:
                 "adv_threshold": float(block["adv_threshold"]), "eps": self.min_norm_eps(),
                 "max_images": block["max_images"],
                 "batch_size": int(block["batch_size"] or self.evaluation["batch_size"])}
+
+    def min_norm_options(self, setting) -> str:
+        """The ``eroseg min-norm`` options of one setting, quoted for a shell (besides model, data and output)."""
+        args = self.min_norm_args(setting)
+        words = ["--attack", args["attack"], "--setting", setting, "--params", json_arg(args["params"]),
+                 "--eps", *[repr(e) for e in args["eps"]], "--norm", args["norm"],
+                 "--adv-threshold", repr(args["adv_threshold"]), "--batch-size", str(args["batch_size"])]
+        words += ["--steps", str(args["steps"])] if args["steps"] else []
+        words += ["--max-images", str(args["max_images"])] if args["max_images"] else []
+        return " ".join(shlex.quote(w) for w in words)
 
     def min_norm_report(self) -> dict | None:
         """The report spec's ``min_norm`` block: the eps grid and the records (None without ``evaluation.min_norm``)."""
