@@ -169,3 +169,15 @@ def test_the_min_norm_table_reports_the_images_won(tmp_path):
     assert (row["method"], row["setting"]) == ("m", "alma_prox")
     assert row["images won in the worst case"] == 2
     assert row["success %"] == 100 and row["norm median (x/255)"] == pytest.approx(0.02 * 255)
+
+
+def test_norm_quartiles_count_failures_as_infinite(tmp_path):
+    from eroseg.minnorm.tables import min_norm_frame
+
+    spec = ReportSpec.from_dict({"methods": ["m"], "min_norm": {"eps": [EPS], "files": [
+        _min_norm_record(tmp_path, _stats([0.1] * 4))]}})
+    record = load_min_norm(spec)[0]
+    record["per_image"]["norm"] = [0.01, 0.02, None, None]  # two failures (norm inf, stored as null)
+    row = min_norm_frame([record]).iloc[0]
+    assert row["success_rate"] == 0.5
+    assert row["norm_q1"] == pytest.approx(0.0175) and row["norm_median"] == np.inf and row["norm_q3"] == np.inf

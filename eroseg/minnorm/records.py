@@ -19,7 +19,13 @@ import torch
 
 from eroseg.data.batching import dataset_order, default_num_workers, size_bucketed_batches
 from eroseg.metrics import IGNORE_INDEX, PerImageStats, per_image_stats
-from eroseg.minnorm.attacks import MinNormResult, attack_arguments, perturbation_norms, run_min_norm
+from eroseg.minnorm.attacks import (
+    MinNormResult,
+    adv_lib_segmentation,
+    attack_arguments,
+    perturbation_norms,
+    run_min_norm,
+)
 
 #: ``kind`` field of a minimal-norm record (evaluation records of fixed-budget attacks have none).
 RECORD_KIND = "min_norm"
@@ -139,6 +145,7 @@ def evaluate_min_norm(model: torch.nn.Module, dataset, num_classes: int, *, atta
     if max_images is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(max_images, len(dataset))))
     settings = {"norm": norm, "adv_threshold": adv_threshold, "steps": steps, **params}
+    adv_lib_segmentation()  # imported before the clock starts: seconds per image are the attack's own
     rows, clean, at_eps, batch_indices = [], [], [[] for _ in grid], []
     start = time.perf_counter()
     workers = default_num_workers(device) if num_workers is None else num_workers

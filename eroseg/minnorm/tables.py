@@ -30,11 +30,22 @@ from eroseg.minnorm.records import norms_of
 from eroseg.numbers import eps_label
 
 
+def _quantiles(values: np.ndarray, levels: list[float]) -> np.ndarray:
+    """``np.quantile`` (linear interpolation) with ``inf`` values allowed: a quantile that reaches one is ``inf``.
+
+    numpy interpolates ``inf - inf`` to NaN; here infinities stand in as the largest float, so a quantile between
+    two of them, or between a finite value and one, comes out huge and is read back as ``inf``.
+    """
+    big = np.finfo(np.float64).max
+    out = np.quantile(np.where(np.isinf(values), big, values), levels)
+    return np.where(out > big / 1e6, np.inf, out)
+
+
 def _record_rows(record: dict) -> list[dict]:
     """One row per eps of the grid for one record (its per-image statistics reduced)."""
     norms = norms_of(record)
     norms = norms[~np.isnan(norms)]
-    quartiles = np.quantile(norms, [0.25, 0.5, 0.75]) if norms.size else [np.nan] * 3
+    quartiles = _quantiles(norms, [0.25, 0.5, 0.75]) if norms.size else [np.nan] * 3
     base = {
         "method": record.get("method"), "seed": record.get("seed"),
         "setting": record.get("setting", record["attack"]), "attack": record["attack"],
