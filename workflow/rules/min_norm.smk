@@ -20,7 +20,7 @@ rule min_norm:
         dataset=DATASET["name"],
         root=DATA_ROOT,
         split=DATASET["test_split"],
-        options=lambda wc: PLAN.min_norm_options(wc.min_norm_setting),
+        min_norm_options=lambda wc: PLAN.min_norm_options(wc.min_norm_setting),  # each word quoted by the plan
         code=CODE_MIN_NORM,
     threads: config["resources"]["threads"]
     resources:
@@ -33,5 +33,5 @@ rule min_norm:
         "../envs/eroseg.yml"
     shell:
         "\"$EROSEG_PYTHON\" -m eroseg min-norm --checkpoint {input.model:q} --dataset {params.dataset:q}"
-        " --root {params.root:q} --split {params.split:q} {params.options} --seed {wildcards.seed}"
+        " --root {params.root:q} --split {params.split:q} {params.min_norm_options} --seed {wildcards.seed}"
         " --threads {threads} --out {output:q} > {log:q} 2>&1"
