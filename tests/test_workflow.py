@@ -187,9 +187,10 @@ def test_changing_one_tuning_grid_reruns_that_tuning_and_what_reads_it(workdir):
 
 def test_changing_one_method_retrains_only_that_method(workdir):
     jobs = _changed(workdir, "method", lambda c: c["methods"]["eroseg_at"].update(params={"random_start": False}))
-    # eroseg_at is retrained (both seeds) and its evaluations redone; nothing of `standard` (which also
-    # owns the samples, sweeps, ablation and the tuning) runs again, nor the tuning eroseg_at reads.
-    assert jobs == {"train": 2, "evaluate": 2, "aggregate": 1, "figures": 1, "all": 1}, jobs
+    # eroseg_at is retrained (both seeds) and its evaluations and minimal-norm run (first seed) redone; nothing
+    # of `standard` (which also owns the samples, sweeps, ablation and the tuning) runs again, nor the tuning
+    # eroseg_at reads.
+    assert jobs == {"train": 2, "evaluate": 2, "min_norm": 1, "aggregate": 1, "figures": 1, "all": 1}, jobs
 
 
 def test_changing_figure_style_reruns_no_evaluation(workdir):

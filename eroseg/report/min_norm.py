@@ -156,7 +156,7 @@ def min_norm(inputs: TableInputs) -> pd.DataFrame:
     from eroseg.minnorm.tables import min_norm_table
 
     table = min_norm_table(load_min_norm(inputs.spec))
-    values = inputs.tables.get("main_values")
+    values = inputs.tables.get("min_norm_won")
     if values is not None:
         won = values.groupby("method", sort=False).mean(numeric_only=True)
         table["images won in the worst case"] = [

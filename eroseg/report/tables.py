@@ -234,10 +234,14 @@ def _seed_counts(inputs: TableInputs) -> str:
                                      "best iterate; worst case over every attack and SEA's components; mean ± std "
                                      f"[95 % CI] over {_seed_counts(inputs)} seeds")
 def main(inputs: TableInputs) -> pd.DataFrame:
-    """The main table; every model's values go to ``main_values.csv`` beside it."""
+    """The main table; every model's values go to ``main_values.csv`` beside it (the images each minimal-norm
+    candidate won, to ``inputs.tables["min_norm_won"]``)."""
     from eroseg.report.min_norm import load_min_norm
 
     table, values = main_table(inputs.evals, inputs.spec, load_min_norm(inputs.spec))
+    won = [c for c in values.columns if c.startswith("min_norm_won:")]
+    inputs.tables["min_norm_won"] = values[["method", "seed", *won]]  # read by the min_norm table
+    values = values.drop(columns=won)
     inputs.tables["main_values"] = values
     atomic_write_text(inputs.out_dir / "main_values.csv", values.to_csv(index=False))
     return table
