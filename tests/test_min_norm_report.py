@@ -181,3 +181,29 @@ def test_norm_quartiles_count_failures_as_infinite(tmp_path):
     row = min_norm_frame([record]).iloc[0]
     assert row["success_rate"] == 0.5
     assert row["norm_q1"] == pytest.approx(0.0175) and row["norm_median"] == np.inf and row["norm_q3"] == np.inf
+
+
+def test_a_bad_attack_fails_in_one_line_before_the_model_is_loaded(tmp_path, caplog):
+    from eroseg.cli import main
+
+    code = main(["min-norm", "--checkpoint", str(tmp_path / "missing.pt"), "--dataset", "synthetic", "--root",
+                 str(tmp_path), "--attack", "alma_proxx", "--eps", "8/255", "--out", str(tmp_path / "o.json")])
+    assert code == 1 and "unknown minimal-norm attack 'alma_proxx'" in caplog.text
+    assert "missing.pt" not in caplog.text and not (tmp_path / "o.json").exists()
+
+
+@pytest.mark.workflow
+def test_the_pipeline_writes_min_norm_records_and_their_table(tiny_run):
+    """config/tests.yaml: one record per method (first seed), named, on the grid with the headline eps."""
+    import pandas as pd
+
+    for method in ("standard", "eroseg_at"):
+        record = json.loads((tiny_run / f"results/tests/min_norm/{method}/seed0/alma_prox.json").read_text())
+        assert (record["method"], record["seed"], record["setting"], record["num_images"]) == (method, 0,
+                                                                                               "alma_prox", 4)
+        assert record["eps_grid"] == pytest.approx([4 / 255, 8 / 255, 16 / 255])
+        assert record["attack_params"]["steps"] == 3 and record["attack_params"]["lr_init"] == 0.05
+    table = pd.read_csv(tiny_run / "results/tests/tables/min_norm.csv")
+    assert list(table["method"]) == ["standard", "eroseg_at"]
+    assert {"robust % @ 8/255", "mIoU % @ 16/255", "images won in the worst case"} <= set(table.columns)
+    assert (tiny_run / "results/tests/figures/robustness_curve.png").is_file()
