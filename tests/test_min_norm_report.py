@@ -207,3 +207,21 @@ def test_the_pipeline_writes_min_norm_records_and_their_table(tiny_run):
     assert list(table["method"]) == ["standard", "eroseg_at"]
     assert {"robust % @ 8/255", "mIoU % @ 16/255", "images won in the worst case"} <= set(table.columns)
     assert (tiny_run / "results/tests/figures/robustness_curve.png").is_file()
+
+
+def test_the_robustness_curve_is_drawn_with_the_headline_points(tmp_path, monkeypatch):
+    from eroseg import figures as plots
+    from eroseg.report import FIGURES
+    from eroseg.report.figures import FigureInputs
+
+    evals, spec, _ = _evals_and_spec(tmp_path, _stats([0.1, 0.9, 0.2, 0.9]))
+    paths = []
+    for rec in evals.records:
+        path = tmp_path / f"{rec.setting}.json"
+        rec.write(path)
+        paths.append(str(path))
+    kept = {}
+    monkeypatch.setattr(plots, "save_figure", lambda fig, out_dir, name, dpi: kept.setdefault(name, fig) and [])
+    FIGURES["robustness_curve"].build(FigureInputs(spec=spec, out_dir=tmp_path, evals=paths))
+    labels = kept["robustness_curve"].legends[0].get_texts()
+    assert [t.get_text() for t in labels] == ["m / alma_prox", "m / worst case"]
