@@ -34,6 +34,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/external.smk"
 include: "workflow/rules/tune.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/min_norm.smk"
 include: "workflow/rules/figures.smk"
 
 

@@ -190,6 +190,26 @@ def cmd_attack(args) -> None:
                      max_pixels=_max_pixels(args.max_pixels, device), progress=not args.quiet)
 
 
+def cmd_min_norm(args) -> None:
+    from eroseg.data import dataset_info
+    from eroseg.device import select_device
+    from eroseg.minnorm.catalog import attack_arguments
+    from eroseg.minnorm.records import write_min_norm_record
+    from eroseg.models import check_checkpoint_matches
+
+    params = _json_arg(args.params, "--params")
+    attack_arguments(args.attack, args.norm, args.adv_threshold, args.steps, params)  # before any loading
+    eps_grid = [parse_number(e, name="--eps", max_value=None if args.norm == "l2" else 1.0) for e in args.eps]
+    device = select_device(args.device)
+    model, meta = _model_arg(args, device)
+    source = str(args.checkpoint) if args.checkpoint else f"factory:{args.model_factory}"
+    check_checkpoint_matches(meta, args.dataset, dataset_info(args.dataset).num_classes, source)
+    write_min_norm_record(model, meta, _dataset(args.dataset, args.root, args.split), args.out, attack=args.attack,
+                          eps_grid=eps_grid, setting=args.setting, source=source, split=args.split, params=params,
+                          norm=args.norm, adv_threshold=args.adv_threshold, steps=args.steps,
+                          batch_size=args.batch_size, device=device, seed=args.seed, max_images=args.max_images)
+
+
 def _max_pixels(value: int | None, device) -> int:
     """``--max-pixels``, or the default budget of the device's type (0: no budget)."""
     from eroseg.data.batching import DEFAULT_MAX_PIXELS
@@ -479,6 +499,37 @@ def _add_evaluate_parser(sub) -> None:
     parser.set_defaults(func=cmd_evaluate)
 
 
+def _add_min_norm_parser(sub) -> None:
+    """The ``eroseg min-norm`` subcommand's parser."""
+    parser = sub.add_parser("min-norm", help="minimal-norm attack (adv-lib) on every image: per-image norms and the "
+                                             "counts at each eps of a grid (eroseg[minnorm])")
+    _model_args(parser)
+    _dataset_args(parser)
+    parser.add_argument("--split", default="val", metavar="SPLIT", help="split to attack (default: %(default)s)")
+    parser.add_argument("--attack", required=True, metavar="NAME", help="alma_prox, pdpgd, pdgd or dag")
+    parser.add_argument("--setting", default=None, help="label of this setting in tables (default: the attack name)")
+    parser.add_argument("--params", default="{}", metavar="JSON",
+                        help='the attack\'s own parameters as JSON (ASCII names), e.g. {"lr_init": 0.01}')
+    parser.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+                        help="iterations (default: adv-lib's)")
+    parser.add_argument("--eps", nargs="+", required=True, metavar="EPS",
+                        help=f"budgets at which the perturbation scaled to eps is evaluated; {_NUMBER_HELP}")
+    parser.add_argument("--norm", default="linf", choices=("linf", "l2"), help="norm minimised (default: %(default)s)")
+    parser.add_argument("--adv-threshold", type=float, default=0.99, metavar="SHARE",
+                        help="share of valid pixels to fool (default: %(default)s)")
+    parser.add_argument("--seed", type=_non_negative_int, default=0,
+                        help="seed of the attack's random start (default: %(default)s)")
+    parser.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
+                        help="images per batch (default: %(default)s)")
+    parser.add_argument("--max-images", type=_positive_int, default=None, metavar="N",
+                        help="attack the first N images only (default: all)")
+    _device_arg(parser)
+    parser.add_argument("--out", required=True, metavar="JSON",
+                        help="the record: per-image norms, fooled shares, success; clean counts and counts at each eps")
+    _common_args(parser)
+    parser.set_defaults(func=cmd_min_norm)
+
+
 def _add_import_model_parser(sub) -> None:
     """The ``eroseg import-model`` subcommand's parser."""
     parser = sub.add_parser(
@@ -612,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_synthesize_parser, _add_prepare_parser, _add_train_parser, _add_import_model_parser,
                 _add_evaluate_parser, _add_tune_parser, _add_attack_parser, _add_aggregate_parser, _add_figures_parser,
-                _add_status_parser):
+                _add_status_parser, _add_min_norm_parser):
         add(sub)
     return parser
 

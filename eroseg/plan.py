@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 from pathlib import Path
 
 import yaml
@@ -26,6 +27,9 @@ from eroseg.tune import grid_candidates
 
 #: Defaults of the nullable ``evaluation.checks`` block (the schema cannot fill defaults into a null).
 CHECKS_DEFAULTS = {"restarts": None, "max_restart_gain": 1.0, "seeds": "all"}
+#: Defaults of the nullable ``evaluation.min_norm`` block.
+MIN_NORM_DEFAULTS = {"norm": "linf", "adv_threshold": 0.99, "max_images": None, "batch_size": None, "methods": None,
+                     "seeds": "first"}
 
 
 class EvaluationPlan:
@@ -60,6 +64,9 @@ class EvaluationPlan:
                           if self.checks else [])
         self.check_names()
         self.check_budget_params()
+        min_norm = self.evaluation.get("min_norm")
+        self.min_norm = {**MIN_NORM_DEFAULTS, **min_norm} if min_norm else None
+        self.check_min_norm()
 
     # ------------------------------------------------------------------ numbers and names
     @staticmethod
@@ -180,6 +187,24 @@ class EvaluationPlan:
                     raise ValueError(f"config key tuning.grids.{family}.{key}: {key} is fixed by the evaluation, not "
                                      "tuned (it names the result files); tune the attack's other parameters")
 
+    def check_min_norm(self) -> None:
+        """The ``evaluation.min_norm`` block: known attacks, parameters, norms, methods, an eps grid in (0, 1]."""
+        from eroseg.minnorm.catalog import attack_arguments
+
+        if not self.min_norm:
+            return
+        block = self.min_norm
+        for name, entry in block["attacks"].items():
+            entry = entry or {}
+            try:
+                attack_arguments(entry.get("attack", name), block["norm"], float(block["adv_threshold"]),
+                                 entry.get("steps"), dict(entry.get("params") or {}))
+            except ValueError as err:
+                raise ValueError(f"config key evaluation.min_norm.attacks.{name}: {err}") from None
+        for m in block["methods"] or []:
+            self._known("evaluation.min_norm.methods", m, self.methods, "method")
+        self.min_norm_eps()
+
     # ------------------------------------------------------------------ paths
     def data_root(self, environ=os.environ) -> str:
         """The dataset's root: the generated one for ``synthetic``, else ``dataset.root`` with ~ and $VARS expanded."""
@@ -233,6 +258,10 @@ class EvaluationPlan:
     def log_path(self, name: str) -> str:
         """A job's log: ``name`` is ``<rule>`` or ``<rule>/<job>``."""
         return f"{self.out}/logs/{name}.log"
+
+    def min_norm_path(self, method, seed, setting) -> str:
+        """The record of one minimal-norm run (:func:`eroseg.minnorm.evaluate_min_norm`, method/seed/setting added)."""
+        return f"{self.out}/min_norm/{method}/seed{seed}/{setting}.json"
 
     def tables_dir(self) -> str:
         return f"{self.out}/tables"
@@ -367,6 +396,48 @@ class EvaluationPlan:
                 out.append((f"methods.{m}", name, params))
         return out
 
+    # ------------------------------------------------------------------ minimal-norm runs
+    def min_norm_eps(self) -> list[float]:
+        """The eps grid of the minimal-norm runs, sorted, with the headline eps added (the worst case's candidate)."""
+        grid = {self.parse(e, key="evaluation.min_norm.eps") for e in self.min_norm["eps"]}
+        return sorted(grid | {self.head_eps})
+
+    def min_norm_jobs(self) -> list[tuple[str, int, str]]:
+        """Every (method, seed, setting) of a minimal-norm run (none without ``evaluation.min_norm``)."""
+        if not self.min_norm:
+            return []
+        block = self.min_norm
+        methods = block["methods"] or self.methods
+        return [(m, s, a) for m in methods
+                for s in (self.seeds_of(m) if block["seeds"] == "all" else self.seeds_of(m)[:1])
+                for a in block["attacks"]]
+
+    def min_norm_files(self) -> list[str]:
+        return [self.min_norm_path(m, s, a) for m, s, a in self.min_norm_jobs()]
+
+    def min_norm_args(self, setting) -> dict:
+        """The arguments of one setting's ``eroseg min-norm`` job (its attack, steps, params, norm, eps grid...)."""
+        block, entry = self.min_norm, self.min_norm["attacks"][setting] or {}
+        return {"attack": entry.get("attack", setting), "steps": entry.get("steps"),
+                "params": dict(entry.get("params") or {}), "norm": block["norm"],
+                "adv_threshold": float(block["adv_threshold"]), "eps": self.min_norm_eps(),
+                "max_images": block["max_images"],
+                "batch_size": int(block["batch_size"] or self.evaluation["batch_size"])}
+
+    def min_norm_options(self, setting) -> str:
+        """The ``eroseg min-norm`` options of one setting, quoted for a shell (besides model, data and output)."""
+        args = self.min_norm_args(setting)
+        words = ["--attack", args["attack"], "--setting", setting, "--params", json_arg(args["params"]),
+                 "--eps", *[repr(e) for e in args["eps"]], "--norm", args["norm"],
+                 "--adv-threshold", repr(args["adv_threshold"]), "--batch-size", str(args["batch_size"])]
+        words += ["--steps", str(args["steps"])] if args["steps"] else []
+        words += ["--max-images", str(args["max_images"])] if args["max_images"] else []
+        return " ".join(shlex.quote(w) for w in words)
+
+    def min_norm_report(self) -> dict | None:
+        """The report spec's ``min_norm`` block: the eps grid and the records (None without ``evaluation.min_norm``)."""
+        return {"eps": self.min_norm_eps(), "files": self.min_norm_files()} if self.min_norm else None
+
     # ------------------------------------------------------------------ the report
     def report_spec(self) -> ReportSpec:
         """What the tables and figures show (:class:`eroseg.report.spec.ReportSpec`)."""
@@ -384,7 +455,7 @@ class EvaluationPlan:
             "sweep": {"method": evaluation["sweep"]["method"], "attacks": evaluation["sweep"]["attacks"]},
             "ablation": {"method": evaluation["ablation"]["method"],
                          "attacks": [[k, v] for k, v in evaluation["ablation"]["variants"].items()]},
-            "tuning": self.tuned_families, "timings": True,
+            "tuning": self.tuned_families, "timings": True, "min_norm": self.min_norm_report(),
             "dataset": self.dataset["name"], "dpi": self.config["figures"]["dpi"],
             "per_class": {"method": evaluation["sweep"]["method"], "attacks": evaluation["main_attacks"],
                           "seed": first},
@@ -434,7 +505,8 @@ class EvaluationPlan:
         """Per-job wall times Snakemake records (``benchmark:``) for the timings table."""
         return ([self.benchmark_path("train", f"{m}_seed{s}") for m in self.trained for s in self.seeds]
                 + [self.benchmark_path("evaluate", f"{m}_seed{s}") for m in self.methods for s in self.seeds_of(m)]
-                + [self.benchmark_path("tune", f) for f in self.tuned_families])
+                + [self.benchmark_path("tune", f) for f in self.tuned_families]
+                + [self.benchmark_path("min_norm", f"{m}_seed{s}_{a}") for m, s, a in self.min_norm_jobs()])
 
 
 # ---------------------------------------------------------------------- the attack registry, cached

@@ -75,9 +75,9 @@ def test_evaluation_settings_and_paths(tests_plan):
 def test_outputs_name_the_tables_each_config_enables(tests_plan, registry_info):
     outputs = tests_plan.all_outputs()
     tables = {p.split("/")[-1].rsplit(".", 1)[0] for p in outputs if "/tables/" in p}
-    # tests.yaml: tuning grids, checks and claims, but no SEA
+    # tests.yaml: tuning grids, checks, claims and minimal-norm runs, but no SEA
     assert tables == {"main", "results", "steps", "eps", "ablation", "timings", "tuning", "checks", "claims",
-                      "verdicts"}
+                      "verdicts", "min_norm"}
     assert "results/tests/figures/erosion.svg" in outputs and "results/tests/data/manifest.csv" in outputs
     default = EvaluationPlan(load("config.yaml"), registry_info)
     default_tables = {t.name for t in default.report_tables()}

@@ -188,9 +188,10 @@ def test_changing_one_tuning_grid_reruns_that_tuning_and_what_reads_it(workdir):
 
 def test_changing_one_method_retrains_only_that_method(workdir):
     jobs = _changed(workdir, "method", lambda c: c["methods"]["eroseg_at"].update(params={"random_start": False}))
-    # eroseg_at is retrained (both seeds) and its evaluations redone; nothing of `standard` (which also
-    # owns the samples, sweeps, ablation and the tuning) runs again, nor the tuning eroseg_at reads.
-    assert jobs == {"train": 2, "evaluate": 2, "aggregate": 1, "figures": 1, "all": 1}, jobs
+    # eroseg_at is retrained (both seeds) and its evaluations and minimal-norm run (first seed) redone; nothing
+    # of `standard` (which also owns the samples, sweeps, ablation and the tuning) runs again, nor the tuning
+    # eroseg_at reads.
+    assert jobs == {"train": 2, "evaluate": 2, "min_norm": 1, "aggregate": 1, "figures": 1, "all": 1}, jobs
 
 
 def test_changing_one_objective_parameter_retrains_only_that_method(workdir):
@@ -324,7 +325,8 @@ def test_run_name_stays_one_folder_under_results(tmp_path, run):
 #: Shell fields of the rules that are not quoted with ``:q``: numbers, and flags the rule quotes itself.
 UNQUOTED_FIELDS = {"threads", "wildcards.seed", "params.module", "params.max_images", "params.params_file",
                    "params.n_train", "params.n_val", "params.n_test", "params.height", "params.width",
-                   "params.seed", "params.batch_size", "params.n"}
+                   "params.seed", "params.batch_size", "params.n",
+                   "params.min_norm_options"}  # EvaluationPlan.min_norm_options quotes each word (shlex.quote)
 
 
 def test_every_value_in_a_rule_command_is_quoted():

@@ -19,7 +19,13 @@ import torch
 
 from eroseg.data.batching import dataset_order, default_num_workers, size_bucketed_batches
 from eroseg.metrics import IGNORE_INDEX, PerImageStats, per_image_stats
-from eroseg.minnorm.attacks import MinNormResult, attack_arguments, perturbation_norms, run_min_norm
+from eroseg.minnorm.attacks import (
+    MinNormResult,
+    adv_lib_segmentation,
+    attack_arguments,
+    perturbation_norms,
+    run_min_norm,
+)
 
 #: ``kind`` field of a minimal-norm record (evaluation records of fixed-budget attacks have none).
 RECORD_KIND = "min_norm"
@@ -139,6 +145,7 @@ def evaluate_min_norm(model: torch.nn.Module, dataset, num_classes: int, *, atta
     if max_images is not None:
         dataset = torch.utils.data.Subset(dataset, range(min(max_images, len(dataset))))
     settings = {"norm": norm, "adv_threshold": adv_threshold, "steps": steps, **params}
+    adv_lib_segmentation()  # imported before the clock starts: seconds per image are the attack's own
     rows, clean, at_eps, batch_indices = [], [], [[] for _ in grid], []
     start = time.perf_counter()
     workers = default_num_workers(device) if num_workers is None else num_workers
@@ -185,3 +192,33 @@ def stats_at_eps(record: dict, eps: float, *, tolerance: float = 1e-9) -> PerIma
         if abs(entry["eps"] - float(eps)) <= tolerance:
             return PerImageStats.from_dict(entry["per_image"])
     raise ValueError(f"eps {eps!r} is not on the minimal-norm record's grid {record['eps_grid']}")
+
+
+def write_min_norm_record(model: torch.nn.Module, meta: dict, dataset, out: str, *, attack: str,
+                          eps_grid: list[float], setting: str | None = None, source: str | None = None,
+                          split: str | None = None, **options) -> dict:
+    """:func:`evaluate_min_norm` on one model, written atomically to ``out`` with the model named.
+
+    Args:
+        model, meta: the model and its checkpoint metadata (``num_classes``, ``method``, ``seed``).
+        dataset: as in :func:`evaluate_min_norm`.
+        out: the JSON file (its folder is created).
+        attack, eps_grid: as in :func:`evaluate_min_norm`.
+        setting: the config's name of this attack setting (default: the attack's name).
+        source, split: the checkpoint (or factory) and the split, kept in the record.
+        options: the other keyword arguments of :func:`evaluate_min_norm` (params, norm, adv_threshold,
+            steps, batch_size, device, seed, max_images).
+
+    Returns:
+        The record as written: :func:`evaluate_min_norm`'s fields plus ``method``, ``seed`` (the model's
+        training seed, else the attack's seed), ``setting``, ``checkpoint`` and ``split``.
+    """
+    from eroseg.io import check_writable_dir, write_json
+
+    check_writable_dir(out, f"minimal-norm record of {setting or attack}")
+    record = evaluate_min_norm(model, dataset, int(meta["num_classes"]), attack=attack, eps_grid=eps_grid, **options)
+    seed = meta.get("seed")
+    record.update(method=meta.get("method"), seed=int(options.get("seed", 0) if seed is None else seed),
+                  setting=setting or attack, checkpoint=source, split=split)
+    write_json(out, record)
+    return record

@@ -30,11 +30,22 @@ from eroseg.minnorm.records import norms_of
 from eroseg.numbers import eps_label
 
 
+def _quantiles(values: np.ndarray, levels: list[float]) -> np.ndarray:
+    """``np.quantile`` (linear interpolation) with ``inf`` values allowed: a quantile that reaches one is ``inf``.
+
+    numpy interpolates ``inf - inf`` to NaN; here infinities stand in as the largest float, so a quantile between
+    two of them, or between a finite value and one, comes out huge and is read back as ``inf``.
+    """
+    big = np.finfo(np.float64).max
+    out = np.quantile(np.where(np.isinf(values), big, values), levels)
+    return np.where(out > big / 1e6, np.inf, out)
+
+
 def _record_rows(record: dict) -> list[dict]:
     """One row per eps of the grid for one record (its per-image statistics reduced)."""
     norms = norms_of(record)
     norms = norms[~np.isnan(norms)]
-    quartiles = np.quantile(norms, [0.25, 0.5, 0.75]) if norms.size else [np.nan] * 3
+    quartiles = _quantiles(norms, [0.25, 0.5, 0.75]) if norms.size else [np.nan] * 3
     base = {
         "method": record.get("method"), "seed": record.get("seed"),
         "setting": record.get("setting", record["attack"]), "attack": record["attack"],
@@ -92,13 +103,18 @@ def min_norm_table(records: list[dict]) -> pd.DataFrame:
     return table.reset_index()
 
 
+#: Markers of the fixed-budget points on the curve's mIoU panel, by what they show.
+_POINT_MARKERS = {"SEA": "*", "worst case": "X"}
+
+
 def robustness_curve_figure(frame: pd.DataFrame, sea_points: pd.DataFrame | None = None, method: str | None = None):
     """Robust share and mIoU versus eps, one line per attack setting (and per method), SEA as points.
 
     Args:
         frame: :func:`min_norm_frame` rows (seeds are averaged).
-        sea_points: optional rows ``method, eps, miou`` (fractions) of fixed-budget SEA evaluations, drawn
-            as points on the mIoU panel.
+        sea_points: optional rows ``method, eps, miou`` (fractions) of fixed-budget evaluations, drawn
+            as points on the mIoU panel; an optional ``what`` column names each point (default ``SEA``;
+            ``worst case`` is drawn as a cross).
         method: draw only this method (default: every method, line style per method).
 
     Returns:
@@ -119,8 +135,10 @@ def robustness_curve_figure(frame: pd.DataFrame, sea_points: pd.DataFrame | None
                                   label=label)[0]
             ax_miou.plot(255 * line["eps"], 100 * line["miou"], styles[i % 4], marker=".", color=drawn.get_color())
     if sea_points is not None and len(sea_points):
-        for name, rows in sea_points.groupby("method", sort=False):
-            ax_miou.scatter(255 * rows["eps"], 100 * rows["miou"], marker="*", s=80, zorder=3, label=f"{name} / SEA")
+        points = sea_points if "what" in sea_points else sea_points.assign(what="SEA")
+        for (name, what), rows in points.groupby(["method", "what"], sort=False):
+            ax_miou.scatter(255 * rows["eps"], 100 * rows["miou"], marker=_POINT_MARKERS.get(what, "o"), s=80,
+                            zorder=3, label=f"{name} / {what}")
     ax_share.set_ylabel("robust images (%): minimal norm > eps")
     ax_miou.set_ylabel("mIoU (%) of the perturbation scaled to eps")
     for ax in (ax_share, ax_miou):

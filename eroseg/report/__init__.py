@@ -10,7 +10,7 @@
 reads the same registries for its outputs. Importing this package imports neither torch nor matplotlib.
 """
 
-from eroseg.report import claims, figures, tables  # noqa: F401  (each registers its entries)
+from eroseg.report import claims, figures, min_norm, tables  # noqa: F401  (each registers its entries)
 from eroseg.report.registry import FIGURES, TABLES, ReportItem, enabled, register_figure, register_table
 from eroseg.report.spec import ReportSpec, as_spec
 

@@ -226,6 +226,16 @@ class Samples:
     steps: int = _check(_count)
 
 
+@dataclass(frozen=True)
+class MinNorm:
+    """Minimal-norm runs (:mod:`eroseg.minnorm`): the ``eps`` grid of their curves and their record ``files``
+    (each with ``method``, ``seed`` and ``setting``); the ``min_norm`` table and curve, and one more candidate of
+    the main table's worst case at the headline eps."""
+
+    eps: tuple[float, ...] = _check(lambda v, k: tuple(_eps(e, k) for e in _names_or_numbers(v, k)))
+    files: tuple[str, ...] = _check(_names, default=())
+
+
 # ------------------------------------------------------------------ the spec
 @dataclass(frozen=True)
 class ReportSpec:
@@ -236,7 +246,8 @@ class ReportSpec:
     setting or None), ``sea_plus`` (settings added to SEA in the sea table), ``worst_case`` (settings of
     the worst case, SEA added; empty: ``attacks``), ``worst_case_rule``, ``checks``, ``claims``
     (:func:`eroseg.stats.claims_options`; with it the verdicts), ``sweep``, ``ablation``, ``tuning`` (the
-    tuned families: the tuning table) and ``timings`` (the table of wall times per rule). A table is written
+    tuned families: the tuning table), ``timings`` (the table of wall times per rule) and ``min_norm``
+    (:class:`MinNorm`: the minimal-norm table and curve, and a candidate of the worst case). A table is written
     when its block is set (:mod:`eroseg.report.registry`). Figures also read ``dataset`` (class names,
     palette), ``dpi``, ``per_class``, ``samples`` and the two title overrides.
     """
@@ -255,6 +266,7 @@ class ReportSpec:
     ablation: Ablation | None = _check(_block(Ablation), default=None)
     tuning: tuple[str, ...] = _check(_names, default=())
     timings: bool = _check(_flag, default=False)
+    min_norm: MinNorm | None = _check(_block(MinNorm), default=None)
     dataset: str = _check(_name, default="synthetic", metadata=FIGURE_ONLY)
     dpi: int = _check(_count, default=120, metadata=FIGURE_ONLY)
     per_class: PerClass | None = _check(_block(PerClass), default=None, metadata=FIGURE_ONLY)

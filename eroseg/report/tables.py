@@ -40,8 +40,16 @@ from eroseg.report.spec import ReportSpec, as_spec
 
 
 # ------------------------------------------------------------------ table functions
-def main_table(evals: Evals, spec: ReportSpec | dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Methods x (clean, worst case, SEA, attacks): formatted cells; per-model values (fractions), worst case last."""
+def main_table(evals: Evals, spec: ReportSpec | dict, min_norm_records: list[dict] | None = None
+               ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Methods x (clean, worst case, SEA, attacks): formatted cells; per-model values (fractions), worst case last.
+
+    With ``min_norm_records`` (:func:`eroseg.report.min_norm.load_min_norm`), a model's minimal-norm
+    perturbations scaled to the headline eps join its worst case, and the values get a column
+    ``min_norm_won:<setting>`` per setting: the images whose worst case is that perturbation.
+    """
+    from eroseg.report.min_norm import headline_worst_case
+
     spec = as_spec(spec)
     attacks = list(spec.attacks)
     sea = [spec.sea] if spec.sea else []
@@ -51,11 +59,11 @@ def main_table(evals: Evals, spec: ReportSpec | dict) -> tuple[pd.DataFrame, pd.
         for seed in evals.seeds(m):
             clean = evals.get(m, seed, "clean", 0, 0)
             recs = headline_records(evals, spec, m, seed, attacks + sea)
-            worst_records = headline_records(evals, spec, m, seed, spec.worst_case_settings())
-            worst_miou, _, _ = worst_case_of(worst_records, spec.worst_case_rule)
+            worst_miou, won = headline_worst_case(evals, spec, m, seed, min_norm_records or [])
             model_vals = {"clean": clean.miou if clean else math.nan,
                           **{r.setting: r.miou for r in recs}, WORST: worst_miou}
-            values.append({"method": m, "seed": seed, **model_vals})
+            values.append({"method": m, "seed": seed, **{f"min_norm_won:{k}": v for k, v in (won or {}).items()},
+                           **model_vals})
             for k, v in model_vals.items():
                 per_col.setdefault(k, []).append(v)
         # The robust columns (worst case, SEA) right after clean, so that they are seen first on a narrow page.
@@ -226,8 +234,14 @@ def _seed_counts(inputs: TableInputs) -> str:
                                      "best iterate; worst case over every attack and SEA's components; mean ± std "
                                      f"[95 % CI] over {_seed_counts(inputs)} seeds")
 def main(inputs: TableInputs) -> pd.DataFrame:
-    """The main table; every model's values go to ``main_values.csv`` beside it."""
-    table, values = main_table(inputs.evals, inputs.spec)
+    """The main table; every model's values go to ``main_values.csv`` beside it (the images each minimal-norm
+    candidate won, to ``inputs.tables["min_norm_won"]``)."""
+    from eroseg.report.min_norm import load_min_norm
+
+    table, values = main_table(inputs.evals, inputs.spec, load_min_norm(inputs.spec))
+    won = [c for c in values.columns if c.startswith("min_norm_won:")]
+    inputs.tables["min_norm_won"] = values[["method", "seed", *won]]  # read by the min_norm table
+    values = values.drop(columns=won)
     inputs.tables["main_values"] = values
     atomic_write_text(inputs.out_dir / "main_values.csv", values.to_csv(index=False))
     return table
