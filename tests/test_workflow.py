@@ -324,7 +324,9 @@ def test_run_name_stays_one_folder_under_results(tmp_path, run):
 #: Shell fields of the rules that are not quoted with ``:q``: numbers, and flags the rule quotes itself.
 UNQUOTED_FIELDS = {"threads", "wildcards.seed", "params.module", "params.max_images", "params.params_file",
                    "params.n_train", "params.n_val", "params.n_test", "params.height", "params.width",
-                   "params.seed", "params.batch_size", "params.n"}
+                   "params.seed", "params.batch_size", "params.n",
+                   # options quoted by eroseg.plan (shlex.quote), empty when not used
+                   "params.tune", "params.split_lists", "params.inference"}
 
 
 def test_every_value_in_a_rule_command_is_quoted():
