@@ -146,6 +146,9 @@ def shard_subset(dataset, shard: tuple[int, int] | None, batch_size: int, max_im
     Returns:
         ``(dataset, batch_offset)``: a :class:`torch.utils.data.Subset` (or ``dataset`` itself) and the
         ``batch_offset`` to pass to :func:`eroseg.evaluate.evaluate`.
+
+    Raises:
+        ValueError: the shard has no images (more shards than batches; names the most shards that fit).
     """
     from torch.utils.data import Subset
 
@@ -155,8 +158,12 @@ def shard_subset(dataset, shard: tuple[int, int] | None, batch_size: int, max_im
         return dataset, 0
     index, shards = shard
     n = len(dataset)
-    return (Subset(dataset, shard_range(n, shards, index, batch_size)),
-            shard_batch_offset(n, shards, index, batch_size))
+    images = shard_range(n, shards, index, batch_size)
+    if not images:
+        batches = -(-n // batch_size)
+        raise ValueError(f"--shard {index}/{shards}: no images (the split's {n} images make {batches} batches of "
+                         f"{batch_size}); use at most {batches} shards (evaluation.shards)")
+    return Subset(dataset, images), shard_batch_offset(n, shards, index, batch_size)
 
 
 def merge_shard_folders(folders: Sequence[str | Path], out_dir: str | Path) -> list[Path]:
