@@ -310,6 +310,18 @@ def cmd_merge_shards(args) -> None:
     log.info("merged %d shards into %s: %d result files", len(args.shards), args.out_dir, len(merged))
 
 
+def cmd_plan(args) -> None:
+    from eroseg.costplan import StepSeconds, benchmark, format_plan, load_plan
+
+    plan = load_plan(args.configfile)
+    if args.step_seconds:
+        attack_step, forward, train_step = args.step_seconds
+        seconds = StepSeconds(attack_step, forward, train_step)
+    else:
+        seconds = benchmark(plan, device=args.device)
+    sys.stdout.write(format_plan(plan, seconds) + "\n")
+
+
 def cmd_aggregate(args) -> None:
     from eroseg.aggregate import aggregate
 
@@ -669,6 +681,20 @@ def _add_merge_shards_parser(sub) -> None:
     parser.set_defaults(func=cmd_merge_shards)
 
 
+def _add_plan_parser(sub) -> None:
+    """The ``eroseg plan`` subcommand's parser."""
+    parser = sub.add_parser("plan", help="jobs per stage and estimated device-hours of a config, from a short "
+                                         "benchmark of its model on this device (eroseg.costplan)")
+    parser.add_argument("--configfile", required=True, metavar="YAML", help="the workflow config, e.g. config/voc.yaml")
+    parser.add_argument("--step-seconds", nargs=3, type=float, default=None,
+                        metavar=("ATTACK_STEP", "FORWARD", "TRAIN_STEP"),
+                        help="seconds per image of an attack step, a forward and a training step (measured "
+                             "elsewhere) instead of the benchmark")
+    _device_arg(parser)
+    _common_args(parser)
+    parser.set_defaults(func=cmd_plan)
+
+
 def _add_aggregate_parser(sub) -> None:
     """The ``eroseg aggregate`` subcommand's parser."""
     parser = sub.add_parser("aggregate", help="tables (CSV, Markdown) from evaluation JSON files")
@@ -724,7 +750,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_synthesize_parser, _add_prepare_parser, _add_train_parser, _add_import_model_parser,
                 _add_evaluate_parser, _add_merge_shards_parser, _add_tune_parser, _add_attack_parser,
-                _add_aggregate_parser, _add_figures_parser, _add_status_parser):
+                _add_aggregate_parser, _add_figures_parser, _add_status_parser, _add_plan_parser):
         add(sub)
     return parser
 
