@@ -64,4 +64,4 @@ def test_sharded_plan_says_shards_and_merges(tmp_path):
 
 def test_benchmark_measures_the_configured_model_here(tests_plan):
     seconds = benchmark(tests_plan, device="cpu", repeats=1)
-    assert 0 < seconds.forward < seconds.attack_step and seconds.train_step > 0
+    assert all(0 < value < 60 for value in (seconds.forward, seconds.attack_step, seconds.train_step)), seconds
