@@ -497,7 +497,6 @@ class EvaluationPlan:
                    for job in self.evaluation_benchmark_jobs(m, s)]
                 + [self.benchmark_path("tune", f) for f in self.tuned_families])
 
-
     def evaluation_benchmark_jobs(self, method, seed) -> list[tuple[str, str]]:
         """(rule, job) of the benchmark files of one model's evaluation: one job, or one per shard."""
         if self.shards == 1:
