@@ -423,7 +423,8 @@ def write_evaluations(model: torch.nn.Module, meta: Mapping, dataset, settings: 
         manifest: written last, listing every output (:func:`eroseg.io.write_eval_manifest`).
         samples: ``.npz`` of qualitative examples (single setting), ``samples_n`` images.
         record_steps: record the attack's per-step masks into ``samples``.
-        **evaluate_options: ``batch_size``, ``device``, ``seed``, ``amp``, ``max_images`` of :func:`evaluate`.
+        **evaluate_options: ``batch_size``, ``device``, ``seed``, ``amp``, ``max_images``, ``batch_offset`` of
+            :func:`evaluate`.
     """
     with contextlib.ExitStack() as locks:
         for item in settings:
