@@ -62,10 +62,46 @@ def _make_attack(name: str | None, params: dict, extra: dict | None = None):
     return build_attack(name, {**params, **(extra or {})})
 
 
-def _dataset(name: str, root: str, split: str, **kwargs):
+def _dataset(name: str, root: str, split: str, split_lists: str | None = None, **kwargs):
+    """The reader of ``split``; with ``split_lists`` (``--split-lists``) the carved lists of that folder apply."""
     from eroseg.data import get_dataset
 
+    if split_lists:
+        kwargs["split_lists"] = split_lists
     return get_dataset(name, os.path.expandvars(os.path.expanduser(root)), split, **kwargs)
+
+
+def _inference_model(model, text: str | None):
+    """``model`` as ``--inference`` (the ``evaluation.inference`` block as JSON) says it sees an image."""
+    from eroseg.inference import inference_spec, wrap_for_inference
+
+    return wrap_for_inference(model, inference_spec(_json_arg(text or "", "--inference")))
+
+
+def _evaluated_model(args, device):
+    """``(model, meta, source)`` of ``eroseg evaluate``: loaded, checked against the dataset, wrapped for
+    ``--inference``."""
+    from eroseg.data import dataset_info
+    from eroseg.models import check_checkpoint_matches
+
+    model, meta = _model_arg(args, device)
+    source = str(args.checkpoint) if args.checkpoint else f"factory:{args.model_factory}"
+    check_checkpoint_matches(meta, args.dataset, dataset_info(args.dataset).num_classes, source)
+    return _inference_model(model, args.inference), meta, source
+
+
+def _evaluated_images(args, device):
+    """``(dataset, batch_offset)`` of ``eroseg evaluate``: the split (its carved lists applied), checked against
+    the pixel budget, cut to ``--max-images`` and to the images of ``--shard``."""
+    from eroseg.data.batching import check_pixel_budget
+    from eroseg.shards import parse_shard, shard_subset
+
+    shard = parse_shard(args.shard) if args.shard else None
+    if shard and shard[0] != 0 and (args.samples or args.record_steps):
+        raise ValueError(f"--shard {args.shard}: --samples and --record-steps come from shard 0 only")
+    dataset = _dataset(args.dataset, args.root, args.split, args.split_lists)
+    check_pixel_budget(dataset, _max_pixels(args.max_pixels, device), args.max_images)
+    return shard_subset(dataset, shard, args.batch_size, args.max_images)
 
 
 def _model_arg(args, device):
@@ -92,26 +128,35 @@ def cmd_synthesize(args) -> None:
 def cmd_prepare(args) -> None:
     from eroseg.data import prepare_dataset
 
+    if bool(args.tune_from) != bool(args.tune_size):
+        raise ValueError("--tune-from and --tune-size go together (the split a tune list is carved from, and its "
+                         "number of images)")
+    if args.tune_size and not args.split_lists:
+        raise ValueError("--tune-size needs --split-lists, the folder the tune list is written to")
+    tune = {"source": args.tune_from, "size": args.tune_size, "seed": args.tune_seed} if args.tune_size else None
     prepare_dataset(
         args.dataset, os.path.expandvars(os.path.expanduser(args.root)), args.splits,
         manifest_path=args.manifest, frequencies_path=args.frequencies, max_pixels=args.max_pixels,
+        tune=tune, split_lists=args.split_lists,
     )
 
 
 def cmd_train(args) -> None:
+    from eroseg.data import carved_split_lists
     from eroseg.training import run_training_job
     from eroseg.tune import tuned_params
 
     attack_params = tuned_params(_json_arg(args.attack_params, "--attack-params"), args.attack_params_file)
     objective = _json_arg(args.objective, "--objective")
-    run_training_job(
-        dataset=args.dataset, root=args.root, train_split=args.train_split, val_split=args.val_split,
-        model_cfg=_json_arg(args.model, "--model"), train_settings=_json_arg(args.train, "--train"),
-        objective=objective, method=args.method or default_method(args.attack, objective),
-        attack=args.attack, attack_params=attack_params, robust_eps=args.robust_eps,
-        robust_step_size=args.robust_step_size, seed=args.seed, device=args.device, out=args.out, log=args.log,
-        progress=not args.quiet,
-    )
+    with carved_split_lists(args.split_lists):  # the job's readers: tune carved, training split without it
+        run_training_job(
+            dataset=args.dataset, root=args.root, train_split=args.train_split, val_split=args.val_split,
+            model_cfg=_json_arg(args.model, "--model"), train_settings=_json_arg(args.train, "--train"),
+            objective=objective, method=args.method or default_method(args.attack, objective),
+            attack=args.attack, attack_params=attack_params, robust_eps=args.robust_eps,
+            robust_step_size=args.robust_step_size, seed=args.seed, device=args.device, out=args.out,
+            log=args.log, progress=not args.quiet,
+        )
 
 
 def cmd_import_model(args) -> None:
@@ -135,12 +180,9 @@ def default_method(attack: str | None, objective: dict | None = None) -> str:
 
 
 def cmd_evaluate(args) -> None:
-    from eroseg.data import dataset_info
-    from eroseg.data.batching import check_pixel_budget
     from eroseg.device import select_device
     from eroseg.evaluate import parse_settings, write_evaluations
     from eroseg.io import check_writable_dir, manifest_names
-    from eroseg.models import check_checkpoint_matches
 
     single = {"setting": args.setting, "attack": args.attack, "restarts": args.restarts, "out": args.out,
               "params": _json_arg(args.attack_params, "--attack-params")}
@@ -152,15 +194,12 @@ def cmd_evaluate(args) -> None:
     if args.manifest:
         manifest_names(args.manifest, [item.out for item in settings])
     device = select_device(args.device)
-    model, meta = _model_arg(args, device)
-    source = str(args.checkpoint) if args.checkpoint else f"factory:{args.model_factory}"
-    check_checkpoint_matches(meta, args.dataset, dataset_info(args.dataset).num_classes, source)
-    dataset = _dataset(args.dataset, args.root, args.split)
-    check_pixel_budget(dataset, _max_pixels(args.max_pixels, device), args.max_images)
+    model, meta, source = _evaluated_model(args, device)
+    dataset, batch_offset = _evaluated_images(args, device)
     write_evaluations(model, meta, dataset, settings, attacks, split=args.split, source=source, manifest=args.manifest,
                       samples=args.samples, samples_n=args.samples_n, record_steps=args.record_steps,
                       batch_size=args.batch_size, device=device, seed=args.seed, amp=args.amp,
-                      max_images=args.max_images)
+                      batch_offset=batch_offset)
 
 
 def cmd_attack(args) -> None:
@@ -182,7 +221,7 @@ def cmd_attack(args) -> None:
         info = dataset_info(args.dataset)
         check_checkpoint_matches(meta, args.dataset, info.num_classes,
                                  args.checkpoint or f"model factory {args.model_factory}")
-        items = dataset_items(_dataset(args.dataset, args.root, args.split), args.max_images)
+        items = dataset_items(_dataset(args.dataset, args.root, args.split, args.split_lists), args.max_images)
     else:
         info = dataset_info(meta.get("dataset") or "synthetic")
         items = folder_items(args.images, args.max_images)
@@ -229,15 +268,37 @@ def cmd_tune(args) -> None:
     check_writable_dir(args.out, "tuning result (--out)")
     with exclusive_lock(args.out):  # one writer: a second tune on the same output fails at once
         remove_stale_temps(args.out)
-        dataset = _dataset(args.dataset, args.root, args.split)
-        result = tune_attack(args.checkpoints, dataset, attack=args.attack, base=base, grid=grid,
-                             batch_size=args.batch_size, device=select_device(args.device), seed=args.seed,
-                             amp=args.amp, max_images=args.max_images)
+        dataset = _dataset(args.dataset, args.root, args.split, args.split_lists)
+        options = {"attack": args.attack, "base": base, "grid": grid, "batch_size": args.batch_size,
+                   "device": select_device(args.device), "seed": args.seed, "amp": args.amp,
+                   "max_images": args.max_images}
+        result = (tune_attack(args.checkpoints, dataset, **options) if not args.inference
+                  else _tune_with_inference(args.checkpoints, dataset, args.inference, **options))
         write_json(args.out, {"version": TUNING_VERSION, "family": args.family, "attack": args.attack,
                               "split": args.split, "max_images": args.max_images, "base": base, "grid": grid,
                               **result})
     log.info("%s: chose %s (mean val mIoU %.4f over %d models)", args.family, result["chosen"],
              min(c["mean"] for c in result["candidates"]), len(result["candidates"][0]["miou"]))
+
+
+def _tune_with_inference(checkpoints, dataset, inference: str, *, attack, base, grid, batch_size, device, seed,
+                         amp, max_images) -> dict:
+    """:func:`eroseg.tune.tune_attack` with every model wrapped for ``--inference`` after loading."""
+    from eroseg.attacks import build_attack
+    from eroseg.evaluate import evaluate
+    from eroseg.models import load_model
+    from eroseg.tune import tune
+
+    loaded = [load_model(path, map_location=device) for path in checkpoints]
+    models = {str(path): _inference_model(model, inference) for path, (model, _) in zip(checkpoints, loaded)}
+    num_classes = int(loaded[-1][1]["num_classes"])
+
+    def val_miou(model, params: dict) -> float:
+        return evaluate(model, dataset, num_classes, attack=build_attack(attack, {**params, "amp": amp}),
+                        batch_size=batch_size, device=device, seed=seed, amp=amp,
+                        max_images=max_images)["metrics"]["miou"]
+
+    return tune(models, val_miou, base, grid)
 
 
 def _eval_files(paths: list[str]) -> list[str]:
@@ -260,6 +321,25 @@ def _spec_arg(text: str) -> dict:
     from eroseg.numbers import budgets_as_numbers
 
     return budgets_as_numbers(_json_arg(text, "--spec"))
+
+
+def cmd_merge_shards(args) -> None:
+    from eroseg.shards import merge_shard_folders
+
+    merged = merge_shard_folders(args.shards, args.out_dir)
+    log.info("merged %d shards into %s: %d result files", len(args.shards), args.out_dir, len(merged))
+
+
+def cmd_plan(args) -> None:
+    from eroseg.costplan import StepSeconds, benchmark, format_plan, load_plan
+
+    plan = load_plan(args.configfile)
+    if args.step_seconds:
+        attack_step, forward, train_step = args.step_seconds
+        seconds = StepSeconds(attack_step, forward, train_step)
+    else:
+        seconds = benchmark(plan, device=args.device)
+    sys.stdout.write(format_plan(plan, seconds) + "\n")
 
 
 def cmd_aggregate(args) -> None:
@@ -377,6 +457,21 @@ def _model_args(parser) -> None:
                             "only code you trust")
 
 
+def _split_lists_arg(parser) -> None:
+    """Add ``--split-lists`` (the folder of carved split lists) to a subcommand's parser."""
+    parser.add_argument("--split-lists", default=None, metavar="DIR",
+                        help="folder of carved split lists (eroseg prepare --split-lists): a split listed there "
+                             "(tune) is read from its list, and the split it was carved from without those images")
+
+
+def _inference_arg(parser) -> None:
+    """Add ``--inference`` (how the model sees an image) to a subcommand's parser."""
+    parser.add_argument("--inference", default=None, metavar="JSON",
+                        help="the evaluation.inference block as JSON: {\"mode\": \"whole\"} (default) or "
+                             "{\"mode\": \"slide\", \"crop\": [H, W], \"stride\": [H, W], \"windows_per_chunk\": N, "
+                             "\"pad\": false}; attacks perturb the whole image through it (eroseg.inference)")
+
+
 def _device_arg(parser) -> None:
     """Add ``--device`` to a subcommand's parser."""
     parser.add_argument("--device", default="auto",
@@ -412,6 +507,13 @@ def _add_prepare_parser(sub) -> None:
     parser.add_argument("--max-pixels", type=_non_negative_int, default=16_000_000, metavar="N",
                         help="refuse, naming it, an image with more pixels (H x W) than this, the most a GPU "
                              "evaluates whole (default: %(default)s; 0: no budget)")
+    parser.add_argument("--tune-from", default=None, metavar="SPLIT",
+                        help="carve the split tune out of this split (one of --splits) first (eroseg.data.splits)")
+    parser.add_argument("--tune-size", type=_non_negative_int, default=0, metavar="N",
+                        help="images of the tune list (default: %(default)s, none)")
+    parser.add_argument("--tune-seed", type=_non_negative_int, default=0, metavar="S",
+                        help="seed of the tune list's choice (default: %(default)s)")
+    _split_lists_arg(parser)
     _common_args(parser, threads=False)
     parser.set_defaults(func=cmd_prepare)
 
@@ -451,6 +553,7 @@ def _add_train_parser(sub) -> None:
     _device_arg(parser)
     parser.add_argument("--out", required=True, metavar="FILE", help="output checkpoint (.pt)")
     parser.add_argument("--log", required=True, metavar="CSV", help="output: one row of metrics per epoch")
+    _split_lists_arg(parser)
     _common_args(parser)
     parser.set_defaults(func=cmd_train)
 
@@ -488,6 +591,12 @@ def _add_evaluate_parser(sub) -> None:
     parser.add_argument("--samples-n", type=_positive_int, default=4, metavar="N",
                         help="number of examples in --samples (default: %(default)s)")
     parser.add_argument("--record-steps", action="store_true", help="record per-step attack masks into --samples")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="evaluate shard I (from 0) of N: a range of whole batches of the split (after "
+                             "--max-images) with the one job's random starts; eroseg merge-shards joins the N "
+                             "folders (eroseg.shards)")
+    _split_lists_arg(parser)
+    _inference_arg(parser)
     _device_arg(parser)
     parser.add_argument("--out", default=None, metavar="JSON",
                         help="output of the single setting: metrics (miou, pixel_acc, per_class_iou as fractions "
@@ -577,6 +686,8 @@ def _add_tune_parser(sub) -> None:
     parser.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA")
     _device_arg(parser)
     parser.add_argument("--out", required=True, metavar="JSON", help="output: every candidate's scores and the choice")
+    _split_lists_arg(parser)
+    _inference_arg(parser)
     _common_args(parser)
     parser.set_defaults(func=cmd_tune)
 
@@ -604,8 +715,35 @@ def _add_attack_parser(sub) -> None:
     _device_arg(parser)
     parser.add_argument("--out-dir", required=True, metavar="DIR",
                         help="output folder: adv/, pred_clean/, pred_adv/, side_by_side/ PNGs and summary.csv")
+    _split_lists_arg(parser)
     _common_args(parser)
     parser.set_defaults(func=cmd_attack)
+
+
+def _add_merge_shards_parser(sub) -> None:
+    """The ``eroseg merge-shards`` subcommand's parser."""
+    parser = sub.add_parser("merge-shards", help="merge the evaluation folders of one model's shards (evaluate "
+                                                 "--shard) into the folder one job would have written")
+    parser.add_argument("--shards", nargs="+", required=True, metavar="DIR",
+                        help="the shards' evaluation folders, in shard order (0, 1, ...), each with its manifest")
+    parser.add_argument("--out-dir", required=True, metavar="DIR",
+                        help="output folder: every result file merged, then its manifest.json")
+    _common_args(parser, threads=False)
+    parser.set_defaults(func=cmd_merge_shards)
+
+
+def _add_plan_parser(sub) -> None:
+    """The ``eroseg plan`` subcommand's parser."""
+    parser = sub.add_parser("plan", help="jobs per stage and estimated device-hours of a config, from a short "
+                                         "benchmark of its model on this device (eroseg.costplan)")
+    parser.add_argument("--configfile", required=True, metavar="YAML", help="the workflow config, e.g. config/voc.yaml")
+    parser.add_argument("--step-seconds", nargs=3, type=float, default=None,
+                        metavar=("ATTACK_STEP", "FORWARD", "TRAIN_STEP"),
+                        help="seconds per image of an attack step, a forward and a training step (measured "
+                             "elsewhere) instead of the benchmark")
+    _device_arg(parser)
+    _common_args(parser)
+    parser.set_defaults(func=cmd_plan)
 
 
 def _add_aggregate_parser(sub) -> None:
@@ -662,8 +800,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"eroseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_synthesize_parser, _add_prepare_parser, _add_train_parser, _add_import_model_parser,
-                _add_evaluate_parser, _add_tune_parser, _add_attack_parser, _add_aggregate_parser, _add_figures_parser,
-                _add_status_parser, _add_min_norm_parser):
+                _add_evaluate_parser, _add_merge_shards_parser, _add_min_norm_parser, _add_tune_parser,
+                _add_attack_parser, _add_aggregate_parser, _add_figures_parser, _add_status_parser, _add_plan_parser):
         add(sub)
     return parser
 

@@ -263,6 +263,7 @@ def evaluate(
     restarts: int = 1,
     components: bool = False,
     num_workers: int | None = None,
+    batch_offset: int = 0,
 ) -> dict:
     """Evaluate ``model`` on ``dataset``, clean (``attack=None``) or under ``attack``.
 
@@ -287,6 +288,9 @@ def evaluate(
         components: pass ``component_callback(name, adv)`` to the attack (SEA
             calls it once per loss) and keep each component's per-image counts.
         num_workers: DataLoader workers decoding images (default: 0 on CPU, a few beside a GPU).
+        batch_offset: number of this evaluation's first batch in the random-start streams: a shard of a
+            larger evaluation passes the index its first batch has there (:func:`eroseg.shards.shard_subset`),
+            so its attacks draw the one-job evaluation's random starts.
 
     Returns:
         dict with ``metrics`` (miou, pixel_acc, per_class_iou), ``per_image``
@@ -314,7 +318,7 @@ def evaluate(
         images, labels = images.to(device), labels.to(device)
         adv = images if attack is None else _attack_batch(
             model, images, labels, attack, component_stats, num_classes=num_classes, ignore_index=ignore_index,
-            amp=amp, seed=seed, batch_index=batch_index, restarts=restarts, components=components,
+            amp=amp, seed=seed, batch_index=batch_offset + batch_index, restarts=restarts, components=components,
             callback=_step_recorder(steps) if record_steps and batch_index == 0 else None)
         pred = predict(model, adv, amp)
         confusion.update(pred, labels)
@@ -419,7 +423,8 @@ def write_evaluations(model: torch.nn.Module, meta: Mapping, dataset, settings: 
         manifest: written last, listing every output (:func:`eroseg.io.write_eval_manifest`).
         samples: ``.npz`` of qualitative examples (single setting), ``samples_n`` images.
         record_steps: record the attack's per-step masks into ``samples``.
-        **evaluate_options: ``batch_size``, ``device``, ``seed``, ``amp``, ``max_images`` of :func:`evaluate`.
+        **evaluate_options: ``batch_size``, ``device``, ``seed``, ``amp``, ``max_images``, ``batch_offset`` of
+            :func:`evaluate`.
     """
     with contextlib.ExitStack() as locks:
         for item in settings:

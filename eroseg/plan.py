@@ -67,6 +67,8 @@ class EvaluationPlan:
         min_norm = self.evaluation.get("min_norm")
         self.min_norm = {**MIN_NORM_DEFAULTS, **min_norm} if min_norm else None
         self.check_min_norm()
+        self.shards = int(self.evaluation.get("shards", 1))
+        self.check_tune_split()
 
     # ------------------------------------------------------------------ numbers and names
     @staticmethod
@@ -205,6 +207,48 @@ class EvaluationPlan:
             self._known("evaluation.min_norm.methods", m, self.methods, "method")
         self.min_norm_eps()
 
+    def check_tune_split(self) -> None:
+        """The split ``tune`` exists only when ``dataset.tune_size`` carves it, and is never the reported split."""
+        dataset = self.dataset
+        if dataset["test_split"] == "tune":
+            raise ValueError("config key dataset.test_split: 'tune' is the list carved for the choices (tuning, "
+                             "the per-epoch log), never reported; report on the dataset's val or test split")
+        if dataset["val_split"] == "tune" and not dataset.get("tune_size"):
+            raise ValueError("config key dataset.val_split: 'tune' needs dataset.tune_size > 0 (the images carved "
+                             "out of dataset.train_split as that split); set tune_size or choose on another split")
+
+    # ------------------------------------------------------------------ data options of the jobs
+    def tune_list_path(self) -> str | None:
+        """The carved tune list the prepare stage writes (``dataset.tune_size`` > 0), else None."""
+        return f"{self.split_lists_dir()}/tune.csv" if self.dataset.get("tune_size") else None
+
+    def split_lists_dir(self) -> str:
+        """The folder of carved split lists, beside the data manifest (eroseg.data.splits)."""
+        return f"{self.out}/data/splits"
+
+    def data_inputs(self) -> list[str]:
+        """What a job reading the data needs besides the dataset: the tune list when there is one."""
+        return [self.tune_list_path()] if self.tune_list_path() else []
+
+    def prepare_tune_option(self) -> str:
+        """The prepare command's tune options (`` --tune-from ...``, shell-quoted), or empty without a tune list."""
+        if not self.tune_list_path():
+            return ""
+        dataset = self.dataset
+        return (f" --tune-from {shlex.quote(dataset['train_split'])} --tune-size {int(dataset['tune_size'])}"
+                f" --tune-seed {int(dataset.get('tune_seed', 0))}{self.split_lists_option()}")
+
+    def split_lists_option(self) -> str:
+        """`` --split-lists DIR`` (shell-quoted) for the jobs that read the data, or empty without a tune list."""
+        return f" --split-lists {shlex.quote(self.split_lists_dir())}" if self.tune_list_path() else ""
+
+    def inference_option(self) -> str:
+        """`` --inference JSON`` (shell-quoted) of ``evaluation.inference``, or empty for whole-image inference."""
+        inference = self.evaluation.get("inference") or {}
+        if inference.get("mode", "whole") == "whole":
+            return ""
+        return f" --inference {shlex.quote(json_arg(inference))}"
+
     # ------------------------------------------------------------------ paths
     def data_root(self, environ=os.environ) -> str:
         """The dataset's root: the generated one for ``synthetic``, else ``dataset.root`` with ~ and $VARS expanded."""
@@ -239,6 +283,14 @@ class EvaluationPlan:
 
     def eval_dir(self, method, seed) -> str:
         return f"{self.out}/eval/{method}/seed{seed}"
+
+    def eval_shard_dir(self, method, seed, index) -> str:
+        """The folder of one shard's evaluation (``evaluation.shards`` > 1), merged into :meth:`eval_dir`."""
+        return f"{self.out}/eval_shards/{method}/seed{seed}/shard{index}of{self.shards}"
+
+    def eval_shard_dirs(self, method, seed) -> list[str]:
+        """The shard folders of one model's evaluation, in shard order."""
+        return [self.eval_shard_dir(method, seed, i) for i in range(self.shards)]
 
     def eval_file(self, method, seed, setting, eps, steps) -> str:
         return f"{self.eval_dir(method, seed)}/{setting}/eps{eps}_steps{steps}.json"
@@ -339,6 +391,13 @@ class EvaluationPlan:
                 item["params_file"] = self.tuning_path(setting)
             items.append(item)
         return items
+
+    def shard_settings(self, method, seed, index) -> list[dict]:
+        """The ``--settings`` list of shard ``index`` of one model's evaluation: :meth:`evaluation_settings` with
+        every output in the shard's folder at the same relative path."""
+        folder, shard_folder = self.eval_dir(method, seed), self.eval_shard_dir(method, seed, index)
+        return [{**item, "out": shard_folder + item["out"][len(folder):]}
+                for item in self.evaluation_settings(method, seed)]
 
     def tuning_inputs_of_eval(self, method, seed) -> list[str]:
         return sorted({i["params_file"] for i in self.evaluation_settings(method, seed) if "params_file" in i})
@@ -504,9 +563,16 @@ class EvaluationPlan:
     def benchmark_files(self) -> list[str]:
         """Per-job wall times Snakemake records (``benchmark:``) for the timings table."""
         return ([self.benchmark_path("train", f"{m}_seed{s}") for m in self.trained for s in self.seeds]
-                + [self.benchmark_path("evaluate", f"{m}_seed{s}") for m in self.methods for s in self.seeds_of(m)]
+                + [self.benchmark_path(*job) for m in self.methods for s in self.seeds_of(m)
+                   for job in self.evaluation_benchmark_jobs(m, s)]
                 + [self.benchmark_path("tune", f) for f in self.tuned_families]
                 + [self.benchmark_path("min_norm", f"{m}_seed{s}_{a}") for m, s, a in self.min_norm_jobs()])
+
+    def evaluation_benchmark_jobs(self, method, seed) -> list[tuple[str, str]]:
+        """(rule, job) of the benchmark files of one model's evaluation: one job, or one per shard."""
+        if self.shards == 1:
+            return [("evaluate", f"{method}_seed{seed}")]
+        return [("evaluate_shard", f"{method}_seed{seed}_shard{i}of{self.shards}") for i in range(self.shards)]
 
 
 # ---------------------------------------------------------------------- the attack registry, cached
@@ -542,16 +608,22 @@ def attack_registry(cache_dir: Path, source_key: str) -> dict[str, dict]:
 
 
 def check_attack_params(plan: EvaluationPlan, cache_dir: Path, source_key: str) -> None:
-    """Every attack setting is built once, so a bad parameter fails before any model is trained.
+    """Every attack setting is built once, and ``evaluation.inference`` checked, so a bad parameter fails before
+    any model is trained.
 
     A set of settings that passed is remembered (in ``cache_dir``, with the registry's source key), so an
     unchanged config is not checked, and torch not imported, again."""
     todo = plan.attacks_to_check()
-    digest = hashlib.sha256(json.dumps([source_key, todo], sort_keys=True, default=str).encode()).hexdigest()
+    inference = plan.evaluation.get("inference")
+    digest = hashlib.sha256(json.dumps([source_key, todo, inference], sort_keys=True,
+                                       default=str).encode()).hexdigest()
     marker = Path(cache_dir) / f"checked-{digest[:24]}"
     if marker.exists():
         return
     from eroseg.attacks import create_attack
+    from eroseg.inference import inference_spec
+
+    inference_spec(inference)  # a bad mode, crop or stride: one line naming its key
 
     for key, name, params in todo:
         try:

@@ -121,4 +121,88 @@ def merge_record_files(paths: Sequence[str | Path], out: str | Path) -> EvalReco
     return merged
 
 
-__all__ = ["SHARED_FIELDS", "merge_record_files", "merge_records", "shard_batch_offset", "shard_range"]
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` (``eroseg evaluate --shard``) as ``(index, shards)``.
+
+    Raises:
+        ValueError: not two integers with ``0 <= I < N`` (names the value and the form expected).
+    """
+    index, sep, count = str(text).partition("/")
+    try:
+        index_value, count_value = int(index), int(count)
+    except ValueError:
+        index_value = count_value = -1
+    if not sep or count_value < 1 or not 0 <= index_value < count_value:
+        raise ValueError(f"--shard {text!r}: expected I/N, shard I (from 0) of N shards, e.g. 0/8")
+    return index_value, count_value
+
+
+def shard_subset(dataset, shard: tuple[int, int] | None, batch_size: int, max_images: int | None = None):
+    """The images of one shard of an evaluation, and the index of its first batch in the one-job evaluation.
+
+    ``max_images`` is applied first (the first images of the split), then the shard's
+    :func:`shard_range` of what is left. ``shard`` None: the whole (cut) split and offset 0.
+
+    Returns:
+        ``(dataset, batch_offset)``: a :class:`torch.utils.data.Subset` (or ``dataset`` itself) and the
+        ``batch_offset`` to pass to :func:`eroseg.evaluate.evaluate`.
+
+    Raises:
+        ValueError: the shard has no images (more shards than batches; names the most shards that fit).
+    """
+    from torch.utils.data import Subset
+
+    if max_images is not None and max_images < len(dataset):
+        dataset = Subset(dataset, range(max_images))
+    if shard is None:
+        return dataset, 0
+    index, shards = shard
+    n = len(dataset)
+    images = shard_range(n, shards, index, batch_size)
+    if not images:
+        batches = -(-n // batch_size)
+        raise ValueError(f"--shard {index}/{shards}: no images (the split's {n} images make {batches} batches of "
+                         f"{batch_size}); use at most {batches} shards (evaluation.shards)")
+    return Subset(dataset, images), shard_batch_offset(n, shards, index, batch_size)
+
+
+def merge_shard_folders(folders: Sequence[str | Path], out_dir: str | Path) -> list[Path]:
+    """Merge the evaluation folders of one model's shards (in shard order) into ``out_dir``.
+
+    Every shard folder holds the same result files (its :data:`eroseg.io.EVAL_MANIFEST` lists them); each
+    file is merged across the shards (:func:`merge_record_files`) into the same relative path under
+    ``out_dir``, whose manifest is written last, as one evaluation job writes its folder.
+
+    Returns:
+        The merged files.
+
+    Raises:
+        ValueError: no folders, or shards that list different files (names the shard and the files).
+        FileNotFoundError: a shard folder without its manifest or missing a file it lists.
+    """
+    from eroseg.io import EVAL_MANIFEST, eval_folder_files, write_eval_manifest
+
+    if not folders:
+        raise ValueError("merge_shard_folders: no shard folders given; expected one per shard")
+    folders = [Path(f) for f in folders]
+    names = []
+    for folder in folders:
+        if not (folder / EVAL_MANIFEST).is_file():
+            raise FileNotFoundError(f"{folder}: no {EVAL_MANIFEST}, so this shard's evaluation did not finish; "
+                                    "rerun that shard")
+        names.append([f.relative_to(folder).as_posix() for f in eval_folder_files(folder)])
+    for folder, listed in zip(folders[1:], names[1:]):
+        if listed != names[0]:
+            raise ValueError(f"{folder}: lists {sorted(set(listed) ^ set(names[0]))} unlike {folders[0]}; "
+                             "expected the shards of one evaluation, with the same settings")
+    out_dir = Path(out_dir)
+    merged = []
+    for name in names[0]:
+        merge_record_files([folder / name for folder in folders], out_dir / name)
+        merged.append(out_dir / name)
+    write_eval_manifest(out_dir / EVAL_MANIFEST, merged)
+    return merged
+
+
+__all__ = ["SHARED_FIELDS", "merge_record_files", "merge_records", "merge_shard_folders", "parse_shard",
+           "shard_batch_offset", "shard_range", "shard_subset"]

@@ -431,6 +431,47 @@ def test_tune_split_without_its_list_or_from_another_root_is_refused(trees, tmp_
         get_dataset("ade20k", trees["ade20k"], "tune", split_lists=lists)
 
 
+def test_cli_prepare_carves_the_list_and_the_jobs_read_it(trees, tmp_path, monkeypatch):
+    """eroseg prepare --tune-from/--tune-size/--split-lists writes the list; train, evaluate and attack given
+    --split-lists read tune from it and the training split without it."""
+    from eroseg import cli
+
+    name, root, lists = "cityscapes", trees["cityscapes"], tmp_path / "splits"
+    assert cli.main(["prepare", "--dataset", name, "--root", str(root), "--splits", "train", "tune", "val",
+                     "--manifest", str(tmp_path / "manifest.csv"), "--frequencies", str(tmp_path / "freq.csv"),
+                     "--tune-from", "train", "--tune-size", "2", "--tune-seed", "1", "--split-lists", str(lists),
+                     "--quiet"]) == 0
+    carved = [row["id"] for row in csv.DictReader((lists / "tune.csv").open())]
+    assert carved == choose_tune_ids(get_dataset(name, root, "train").ids, 2, seed=1)
+    seen = {}
+
+    def fake_training_job(**kwargs):  # what the training job's readers see
+        seen["train"] = get_dataset(kwargs["dataset"], kwargs["root"], kwargs["train_split"]).ids
+        seen["val"] = get_dataset(kwargs["dataset"], kwargs["root"], kwargs["val_split"]).ids
+
+    monkeypatch.setattr("eroseg.training.run_training_job", fake_training_job)
+    assert cli.main(["train", "--dataset", name, "--root", str(root), "--train-split", "train", "--val-split", "tune",
+                     "--split-lists", str(lists), "--out", str(tmp_path / "m.pt"), "--log", str(tmp_path / "l.csv"),
+                     "--quiet"]) == 0
+    assert seen["val"] == carved and not set(carved) & set(seen["train"]) and seen["train"]
+    assert get_dataset(name, root, "train").ids != seen["train"]  # outside the command, nothing is carved
+    args = cli.build_parser().parse_args(["evaluate", "--checkpoint", "m.pt", "--dataset", name, "--root", str(root),
+                                          "--split", "tune", "--split-lists", str(lists), "--out", "x.json"])
+    assert cli._dataset(args.dataset, args.root, args.split, args.split_lists).ids == carved
+
+
+def test_cli_prepare_tune_options_go_together(trees, tmp_path):
+    from eroseg import cli
+
+    base = ["prepare", "--dataset", "ade20k", "--root", str(trees["ade20k"]), "--splits", "train", "val",
+            "--manifest", str(tmp_path / "m.csv"), "--frequencies", str(tmp_path / "f.csv")]
+    with pytest.raises(ValueError, match="--tune-from and --tune-size go together"):
+        cli.cmd_prepare(cli.build_parser().parse_args(base + ["--tune-size", "2"]))
+    with pytest.raises(ValueError, match="--tune-size needs --split-lists"):
+        cli.cmd_prepare(cli.build_parser().parse_args(base + ["--tune-size", "2", "--tune-from", "train"]))
+    assert not (tmp_path / "m.csv").exists()
+
+
 # ----------------------------------------------------------------- configs
 CONFIGS = {"voc": ("voc.yaml", "$VOC_ROOT"), "cityscapes": ("cityscapes.yaml", "$CITYSCAPES_ROOT"),
            "ade20k": ("ade20k.yaml", "$ADE20K_ROOT")}
@@ -477,6 +518,9 @@ def _snakemake(workdir: Path, configfile: Path, *args: str) -> subprocess.Popen:
                             text=True)
 
 
+SHARDS = 8
+
+
 @pytest.fixture(scope="module")
 def dry_runs(trees, tmp_path_factory) -> dict[str, tuple[int, str, Path]]:
     """One dry run per shipped config: the first alone (it fills the session's Snakefile cache: the
@@ -487,7 +531,12 @@ def dry_runs(trees, tmp_path_factory) -> dict[str, tuple[int, str, Path]]:
         procs = {}
         for name in batch:
             wd = tmp_path_factory.mktemp(f"dry_{name}")
-            procs[name] = (wd, _snakemake(wd, _small_config(name, trees[name], wd), "-n", "-p", "--cores", "1"))
+            config = _small_config(name, trees[name], wd)
+            if name == "cityscapes":  # evaluation sharded over 8 jobs per model (VOC and ADE20K: one job)
+                cfg = yaml.safe_load(config.read_text())
+                cfg["evaluation"]["shards"] = SHARDS
+                config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+            procs[name] = (wd, _snakemake(wd, config, "-n", "-p", "--cores", "1"))
         for name, (wd, proc) in procs.items():
             out, _ = proc.communicate(timeout=300)
             results[name] = (proc.returncode, out, wd)
@@ -513,6 +562,35 @@ def test_workflow_dry_run(dry_runs, trees, name):
     assert all("--val-split tune" in c for c in trains) and all("--split tune" in c for c in tunes)
     assert all("--split val" in c for c in evaluations)
     assert not any("--split val" in c or "--val-split val" in c for c in trains + tunes)
+    # prepare carves the list; every job that reads the data gets the folder of lists and waits for the list.
+    prepare = [c for c in commands if " -m eroseg prepare " in c]
+    assert len(prepare) == 1 and f"--tune-from {TRAIN_SPLITS[name]} --tune-size 2 --tune-seed 0" in prepare[0]
+    lists = f"--split-lists results/{name}/data/splits"
+    assert lists in prepare[0] and "tune" in prepare[0].split("--splits")[1].split("--manifest")[0]
+    assert all(lists in c for c in trains + tunes + evaluations)
+    assert f"results/{name}/data/splits/tune.csv" in out
+    # Cityscapes and ADE20K evaluate (and tune) with sliding windows, VOC whole.
+    slide = [c for c in tunes + evaluations if "--inference '{\"crop\"" in c and '"mode": "slide"' in c]
+    assert len(slide) == (0 if name == "voc" else len(tunes + evaluations))
+
+
+@pytest.mark.workflow
+def test_cityscapes_sharded_evaluation_dry_run(dry_runs):
+    """config/cityscapes.yaml with evaluation.shards: 8: 8 evaluation jobs per model and one merge each."""
+    rc, out, _ = dry_runs["cityscapes"]
+    assert rc == 0, out[-6000:]
+    cfg = yaml.safe_load((ROOT / "config" / "cityscapes.yaml").read_text())
+    models = [(m, s) for m in cfg["methods"] for s in cfg["seeds"]]
+    commands = [line for line in out.splitlines() if " -m eroseg evaluate " in line and "--shard " in line]
+    merges = [line for line in out.splitlines() if " -m eroseg merge-shards " in line]
+    assert len(commands) == SHARDS * len(models) and len(merges) == len(models)
+    for method, seed in models:
+        folders = [f"results/cityscapes/eval_shards/{method}/seed{seed}/shard{i}of{SHARDS}" for i in range(SHARDS)]
+        mine = [c for c in commands if f"--checkpoint results/cityscapes/models/{method}/seed{seed}/model.pt" in c]
+        assert sorted(c.split("--shard ")[1].split()[0] for c in mine) == sorted(f"{i}/{SHARDS}" for i in range(SHARDS))
+        merge = [c for c in merges if f"--out-dir results/cityscapes/eval/{method}/seed{seed} " in c]
+        assert len(merge) == 1 and " ".join(folders) in merge[0]
+    assert " -m eroseg evaluate " in out and "--samples " in out  # the samples job stays one job
 
 
 @pytest.mark.slow  # ~30 s; the dry runs above plan every rule of each real config in the fast tier
@@ -522,9 +600,6 @@ def test_cityscapes_end_to_end(trees, tmp_path):
     cfg_path = _small_config("cityscapes", trees["cityscapes"], tmp_path)
     cfg = yaml.safe_load(cfg_path.read_text())
     cfg["train"].update(epochs=2)
-    # The jobs are not yet given the folder of carved lists (the CLI's --split-lists is still to come), so
-    # this run chooses on val.
-    cfg["dataset"].update(val_split="val", tune_size=0)
     cfg["tuning"] = {"models": [], "grids": {}}
     cfg["methods"] = {"standard": {"attack": None}}
     cfg["evaluation"].update(

@@ -7,8 +7,16 @@ import pytest
 import torch
 
 from eroseg.attacks import create_attack
-from eroseg.evaluate import EvalRecord, _generator, evaluate
-from eroseg.shards import merge_record_files, merge_records, shard_batch_offset, shard_range
+from eroseg.evaluate import EvalRecord, evaluate
+from eroseg.shards import (
+    merge_record_files,
+    merge_records,
+    merge_shard_folders,
+    parse_shard,
+    shard_batch_offset,
+    shard_range,
+    shard_subset,
+)
 from tests.conftest import TOY_CLASSES, ToyNet, toy_batch
 
 
@@ -28,19 +36,6 @@ def test_shard_ranges_are_disjoint_cover_in_order_and_start_on_batches(num_image
 def test_bad_shard_arguments_are_named(args, match):
     with pytest.raises(ValueError, match=match):
         shard_range(*args)
-
-
-class _GlobalBatchStreams:
-    """An attack whose random starts use the one-job stream of each batch: batch k of a shard is batch
-    ``offset + k`` of the one job (what a shard job must pass; one attack call per batch, no restarts)."""
-
-    def __init__(self, attack, seed: int, offset: int):
-        self.attack, self.seed, self.offset, self.calls = attack, seed, offset, 0
-
-    def __call__(self, model, images, labels, generator=None, **kwargs):
-        stream = _generator(self.seed, self.offset + self.calls, images.device)
-        self.calls += 1
-        return self.attack(model, images, labels, generator=stream, **kwargs)
 
 
 def _record(result: dict, setting: str) -> EvalRecord:
@@ -66,10 +61,9 @@ def test_merged_shards_equal_the_one_job_record(toy_setup, tmp_path, setting):
     whole = _record(evaluate(model, dataset, TOY_CLASSES, attack=attack, **options), setting)
     paths = []
     for index in range(3):
-        images = shard_range(len(dataset), 3, index, batch_size=2)
-        shard_attack = attack and _GlobalBatchStreams(attack, 5, shard_batch_offset(len(dataset), 3, index, 2))
-        result = evaluate(model, torch.utils.data.Subset(dataset, images), TOY_CLASSES, attack=shard_attack,
-                          **options)
+        images, offset = shard_subset(dataset, (index, 3), batch_size=2)
+        assert offset == shard_batch_offset(len(dataset), 3, index, 2)
+        result = evaluate(model, images, TOY_CLASSES, attack=attack, batch_offset=offset, **options)
         paths.append(tmp_path / f"shard{index}.json")
         _record(result, setting).write(paths[-1])
     merged = merge_record_files(paths, tmp_path / "merged.json")
@@ -102,3 +96,61 @@ def test_records_of_different_evaluations_are_not_merged(toy_setup):
         merge_records([record, other])
     with pytest.raises(ValueError, match="no shard records"):
         merge_records([])
+
+
+@pytest.mark.parametrize("text, expected", [("0/8", (0, 8)), ("7/8", (7, 8)), ("0/1", (0, 1))])
+def test_parse_shard(text, expected):
+    assert parse_shard(text) == expected
+
+
+@pytest.mark.parametrize("text", ["8/8", "-1/8", "1", "a/b", "1/0", "1/2/3"])
+def test_bad_shard_is_named(text):
+    with pytest.raises(ValueError, match=f"--shard '{text}': expected I/N"):
+        parse_shard(text)
+
+
+def test_shard_subset_cuts_max_images_first_and_refuses_an_empty_shard():
+    data = torch.utils.data.TensorDataset(torch.arange(10))
+    second, offset = shard_subset(data, (1, 2), batch_size=2, max_images=6)  # 6 images, 3 batches: [0-1], [2-5]
+    assert [int(second[i][0]) for i in range(len(second))] == [2, 3, 4, 5] and offset == 1
+    assert shard_subset(data, None, batch_size=2, max_images=3)[0].indices == range(3)
+    with pytest.raises(ValueError, match=r"--shard 0/4: no images .* 3 batches of 2\); use at most 3 shards"):
+        shard_subset(data, (0, 4), batch_size=2, max_images=6)
+
+
+def _eval_folder(folder, records: dict) -> None:
+    from eroseg.io import EVAL_MANIFEST, write_eval_manifest
+
+    for name, record in records.items():
+        record.write(folder / name)
+    write_eval_manifest(folder / EVAL_MANIFEST, [folder / name for name in records])
+
+
+def test_merge_shard_folders_merges_every_listed_file_and_writes_the_manifest_last(toy_setup, tmp_path):
+    from eroseg.io import eval_folder_files
+
+    model, dataset = toy_setup
+    pgd = create_attack("pgd", eps=8 / 255, step_size=2 / 255, steps=1)
+    folders, whole = [tmp_path / f"shard{i}" for i in range(2)], {}
+    for setting, attack in (("clean", None), ("pgd", pgd)):
+        whole[setting] = _record(evaluate(model, dataset, TOY_CLASSES, attack=attack, batch_size=4, seed=1,
+                                          num_workers=0), setting)
+    for index, folder in enumerate(folders):
+        images, offset = shard_subset(dataset, (index, 2), batch_size=4)
+        _eval_folder(folder, {f"{setting}/r.json" if setting != "clean" else "clean.json": _record(evaluate(
+            model, images, TOY_CLASSES, attack=attack, batch_size=4, seed=1, num_workers=0, batch_offset=offset),
+            setting) for setting, attack in (("clean", None), ("pgd", pgd))})
+    merged = merge_shard_folders(folders, tmp_path / "merged")
+    assert [p.relative_to(tmp_path / "merged").as_posix() for p in eval_folder_files(tmp_path / "merged")] == [
+        "clean.json", "pgd/r.json"] == [p.relative_to(tmp_path / "merged").as_posix() for p in merged]
+    for name, setting in (("clean.json", "clean"), ("pgd/r.json", "pgd")):
+        record = EvalRecord.read(tmp_path / "merged" / name)
+        np.testing.assert_array_equal(record.per_image.tp, whole[setting].per_image.tp)
+        assert record.miou == whole[setting].miou and record.num_images == len(dataset)
+    (folders[1] / "pgd" / "r.json").unlink()
+    with pytest.raises(FileNotFoundError, match="r.json"):
+        merge_shard_folders(folders, tmp_path / "again")
+    (folders[1] / "manifest.json").unlink()
+    with pytest.raises(FileNotFoundError, match="shard1: no manifest.json.*rerun that shard"):
+        merge_shard_folders(folders, tmp_path / "again")
+    assert not (tmp_path / "again" / "manifest.json").exists()

@@ -6,6 +6,7 @@ import json
 import math
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -326,7 +327,8 @@ def test_run_name_stays_one_folder_under_results(tmp_path, run):
 UNQUOTED_FIELDS = {"threads", "wildcards.seed", "params.module", "params.max_images", "params.params_file",
                    "params.n_train", "params.n_val", "params.n_test", "params.height", "params.width",
                    "params.seed", "params.batch_size", "params.n",
-                   "params.min_norm_options"}  # EvaluationPlan.min_norm_options quotes each word (shlex.quote)
+                   # options quoted word by word by eroseg.plan (shlex.quote), empty when not used
+                   "params.min_norm_options", "params.tune", "params.split_lists", "params.inference"}
 
 
 def test_every_value_in_a_rule_command_is_quoted():
@@ -393,3 +395,87 @@ def test_slurm_gpus_per_train_needs_the_per_job_cap_raised(tmp_path):
             r"^ *rule (train|evaluate):\n(?: {4,}.*\n)*? {4,}resources: .*?\bgpu=(\d+)", res.stdout + res.stderr,
             flags=re.M)}
     assert requests == {False: {("train", "1"), ("evaluate", "1")}, True: {("train", "2"), ("evaluate", "1")}}
+
+
+# ------------------------------------------------------------ tune list, inference and shards in the plan
+def _plan(change=lambda cfg: None):
+    from eroseg.plan import EvaluationPlan, attack_registry
+    from tests.test_plan import load
+
+    cfg = load("tests.yaml")
+    change(cfg)
+    return EvaluationPlan(cfg, attack_registry(Path(tempfile.mkdtemp(prefix="registry")), "test"))
+
+
+def test_plan_refuses_a_tune_split_it_does_not_carve_and_reporting_on_tune():
+    with pytest.raises(ValueError, match=r"dataset.val_split: 'tune' needs dataset.tune_size > 0"):
+        _plan(lambda cfg: cfg["dataset"].update(val_split="tune"))
+    with pytest.raises(ValueError, match=r"dataset.test_split: 'tune' is the list carved for the choices"):
+        _plan(lambda cfg: cfg["dataset"].update(val_split="tune", tune_size=4, test_split="tune"))
+    plan = _plan(lambda cfg: cfg["dataset"].update(val_split="tune", tune_size=4, tune_seed=2))
+    assert plan.data_inputs() == ["results/tests/data/splits/tune.csv"]
+    assert plan.prepare_tune_option() == (" --tune-from train --tune-size 4 --tune-seed 2"
+                                          " --split-lists results/tests/data/splits")
+    assert _plan().data_inputs() == [] and _plan().split_lists_option() == _plan().prepare_tune_option() == ""
+
+
+def test_sharded_plan_puts_each_shard_in_its_folder_at_the_one_jobs_relative_paths():
+    plan = _plan(lambda cfg: cfg["evaluation"].update(shards=3))
+    one_job = plan.evaluation_settings("standard", 0)
+    for index in range(3):
+        folder = f"results/tests/eval_shards/standard/seed0/shard{index}of3"
+        shard = plan.shard_settings("standard", 0, index)
+        assert [item["out"] for item in shard] == [folder + item["out"][len(plan.eval_dir("standard", 0)):]
+                                                   for item in one_job]
+        assert [{**item, "out": None} for item in shard] == [{**item, "out": None} for item in one_job]
+    assert plan.eval_shard_dirs("standard", 0)[2] == "results/tests/eval_shards/standard/seed0/shard2of3"
+    assert "results/tests/benchmarks/evaluate_shard/standard_seed0_shard1of3.tsv" in plan.benchmark_files()
+    assert not any("/evaluate/" in f for f in plan.benchmark_files())
+    assert any("/evaluate/" in f for f in _plan().benchmark_files())
+
+
+def test_bad_inference_block_is_named_when_the_workflow_is_parsed(tmp_path):
+    def change(cfg):
+        cfg["evaluation"]["inference"] = {"mode": "slide", "crop": [16, 16], "stride": [24, 8]}
+
+    out = _failing_dry_run_output(tmp_path, change)
+    assert "config key evaluation.inference.stride: [24, 8] is larger than the crop [16, 16]" in out
+
+
+@pytest.mark.slow
+def test_merged_shards_equal_the_one_job_folder_of_the_tests_config(workdir, tmp_path, monkeypatch):
+    """Every setting of a tests-config model (plus SEA, with its components) evaluated as one job and as 3
+    shards merged with ``eroseg merge-shards``: the same per-image counts and metrics in every file."""
+    from eroseg import cli
+    from eroseg.evaluate import EvalRecord
+    from eroseg.io import eval_folder_files
+
+    monkeypatch.chdir(workdir)  # the settings name the run's tuning files relative to it
+    plan = _plan()
+    settings = plan.evaluation_settings("standard", 0) + [
+        {"setting": "sea", "attack": "sea", "params": {"eps": 8 / 255, "steps": 2}, "out": "sea/eps8_steps2.json"}]
+
+    def run(folder, *extra):
+        items = [{**item, "out": str(folder / Path(item["out"]).relative_to(plan.eval_dir("standard", 0)))
+                  if item["out"].startswith("results/") else str(folder / item["out"])} for item in settings]
+        assert cli.main(["evaluate", "--checkpoint", plan.model_path("standard", 0), "--dataset", "synthetic",
+                         "--root", plan.data_root(), "--split", "test", "--batch-size", "4", "--seed", "0",
+                         "--settings", json.dumps(items), "--manifest", str(folder / "manifest.json"),
+                         "--device", "cpu", "--quiet", *extra]) == 0
+
+    run(tmp_path / "one")
+    for index in range(3):
+        run(tmp_path / f"shard{index}", "--shard", f"{index}/3")
+    assert cli.main(["merge-shards", "--shards", *(str(tmp_path / f"shard{i}") for i in range(3)),
+                     "--out-dir", str(tmp_path / "merged"), "--quiet"]) == 0
+    names = [p.relative_to(tmp_path / "one") for p in eval_folder_files(tmp_path / "one")]
+    assert names == [p.relative_to(tmp_path / "merged") for p in eval_folder_files(tmp_path / "merged")]
+    assert len(names) == len(settings) and Path("sea/eps8_steps2.json") in names
+    shard_sizes = [EvalRecord.read(tmp_path / f"shard{i}" / "clean.json").num_images for i in range(3)]
+    assert shard_sizes == [4, 4, 8]  # 16 images, 4 batches of 4
+    for name in names:
+        one, merged = (EvalRecord.read(tmp_path / folder / name).to_json() for folder in ("one", "merged"))
+        one.pop("seconds"), merged.pop("seconds")
+        assert merged == one, name
+    sea = EvalRecord.read(tmp_path / "merged" / "sea" / "eps8_steps2.json")
+    assert len(sea.components) == 4 and sea.miou < EvalRecord.read(tmp_path / "merged" / "clean.json").miou

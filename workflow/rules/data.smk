@@ -1,5 +1,6 @@
 # Data: generate the embedded synthetic dataset (if configured), then validate
-# the dataset and write its manifest and class frequencies.
+# the dataset and write its manifest and class frequencies; with dataset.tune_size,
+# first carve the `tune` list out of the training split (eroseg.data.splits).
 
 
 if SYNTH:
@@ -32,10 +33,12 @@ rule prepare:
     output:
         manifest=PLAN.manifest_path(),
         frequencies=PLAN.frequencies_path(),
+        tune_list=PLAN.data_inputs(),
     params:
         dataset=DATASET["name"],
         root=lambda w, input: input[0] if SYNTH else DATA_ROOT,
         splits=sorted({DATASET["train_split"], DATASET["val_split"], DATASET["test_split"]}),
+        tune=PLAN.prepare_tune_option(),
         code=CODE_DATA,
     log:
         log_path("prepare"),
@@ -43,4 +46,4 @@ rule prepare:
         "../envs/eroseg.yml"
     shell:
         "\"$EROSEG_PYTHON\" -m eroseg prepare --dataset {params.dataset:q} --root {params.root:q} --splits {params.splits:q}"
-        " --manifest {output.manifest:q} --frequencies {output.frequencies:q} > {log:q} 2>&1"
+        " --manifest {output.manifest:q} --frequencies {output.frequencies:q}{params.tune} > {log:q} 2>&1"

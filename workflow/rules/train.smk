@@ -7,6 +7,7 @@ rule train:
     input:
         manifest=PLAN.manifest_path(),
         tuned=lambda wc: [training_tuning_file(wc.method)] if training_tuning_file(wc.method) else [],
+        tune_list=PLAN.data_inputs(),
     output:
         model=model_path("{method}", "{seed}"),
         log=PLAN.train_log_path("{method}", "{seed}"),
@@ -23,6 +24,7 @@ rule train:
         objective=lambda wc: js(training_objective(wc.method)),
         params_file=lambda wc: f"--attack-params-file {shlex.quote(training_tuning_file(wc.method))}" if training_tuning_file(wc.method) else "",
         robust_eps=config["adversarial_training"]["eps"],
+        split_lists=PLAN.split_lists_option(),
         code=CODE_TRAIN,
     threads: config["resources"]["threads"]
     resources:
@@ -35,7 +37,7 @@ rule train:
         "../envs/eroseg.yml"
     shell:
         "\"$EROSEG_PYTHON\" {params.module} train --dataset {params.dataset:q} --root {params.root:q} --train-split {params.train_split:q}"
-        " --val-split {params.val_split:q} --model {params.model:q} --train {params.train:q}"
+        " --val-split {params.val_split:q}{params.split_lists} --model {params.model:q} --train {params.train:q}"
         " --method {wildcards.method:q} --attack {params.attack:q} --attack-params {params.attack_params:q} {params.params_file}"
         " --objective {params.objective:q} --robust-eps {params.robust_eps:q} --seed {wildcards.seed} --threads {threads}"
         " --out {output.model:q} --log {output.log:q} > {log:q} 2>&1"

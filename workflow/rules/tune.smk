@@ -7,6 +7,7 @@
 rule tune:
     input:
         models=[model_path(m, SEEDS[0]) for m in TUNE.get("models", [])],
+        tune_list=PLAN.data_inputs(),
     output:
         tuning_path("{family}"),
     params:
@@ -18,6 +19,8 @@ rule tune:
         grid=lambda wc: js(TUNE["grids"][wc.family]),
         max_images=f"--max-images {TUNE['max_images']}" if TUNE.get("max_images") else "",
         batch_size=EVAL["batch_size"],
+        split_lists=PLAN.split_lists_option(),
+        inference=PLAN.inference_option(),
         code=CODE_EVAL,
     threads: config["resources"]["threads"]
     resources:
@@ -30,6 +33,6 @@ rule tune:
         "../envs/eroseg.yml"
     shell:
         "\"$EROSEG_PYTHON\" -m eroseg tune --checkpoints {input.models:q} --dataset {params.dataset:q} --root {params.root:q}"
-        " --split {params.split:q} --family {wildcards.family:q} --attack {params.attack:q}"
+        " --split {params.split:q}{params.split_lists}{params.inference} --family {wildcards.family:q} --attack {params.attack:q}"
         " --attack-params {params.base:q} --grid {params.grid:q} {params.max_images}"
         " --batch-size {params.batch_size} --threads {threads} --out {output:q} > {log:q} 2>&1"
