@@ -37,7 +37,8 @@ def _plan(registry_info, min_norm="keep") -> EvaluationPlan:
 def test_min_norm_jobs_paths_and_outputs_only_when_configured(registry_info):
     plan = _plan(registry_info)
     assert plan.min_norm_files() == ["results/tests/min_norm/standard/seed0/alma_prox.json",
-                                     "results/tests/min_norm/eroseg_at/seed0/alma_prox.json"]
+                                     "results/tests/min_norm/eroseg_at/seed0/alma_prox.json",
+                                     "results/tests/min_norm/trades_at/seed0/alma_prox.json"]
     assert plan.min_norm_eps() == pytest.approx([4 / 255, 8 / 255, 16 / 255])
     outputs = plan.all_outputs()
     assert "results/tests/tables/min_norm.csv" in outputs
@@ -204,7 +205,7 @@ def test_the_pipeline_writes_min_norm_records_and_their_table(tiny_run):
         assert record["eps_grid"] == pytest.approx([4 / 255, 8 / 255, 16 / 255])
         assert record["attack_params"]["steps"] == 3 and record["attack_params"]["lr_init"] == 0.05
     table = pd.read_csv(tiny_run / "results/tests/tables/min_norm.csv")
-    assert list(table["method"]) == ["standard", "eroseg_at"]
+    assert list(table["method"]) == ["standard", "eroseg_at", "trades_at"]
     assert {"robust % @ 8/255", "mIoU % @ 16/255", "images won in the worst case"} <= set(table.columns)
     assert (tiny_run / "results/tests/figures/robustness_curve.png").is_file()
 
