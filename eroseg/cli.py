@@ -577,12 +577,7 @@ def _add_evaluate_parser(sub) -> None:
                         help="several settings in one process, as a JSON list of {setting, attack, params, "
                              "params_file, restarts, out} (replaces --attack/--attack-params/--setting/"
                              "--restarts/--out)")
-    parser.add_argument("--seed", type=_non_negative_int, default=0,
-                        help="seed of the attack's random start (default: %(default)s)")
-    parser.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
-                        help="images per batch (default: %(default)s)")
-    parser.add_argument("--max-images", type=_positive_int, default=None, metavar="N",
-                        help="evaluate the first N images only (default: all)")
+    _attack_run_args(parser, "evaluate")
     parser.add_argument("--max-pixels", type=_non_negative_int, default=None, metavar="N",
                         help="refuse, naming it, an image with more pixels (H x W) than this, before any work "
                              "(default: 4e6 on a CPU, 16e6 on a GPU; 0: no budget)")
@@ -608,6 +603,16 @@ def _add_evaluate_parser(sub) -> None:
     parser.set_defaults(func=cmd_evaluate)
 
 
+def _attack_run_args(parser, verb: str) -> None:
+    """--seed, --batch-size and --max-images of the commands that attack a split (``verb``: what they do)."""
+    parser.add_argument("--seed", type=_non_negative_int, default=0,
+                        help="seed of the attack's random start (default: %(default)s)")
+    parser.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
+                        help="images per batch (default: %(default)s)")
+    parser.add_argument("--max-images", type=_positive_int, default=None, metavar="N",
+                        help=f"{verb} the first N images only (default: all)")
+
+
 def _add_min_norm_parser(sub) -> None:
     """The ``eroseg min-norm`` subcommand's parser."""
     parser = sub.add_parser("min-norm", help="minimal-norm attack (adv-lib) on every image: per-image norms and the "
@@ -626,12 +631,7 @@ def _add_min_norm_parser(sub) -> None:
     parser.add_argument("--norm", default="linf", choices=("linf", "l2"), help="norm minimised (default: %(default)s)")
     parser.add_argument("--adv-threshold", type=float, default=0.99, metavar="SHARE",
                         help="share of valid pixels to fool (default: %(default)s)")
-    parser.add_argument("--seed", type=_non_negative_int, default=0,
-                        help="seed of the attack's random start (default: %(default)s)")
-    parser.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
-                        help="images per batch (default: %(default)s)")
-    parser.add_argument("--max-images", type=_positive_int, default=None, metavar="N",
-                        help="attack the first N images only (default: all)")
+    _attack_run_args(parser, "attack")
     _device_arg(parser)
     parser.add_argument("--out", required=True, metavar="JSON",
                         help="the record: per-image norms, fooled shares, success; clean counts and counts at each eps")
