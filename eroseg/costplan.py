@@ -8,16 +8,23 @@ settings the workflow runs) in units of one image through the model:
 - a *forward*: a prediction without gradients (the clean evaluation, each setting's final prediction);
 - a *training step*: a forward and a backward pass to the weights at the training crop.
 
-The seconds of each unit come from a short benchmark of the configured model (``model``, the dataset's class
-count, ``evaluation.inference``) on the current device, at the evaluation batch size (1 on a CPU) and a
-typical image size of the dataset, or are given (``--step-seconds``). The estimate leaves out data loading,
-start-up and the merge and report jobs, and prices a training attack step as a training step.
+Each job also pays a start-up (the interpreter, torch and the model's library imported), measured once in a
+subprocess. The seconds of each unit come from a short benchmark of the configured model (``model``, the
+dataset's class count, ``evaluation.inference``) on the current device, at the configured batch sizes (at most
+2 images on a CPU for images above 256 x 256) and a typical image size of the dataset, with the config's
+``resources.threads`` on a CPU; or they are given (``--step-seconds``). Training counts, per image and epoch,
+one training step plus its attack's steps on the adversarial share (``adv_fraction``; every image for an
+objective that makes its own examples, such as TRADES) and the per-epoch validation (clean forwards on the
+validation split, the robust check's attack steps). The estimate leaves out data loading and the merge and
+report jobs.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -40,6 +47,7 @@ class StepSeconds:
     attack_step: float
     forward: float
     train_step: float
+    job_start: float = 0.0
 
 
 def load_plan(configfile: str | Path) -> EvaluationPlan:
@@ -109,15 +117,54 @@ def evaluation_work(plan: EvaluationPlan) -> list[tuple[str, int, int, int]]:
 
 def training_work(plan: EvaluationPlan) -> tuple[int, int, int]:
     """``(models, images per epoch, training steps per image over all epochs)`` summed over the trained models:
-    each image costs one training step plus its training attack's steps per epoch."""
+    each image costs one training step per epoch."""
     images = split_sizes(plan).get(plan.dataset["train_split"], 0)
-    epochs, total = int(plan.config["train"]["epochs"]), 0
+    epochs = int(plan.config["train"]["epochs"])
+    return len(plan.trained) * len(plan.seeds), images, len(plan.trained) * len(plan.seeds) * epochs
+
+
+def training_attack_steps(plan: EvaluationPlan) -> float:
+    """Attack steps per training image over all epochs, summed over the trained models: the method's attack
+    on its adversarial share (``adv_fraction``), or the objective's own examples on every image."""
+    from eroseg.training.config import TrainConfig
+
+    epochs, total = int(plan.config["train"]["epochs"]), 0.0
+    default_share = plan.config["train"].get("adv_fraction", TrainConfig.adv_fraction)
     for method in plan.trained:
         attack, params = plan.training_attack(method)
         objective = plan.training_objective(method)
-        attack_steps = int(params.get("steps", 1)) if attack else int(objective.get("steps", 0) or 0)
-        total += len(plan.seeds) * epochs * (1 + attack_steps)
-    return len(plan.trained) * len(plan.seeds), images, total
+        if attack:
+            share = float(objective.get("adv_fraction", default_share))
+            total += len(plan.seeds) * epochs * share * int(params.get("steps", 1))
+        else:
+            total += len(plan.seeds) * epochs * int(objective.get("steps", 0) or 0)
+    return total
+
+
+def validation_work(plan: EvaluationPlan) -> tuple[int, int]:
+    """``(forwards, attack steps)`` of the per-epoch validation, in images, summed over the trained models:
+    clean forwards on the validation split and the robust check's steps after every ``val_every``-th epoch
+    and the last."""
+    train = plan.config["train"]
+    epochs, every = int(train["epochs"]), int(train.get("val_every") or 1)
+    checks = len(set(range(every, epochs + 1, every)) | {epochs})
+    images = split_sizes(plan).get(plan.dataset["val_split"], 0)
+    robust = min(images, int(train.get("val_robust_images") or 0)) * int(train.get("val_robust_steps") or 0)
+    models = len(plan.trained) * len(plan.seeds)
+    return models * checks * images, models * checks * robust
+
+
+def min_norm_work(plan: EvaluationPlan) -> tuple[int, int]:
+    """``(jobs, attack steps)`` of the minimal-norm runs: each step is one forward and backward per image."""
+    jobs = plan.min_norm_jobs()
+    if not jobs:
+        return 0, 0
+    block = plan.min_norm
+    images = split_sizes(plan).get(plan.dataset["test_split"], 0)
+    if block.get("max_images"):
+        images = min(images, int(block["max_images"]))
+    steps = sum(int((block["attacks"][a] or {}).get("steps") or 0) for _, _, a in jobs)
+    return len(jobs), images * steps
 
 
 def tuning_work(plan: EvaluationPlan) -> int:
@@ -142,8 +189,21 @@ def _timed(run, repeats: int) -> float:
     return (time.perf_counter() - start) / repeats
 
 
+def job_start_seconds() -> float:
+    """Seconds a job spends before its first image: a fresh interpreter importing torch, the model library and
+    eroseg's evaluation (measured in a subprocess)."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import eroseg.evaluate, eroseg.models, eroseg.training"], check=True)
+    return time.perf_counter() - start
+
+
+def _batch(size: int, image_size: tuple[int, int], device) -> int:
+    return min(size, 2) if device.type == "cpu" and image_size[0] * image_size[1] > 256 * 256 else size
+
+
 def benchmark(plan: EvaluationPlan, device: str = "auto", repeats: int = 2) -> StepSeconds:
-    """Seconds per image of an attack step, a forward and a training step of the configured model here."""
+    """Seconds per image of an attack step, a forward and a training step of the configured model here, and a
+    job's start-up."""
     import torch
 
     from eroseg.data import dataset_info
@@ -152,13 +212,17 @@ def benchmark(plan: EvaluationPlan, device: str = "auto", repeats: int = 2) -> S
     from eroseg.models import model_from_config
 
     device = select_device(device)
+    if device.type == "cpu":
+        torch.set_num_threads(int(plan.config.get("resources", {}).get("threads") or torch.get_num_threads()))
     classes = dataset_info(plan.dataset["name"]).num_classes
     model = model_from_config(plan.config["model"], classes).to(device)
     evaluated = wrap_for_inference(model, plan.evaluation.get("inference")).eval()
-    batch = int(plan.evaluation["batch_size"]) if device.type == "cuda" else 1
+    batch = _batch(int(plan.evaluation["batch_size"]), _image_size(plan), device)
     images = torch.rand(batch, 3, *_image_size(plan), device=device)
     crop = plan.config["train"].get("crop_size") or list(_image_size(plan))
-    crops = torch.rand(batch, 3, *crop, device=device)
+    train_batch = _batch(int(plan.config["train"]["batch_size"]), tuple(crop), device)
+    crops = torch.rand(train_batch, 3, *crop, device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
 
     def attack_step():
         x = images.clone().requires_grad_(True)
@@ -172,12 +236,14 @@ def benchmark(plan: EvaluationPlan, device: str = "auto", repeats: int = 2) -> S
 
     def train_step():
         model.train()
-        model(crops).mean().backward()
-        model.zero_grad(set_to_none=True)
+        model(crops).logsumexp(1).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         model.eval()
         _sync(device)
 
-    return StepSeconds(*(_timed(run, repeats) / batch for run in (attack_step, forward, train_step)))
+    return StepSeconds(_timed(attack_step, repeats) / batch, _timed(forward, repeats) / batch,
+                       _timed(train_step, repeats) / train_batch, job_start_seconds())
 
 
 def _sync(device) -> None:
@@ -187,33 +253,46 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _hours(units: float, seconds: float) -> str:
-    return f"{units * seconds / 3600:,.2f} device-hours"
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:,.2f} device-hours ({seconds:,.0f} s)"
+
+
+def _training_line(plan: EvaluationPlan, seconds: StepSeconds) -> str:
+    models, images, steps = training_work(plan)
+    attack_steps = images * training_attack_steps(plan)
+    val_forwards, val_steps = validation_work(plan)
+    total = (images * steps * seconds.train_step + attack_steps * seconds.attack_step
+             + val_forwards * seconds.forward + val_steps * seconds.attack_step + models * seconds.job_start)
+    return (f"train: {models} jobs ({len(plan.trained)} methods x {len(plan.seeds)} seeds); {images:,} images x "
+            f"{steps:,} epochs (summed over models) training steps, {attack_steps:,.0f} image attack steps, "
+            f"validation {val_forwards:,} forwards + {val_steps:,} attack steps = {_hours(total)}")
 
 
 def format_plan(plan: EvaluationPlan, seconds: StepSeconds) -> str:
     """The cost plan as lines of text: jobs per stage and their estimated device-hours."""
-    models, train_images, train_steps = training_work(plan)
     evaluations = evaluation_work(plan)
     tuning = tuning_work(plan)
-    lines = ["prepare: 1 job"]
-    lines.append(f"train: {models} jobs ({len(plan.trained)} methods x {len(plan.seeds)} seeds); {train_images:,} "
-                 f"images x {train_steps:,} steps per image (epochs x (1 + attack steps), summed over models) = "
-                 f"{_hours(train_images * train_steps, seconds.train_step)}")
-    lines.append(f"tune: {len(plan.tuned_families)} jobs; {tuning:,} image attack steps = "
-                 f"{_hours(tuning, seconds.attack_step)}")
-    total = sum(n * (f * seconds.forward + s * seconds.attack_step) for _, n, f, s in evaluations)
+    lines = ["prepare: 1 job", _training_line(plan, seconds)]
+    tune_seconds = tuning * seconds.attack_step + len(plan.tuned_families) * seconds.job_start
+    lines.append(f"tune: {len(plan.tuned_families)} jobs; {tuning:,} image attack steps = {_hours(tune_seconds)}")
+    total = (sum(n * (f * seconds.forward + s * seconds.attack_step) for _, n, f, s in evaluations)
+             + len(evaluations) * plan.shards * seconds.job_start)
     steps = sorted({s for _, _, _, s in evaluations})
     step_text = f"{steps[0]:,}" if len(steps) == 1 else f"{steps[0]:,} to {steps[-1]:,}"
     images = evaluations[0][1] if evaluations else 0
     lines.append(f"evaluate: {len(evaluations)} models x {images:,} images x (clean + {step_text} attack steps) = "
-                 f"{total / 3600:,.2f} device-hours; {len(evaluations) * plan.shards} jobs"
+                 f"{_hours(total)}; {len(evaluations) * plan.shards} jobs"
                  + (f" ({plan.shards} shards per model) + {len(evaluations)} merges" if plan.shards > 1 else ""))
+    jobs, steps = min_norm_work(plan)
+    if jobs:
+        lines.append(f"min_norm: {jobs} jobs; {steps:,} image attack steps = "
+                     f"{_hours(steps * seconds.attack_step + jobs * seconds.job_start)}")
     lines.append("samples: 1 job")
     lines.append(f"per image: attack step {seconds.attack_step:.4g} s, forward {seconds.forward:.4g} s, training "
-                 f"step {seconds.train_step:.4g} s")
+                 f"step {seconds.train_step:.4g} s; per job: start-up {seconds.job_start:.3g} s")
     return "\n".join(lines)
 
 
-__all__ = ["KNOWN_SPLIT_SIZES", "StepSeconds", "benchmark", "evaluation_work", "format_plan", "load_plan",
-           "split_sizes", "training_work", "tuning_work"]
+__all__ = ["KNOWN_SPLIT_SIZES", "StepSeconds", "benchmark", "evaluation_work", "format_plan", "job_start_seconds",
+           "load_plan", "min_norm_work", "split_sizes", "training_attack_steps", "training_work", "tuning_work",
+           "validation_work"]

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from eroseg.costplan import StepSeconds, benchmark, evaluation_work, format_plan, load_plan, split_sizes, training_work
+from eroseg.costplan import (
+    StepSeconds,
+    benchmark,
+    evaluation_work,
+    format_plan,
+    load_plan,
+    split_sizes,
+    training_attack_steps,
+    training_work,
+    validation_work,
+)
+from eroseg.training.config import TrainConfig
 from tests.conftest import ROOT
 
 
@@ -51,7 +62,7 @@ def test_format_plan_prices_the_counted_work(tests_plan):
     hours = sum(n * s for _, n, _, s in work)  # one hour per image attack step
     line = next(line for line in text.splitlines() if line.startswith("evaluate:"))
     assert line.startswith(f"evaluate: {len(work)} models x 16 images x (clean + ")
-    assert f"= {hours:,.2f} device-hours; {len(work)} jobs" in line
+    assert f"= {hours:,.2f} device-hours ({hours * 3600:,.0f} s); {len(work)} jobs" in line
 
 
 def test_sharded_plan_says_shards_and_merges(tmp_path):
@@ -64,4 +75,26 @@ def test_sharded_plan_says_shards_and_merges(tmp_path):
 
 def test_benchmark_measures_the_configured_model_here(tests_plan):
     seconds = benchmark(tests_plan, device="cpu", repeats=1)
-    assert all(0 < value < 60 for value in (seconds.forward, seconds.attack_step, seconds.train_step)), seconds
+    values = (seconds.forward, seconds.attack_step, seconds.train_step, seconds.job_start)
+    assert all(0 < value < 60 for value in values), seconds
+
+
+def test_training_counts_the_adversarial_share_and_the_validation(tests_plan):
+    train = tests_plan.config["train"]
+    epochs, share = int(train["epochs"]), float(train.get("adv_fraction", TrainConfig.adv_fraction))
+    expected = 0.0
+    for method in tests_plan.trained:  # the attack on the adversarial share; TRADES's own steps on every image
+        attack, params = tests_plan.training_attack(method)
+        objective = tests_plan.training_objective(method)
+        per_epoch = share * int(params["steps"]) if attack else int(objective.get("steps") or 0)
+        expected += len(tests_plan.seeds) * epochs * per_epoch
+    assert training_attack_steps(tests_plan) == pytest.approx(expected) and expected > 0
+    assert "trades_at" in tests_plan.trained and tests_plan.training_objective("trades_at")["steps"] > 0
+    forwards, steps = validation_work(tests_plan)
+    every = int(train.get("val_every") or 1)
+    checks = len(set(range(every, epochs + 1, every)) | {epochs})
+    models = len(tests_plan.trained) * len(tests_plan.seeds)
+    val_images = split_sizes(tests_plan)[tests_plan.dataset["val_split"]]
+    robust_images = min(val_images, int(train.get("val_robust_images") or 0))
+    assert forwards == models * checks * val_images
+    assert steps == models * checks * robust_images * int(train.get("val_robust_steps") or 0)
