@@ -97,7 +97,8 @@ def test_pipeline_through_slurm_matches_local(tmp_path, cluster, request):
     request.addfinalizer(lambda: local.poll() is None and (local.kill(), local.wait()))
     t0 = time.time()
     # Groups: the data steps make one SLURM job, the tuning of every family one, and the evaluations (one
-    # per model, plus the samples job) two per SLURM job, which run side by side on the node's two GPUs.
+    # per model, plus the samples job and one minimal-norm job per model and attack on the first seed) two
+    # per SLURM job, which run side by side on the node's two GPUs.
     res = _snakemake(slurm_dir, cluster, "--configfile", "config/one_seed.yaml", "--group-components",
                      "evaluation=2", f"tuning={families}")
     wall = time.time() - t0
@@ -106,7 +107,8 @@ def test_pipeline_through_slurm_matches_local(tmp_path, cluster, request):
     logs = {p.stem: p.relative_to(slurm_dir / "slurm-logs") for p in (slurm_dir / "slurm-logs").rglob("*.log")}
     print(f"SLURM run: {wall:.0f} s, {len(submitted)} jobs submitted: {sorted(map(str, logs.values()))}")
     # One SLURM job id per submitted job, each with its own log; the groups are one job each.
-    eval_jobs = -(-(models + 1) // 2)
+    min_norm = models * len(cfg["evaluation"]["min_norm"]["attacks"])
+    eval_jobs = -(-(models + 1 + min_norm) // 2)
     assert len(submitted) == len(set(submitted)) == len(logs) == 1 + 1 + eval_jobs + models, (submitted, logs)
     assert set(submitted) == set(logs)
     # Log folders: group_<group>_<its rules>, rule_<rule>.
@@ -122,7 +124,8 @@ def test_pipeline_through_slurm_matches_local(tmp_path, cluster, request):
     def ran(group):
         return [re.findall(r"^rule (\w+):", (slurm_dir / "slurm-logs" / p).read_text(), re.M)
                 for p in logs.values() if p.parts[0].startswith(group)]
-    assert sorted(sum(ran("group_evaluation"), [])) == ["evaluate"] * models + ["samples"], ran("group_evaluation")
+    assert sorted(sum(ran("group_evaluation"), [])) == sorted(["evaluate"] * models + ["min_norm"] * min_norm
+                                                              + ["samples"]), ran("group_evaluation")
     assert all(len(r) <= 2 for r in ran("group_evaluation"))
     assert ran("group_tuning") == [["tune"] * families] and sorted(ran("group_data")[0]) == ["prepare", "synthesize"]
     # Local rules never went to SLURM.
