@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    create .venv if missing, install eroseg, run the whole pipeline (embedded default)
 #   make test   same set-up, then ruff and the fast test tier (under 5 minutes on 2 cores)
-# More tests: make test-slow (real-layout end-to-end runs, ~12 minutes on 2 cores), make test-slurm (the
+# More tests: make test-slow (real-layout end-to-end runs, ~4 minutes on 2 cores), make test-slurm (the
 # SLURM tier on a local test cluster, a few minutes), make test-all (every tier that runs without a GPU, in
 # one pytest run). CI (.ci/run) runs make test, then make test-slow and make test-slurm.
 # CORES sets snakemake's --cores; PYTHON the interpreter used to create .venv.
