@@ -263,7 +263,8 @@ def _training_line(plan: EvaluationPlan, seconds: StepSeconds) -> str:
     val_forwards, val_steps = validation_work(plan)
     total = (images * steps * seconds.train_step + attack_steps * seconds.attack_step
              + val_forwards * seconds.forward + val_steps * seconds.attack_step + models * seconds.job_start)
-    return (f"train: {models} jobs ({len(plan.trained)} methods x {len(plan.seeds)} seeds); {images:,} images x "
+    seeds = f"{len(plan.seeds)} seed" + ("s" if len(plan.seeds) != 1 else "")
+    return (f"train: {models} jobs ({len(plan.trained)} methods x {seeds}); {images:,} images x "
             f"{steps:,} epochs (summed over models) training steps, {attack_steps:,.0f} image attack steps, "
             f"validation {val_forwards:,} forwards + {val_steps:,} attack steps = {_hours(total)}")
 
