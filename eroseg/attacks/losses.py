@@ -162,10 +162,7 @@ def masked_spherical_loss(logits: torch.Tensor, labels: torch.Tensor, valid: tor
     Returns:
         ``[B, H, W]``, in ``[-1, 1]``; 0 off the mask.
     """
-    u_y = logits.gather(1, _safe_labels(labels, valid)).squeeze(1)
-    # sqrt(sum(u^2)) rather than linalg.vector_norm over dim 1: much faster on CPU for NCHW tensors.
-    norm = logits.square().sum(1).clamp_min(torch.finfo(logits.dtype).tiny).sqrt()
-    return -(u_y / norm) * _todo(logits, labels, valid, targeted, pred)
+    return _negative_label_cosine(logits, labels, valid) * _todo(logits, labels, valid, targeted, pred)
 
 
 def spherical_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, **_) -> torch.Tensor:
@@ -182,9 +179,15 @@ def spherical_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tens
     Returns:
         ``[B, H, W]``, in ``[-1, 1]``; 0 at void pixels.
     """
+    return _negative_label_cosine(logits, labels, valid) * valid
+
+
+def _negative_label_cosine(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``-u_y / ||u||_2`` per pixel, the spherical losses' value before their mask (``[B, H, W]``)."""
     u_y = logits.gather(1, _safe_labels(labels, valid)).squeeze(1)
+    # sqrt(sum(u^2)) rather than linalg.vector_norm over dim 1: much faster on CPU for NCHW tensors.
     norm = logits.square().sum(1).clamp_min(torch.finfo(logits.dtype).tiny).sqrt()
-    return -(u_y / norm) * valid
+    return -(u_y / norm)
 
 
 def eroseg_loss(logits: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, *, t: int = 0, steps: int = 1,
