@@ -133,6 +133,15 @@ class EvalRecord:
         return cls(**fields)
 
 
+def prepare_run(model: torch.nn.Module, dataset, device, max_images: int | None):
+    """The model on ``device`` in eval mode and the dataset cut to its first ``max_images`` images (all when
+    None): what every evaluation of a split starts from. Returns ``(model, dataset, torch.device)``."""
+    device = torch.device(device)
+    if max_images is not None:
+        dataset = torch.utils.data.Subset(dataset, range(min(max_images, len(dataset))))
+    return model.to(device).eval(), dataset, device
+
+
 def predict(model: torch.nn.Module, images: torch.Tensor, amp: bool = False) -> torch.Tensor:
     """Class map ``[B, H, W]`` of ``images`` (no gradients, eval mode assumed)."""
     with torch.no_grad(), autocast(images.device, amp):
@@ -300,10 +309,7 @@ def evaluate(
     """
     if not isinstance(restarts, int) or restarts < 1:
         raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}")
-    device = torch.device(device)
-    model = model.to(device).eval()
-    if max_images is not None:
-        dataset = torch.utils.data.Subset(dataset, range(min(max_images, len(dataset))))
+    model, dataset, device = prepare_run(model, dataset, device, max_images)
     confusion = ConfusionMatrix(num_classes, ignore_index)
     parts: list[PerImageStats] = []
     samples: dict[str, list] = {k: [] for k in ("image", "adv", "label", "pred_clean", "pred_adv")}

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from eroseg.data.batching import dataset_order, default_num_workers, size_bucketed_batches
+from eroseg.evaluate import prepare_run
 from eroseg.metrics import IGNORE_INDEX, PerImageStats, per_image_stats
 from eroseg.minnorm.attacks import (
     MinNormResult,
@@ -140,10 +141,7 @@ def evaluate_min_norm(model: torch.nn.Module, dataset, num_classes: int, *, atta
     grid = [float(e) for e in eps_grid]
     if not grid or any(not e > 0 for e in grid):
         raise ValueError(f"eps_grid must be a non-empty list of budgets > 0, got {eps_grid!r}")
-    device = torch.device(device)
-    model = model.to(device).eval()
-    if max_images is not None:
-        dataset = torch.utils.data.Subset(dataset, range(min(max_images, len(dataset))))
+    model, dataset, device = prepare_run(model, dataset, device, max_images)
     settings = {"norm": norm, "adv_threshold": adv_threshold, "steps": steps, **params}
     adv_lib_segmentation()  # imported before the clock starts: seconds per image are the attack's own
     rows, clean, at_eps, batch_indices = [], [], [[] for _ in grid], []
