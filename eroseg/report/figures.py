@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from eroseg.io import read_json
-from eroseg.numbers import eps_in_255
+from eroseg.numbers import eps_in_255, eps_label
 from eroseg.report.registry import register_figure
 from eroseg.report.spec import PerClass, ReportSpec, Sweep
 
@@ -129,7 +129,7 @@ def qualitative(inputs: FigureInputs) -> list[Path]:
         return plots.placeholder(inputs.out_dir, "qualitative", "sample file holds no images", dpi)
     drawn = inputs.spec.samples
     title = inputs.spec.qualitative_title or (
-        f"{drawn.method} under {drawn.attack}, eps {float(drawn.eps) * 255:g}/255, {int(drawn.steps)} steps"
+        f"{drawn.method} under {drawn.attack}, eps {eps_label(drawn.eps)}, {int(drawn.steps)} steps"
         if drawn else Path(inputs.samples[0]).stem)
     return plots.plot_qualitative(arrays, inputs.classes, inputs.palette, inputs.out_dir, title, dpi)
 
