@@ -272,33 +272,13 @@ def cmd_tune(args) -> None:
         options = {"attack": args.attack, "base": base, "grid": grid, "batch_size": args.batch_size,
                    "device": select_device(args.device), "seed": args.seed, "amp": args.amp,
                    "max_images": args.max_images}
-        result = (tune_attack(args.checkpoints, dataset, **options) if not args.inference
-                  else _tune_with_inference(args.checkpoints, dataset, args.inference, **options))
+        wrap = (lambda model: _inference_model(model, args.inference)) if args.inference else None
+        result = tune_attack(args.checkpoints, dataset, wrap=wrap, **options)
         write_json(args.out, {"version": TUNING_VERSION, "family": args.family, "attack": args.attack,
                               "split": args.split, "max_images": args.max_images, "base": base, "grid": grid,
                               **result})
     log.info("%s: chose %s (mean val mIoU %.4f over %d models)", args.family, result["chosen"],
              min(c["mean"] for c in result["candidates"]), len(result["candidates"][0]["miou"]))
-
-
-def _tune_with_inference(checkpoints, dataset, inference: str, *, attack, base, grid, batch_size, device, seed,
-                         amp, max_images) -> dict:
-    """:func:`eroseg.tune.tune_attack` with every model wrapped for ``--inference`` after loading."""
-    from eroseg.attacks import build_attack
-    from eroseg.evaluate import evaluate
-    from eroseg.models import load_model
-    from eroseg.tune import tune
-
-    loaded = [load_model(path, map_location=device) for path in checkpoints]
-    models = {str(path): _inference_model(model, inference) for path, (model, _) in zip(checkpoints, loaded)}
-    num_classes = int(loaded[-1][1]["num_classes"])
-
-    def val_miou(model, params: dict) -> float:
-        return evaluate(model, dataset, num_classes, attack=build_attack(attack, {**params, "amp": amp}),
-                        batch_size=batch_size, device=device, seed=seed, amp=amp,
-                        max_images=max_images)["metrics"]["miou"]
-
-    return tune(models, val_miou, base, grid)
 
 
 def _eval_files(paths: list[str]) -> list[str]:

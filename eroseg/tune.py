@@ -88,7 +88,8 @@ def tuned_params(params: dict, path: str | os.PathLike | None) -> dict:
 
 
 def tune_attack(checkpoints: Sequence[str | os.PathLike], dataset, *, attack: str, base: dict, grid: dict,
-                batch_size: int, device, seed: int, amp: bool, max_images: int | None) -> dict:
+                batch_size: int, device, seed: int, amp: bool, max_images: int | None,
+                wrap: Callable[[Any], Any] | None = None) -> dict:
     """:func:`tune` of attack ``attack`` on the models of ``checkpoints``, each candidate scored by its val mIoU.
 
     Args:
@@ -97,6 +98,7 @@ def tune_attack(checkpoints: Sequence[str | os.PathLike], dataset, *, attack: st
         attack: registered attack name.
         base, grid: as :func:`tune` (numbers may be text such as ``"eps/4"``).
         batch_size, device, seed, amp, max_images: as :func:`eroseg.evaluate.evaluate`.
+        wrap: applied to each model after loading (e.g. sliding-window inference), or None.
 
     Returns:
         :func:`tune`'s result.
@@ -108,7 +110,7 @@ def tune_attack(checkpoints: Sequence[str | os.PathLike], dataset, *, attack: st
     models, num_classes = {}, None
     for path in checkpoints:
         model, meta = load_model(path, map_location=device)
-        models[str(path)] = model
+        models[str(path)] = wrap(model) if wrap is not None else model
         num_classes = int(meta["num_classes"])
 
     def val_miou(model, params: dict) -> float:

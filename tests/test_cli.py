@@ -217,6 +217,25 @@ def test_second_tune_on_the_same_output_fails_at_once(setup, tmp_path, caplog):
     assert f"{out}: another eroseg process (pid " in msg and not out.exists()
 
 
+def test_tune_with_inference_wraps_every_model_and_one_window_equals_whole(setup, tmp_path, monkeypatch):
+    import eroseg.inference
+
+    d, root, ckpt = setup
+    wrapped = []
+    real_wrap = eroseg.inference.wrap_for_inference
+    monkeypatch.setattr(eroseg.inference, "wrap_for_inference",
+                        lambda model, spec: wrapped.append(spec) or real_wrap(model, spec))
+    args = ["tune", "--checkpoints", str(ckpt), "--dataset", "synthetic", "--root", str(root), "--family", "pgd",
+            "--attack", "pgd", "--attack-params", '{"eps": "8/255", "steps": 1}', "--grid",
+            '{"step_size": ["eps/4", "eps/2"]}', "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "whole.json")]) == 0 and not wrapped
+    one_window = '{"mode": "slide", "crop": [512, 512], "stride": [512, 512]}'  # cut to the image: one window
+    assert main([*args, "--inference", one_window, "--out", str(tmp_path / "slide.json")]) == 0
+    assert len(wrapped) == 1 and wrapped[0].mode == "slide"
+    whole, slide = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("whole", "slide"))
+    assert slide["candidates"] == whole["candidates"] and slide["chosen"] == whole["chosen"]
+
+
 def test_training_without_method_stores_a_method_name(setup, tmp_path):
     """`eroseg train` without --method records `<attack>_at` (or `standard`), never null, in the checkpoint."""
     _, root, _ = setup
