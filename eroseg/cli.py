@@ -142,21 +142,19 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from eroseg.data import carved_split_lists
     from eroseg.training import run_training_job
     from eroseg.tune import tuned_params
 
     attack_params = tuned_params(_json_arg(args.attack_params, "--attack-params"), args.attack_params_file)
     objective = _json_arg(args.objective, "--objective")
-    with carved_split_lists(args.split_lists):  # the job's readers: tune carved, training split without it
-        run_training_job(
-            dataset=args.dataset, root=args.root, train_split=args.train_split, val_split=args.val_split,
-            model_cfg=_json_arg(args.model, "--model"), train_settings=_json_arg(args.train, "--train"),
-            objective=objective, method=args.method or default_method(args.attack, objective),
-            attack=args.attack, attack_params=attack_params, robust_eps=args.robust_eps,
-            robust_step_size=args.robust_step_size, seed=args.seed, device=args.device, out=args.out,
-            log=args.log, progress=not args.quiet,
-        )
+    run_training_job(
+        dataset=args.dataset, root=args.root, train_split=args.train_split, val_split=args.val_split,
+        model_cfg=_json_arg(args.model, "--model"), train_settings=_json_arg(args.train, "--train"),
+        objective=objective, method=args.method or default_method(args.attack, objective),
+        attack=args.attack, attack_params=attack_params, robust_eps=args.robust_eps,
+        robust_step_size=args.robust_step_size, seed=args.seed, device=args.device, out=args.out,
+        log=args.log, progress=not args.quiet, split_lists=args.split_lists,
+    )
 
 
 def cmd_import_model(args) -> None:

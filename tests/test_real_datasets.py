@@ -445,9 +445,10 @@ def test_cli_prepare_carves_the_list_and_the_jobs_read_it(trees, tmp_path, monke
     assert carved == choose_tune_ids(get_dataset(name, root, "train").ids, 2, seed=1)
     seen = {}
 
-    def fake_training_job(**kwargs):  # what the training job's readers see
-        seen["train"] = get_dataset(kwargs["dataset"], kwargs["root"], kwargs["train_split"]).ids
-        seen["val"] = get_dataset(kwargs["dataset"], kwargs["root"], kwargs["val_split"]).ids
+    def fake_training_job(**kwargs):  # what the training job's readers see (it passes split_lists to both)
+        lists = {"split_lists": kwargs["split_lists"]}
+        seen["train"] = get_dataset(kwargs["dataset"], kwargs["root"], kwargs["train_split"], **lists).ids
+        seen["val"] = get_dataset(kwargs["dataset"], kwargs["root"], kwargs["val_split"], **lists).ids
 
     monkeypatch.setattr("eroseg.training.run_training_job", fake_training_job)
     assert cli.main(["train", "--dataset", name, "--root", str(root), "--train-split", "train", "--val-split", "tune",

@@ -15,8 +15,6 @@ folder layout and the label mapping.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -132,28 +130,7 @@ def get_dataset(name: str, root: str | os.PathLike, split: str, **kwargs: Any) -
     """
     info = dataset_info(name)
     kwargs.setdefault("num_classes", info.num_classes)
-    if _SPLIT_LISTS.get() is not None:
-        kwargs.setdefault("split_lists", _SPLIT_LISTS.get())
     return info.factory(root, split, **kwargs)
-
-
-#: The folder of carved split lists every :func:`get_dataset` call in a :func:`carved_split_lists` block reads.
-_SPLIT_LISTS: contextvars.ContextVar[str | None] = contextvars.ContextVar("eroseg_split_lists", default=None)
-
-
-@contextlib.contextmanager
-def carved_split_lists(folder: str | os.PathLike | None):
-    """Within the block, :func:`get_dataset` gives its readers ``split_lists=folder`` unless the call names one.
-
-    For code that builds its readers itself (the training job builds its train and val readers from the names
-    ``eroseg train`` gets): its ``tune`` split is then the carved list and its training split loses those images.
-    ``None``: no change.
-    """
-    token = _SPLIT_LISTS.set(None if folder is None else str(folder))
-    try:
-        yield
-    finally:
-        _SPLIT_LISTS.reset(token)
 
 
 __all__ = [
@@ -172,7 +149,6 @@ __all__ = [
     "DatasetInfo",
     "DatasetNotFoundError",
     "VOCSegmentation",
-    "carved_split_lists",
     "dataset_info",
     "generate_synthetic",
     "get_dataset",

@@ -24,7 +24,7 @@ def _attack(name: str | None, params: dict):
 def run_training_job(*, dataset: str, root: str, train_split: str, val_split: str | None, model_cfg: dict,
                      train_settings: dict, objective: dict, method: str, attack: str | None, attack_params: dict,
                      robust_eps, robust_step_size, seed: int, device: str, out: str, log: str,
-                     progress: bool) -> dict:
+                     progress: bool, split_lists: str | None = None) -> dict:
     """Check the settings, load the data, build the model and :func:`train` it (under torchrun, in every process).
 
     Args:
@@ -39,6 +39,8 @@ def run_training_job(*, dataset: str, root: str, train_split: str, val_split: st
         seed: run seed; device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
         out, log: the checkpoint and the per-epoch CSV log.
         progress: show a progress bar (first process only).
+        split_lists: the folder of carved split lists (``eroseg prepare --split-lists``): split ``tune`` is read
+            from it and the training split loses those images; None: the dataset's own lists.
 
     Returns:
         :func:`train`'s final log row.
@@ -62,8 +64,9 @@ def run_training_job(*, dataset: str, root: str, train_split: str, val_split: st
         robust = _attack("pgd", {"eps": robust_eps, "step_size": robust_step_size, "steps": cfg.val_robust_steps,
                                  "amp": cfg.amp})
     root = os.path.expandvars(os.path.expanduser(root))
-    train_set = get_dataset(dataset, root, train_split)
-    val_set = get_dataset(dataset, root, val_split) if val_split else None
+    lists = {"split_lists": split_lists} if split_lists else {}
+    train_set = get_dataset(dataset, root, train_split, **lists)
+    val_set = get_dataset(dataset, root, val_split, **lists) if val_split else None
     torch.manual_seed(stream_seed(seed, "init"))  # the same initial weights in every process
     model = model_from_config(model_cfg, info.num_classes)
     return train(
