@@ -236,7 +236,10 @@ def cmd_min_norm(args) -> None:
 
     params = _json_arg(args.params, "--params")
     attack_arguments(args.attack, args.norm, args.adv_threshold, args.steps, params)  # before any loading
-    eps_grid = [parse_number(e, name="--eps", max_value=None if args.norm == "l2" else 1.0) for e in args.eps]
+    max_eps = None if args.norm == "l2" else 1.0
+    eps_grid = [parse_number(e, name="--eps", max_value=max_eps) for e in args.eps]
+    objects_eps = None if args.objects_eps is None else parse_number(args.objects_eps, name="--objects-eps",
+                                                                     max_value=max_eps)
     device = select_device(args.device)
     model, meta = _model_arg(args, device)
     source = str(args.checkpoint) if args.checkpoint else f"factory:{args.model_factory}"
@@ -244,7 +247,8 @@ def cmd_min_norm(args) -> None:
     write_min_norm_record(model, meta, _dataset(args.dataset, args.root, args.split), args.out, attack=args.attack,
                           eps_grid=eps_grid, setting=args.setting, source=source, split=args.split, params=params,
                           norm=args.norm, adv_threshold=args.adv_threshold, steps=args.steps,
-                          batch_size=args.batch_size, device=device, seed=args.seed, max_images=args.max_images)
+                          batch_size=args.batch_size, device=device, seed=args.seed, max_images=args.max_images,
+                          objects_eps=objects_eps, connectivity=args.connectivity)
 
 
 def _max_pixels(value: int | None, device) -> int:
@@ -609,6 +613,11 @@ def _add_min_norm_parser(sub) -> None:
     parser.add_argument("--norm", default="linf", choices=("linf", "l2"), help="norm minimised (default: %(default)s)")
     parser.add_argument("--adv-threshold", type=float, default=0.99, metavar="SHARE",
                         help="share of valid pixels to fool (default: %(default)s)")
+    parser.add_argument("--objects-eps", default=None, metavar="EPS",
+                        help="an eps of --eps at which each image's ground-truth components are summarised (the size "
+                             f"table); {_NUMBER_HELP}")
+    parser.add_argument("--connectivity", type=int, choices=(4, 8), default=4,
+                        help="connectivity of those components (default: %(default)s)")
     _attack_run_args(parser, "attack")
     _device_arg(parser)
     parser.add_argument("--out", required=True, metavar="JSON",

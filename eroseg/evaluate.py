@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: Format of the evaluation JSON; bumped when a field changes meaning.
 RECORD_VERSION = 2
+#: Fields an evaluation JSON may leave out (their defaults are kept).
+OPTIONAL_FIELDS = ("components", "restarts", "seconds", "objects")
 
 
 @dataclasses.dataclass
@@ -69,6 +71,10 @@ class EvalRecord:
             loss of SEA, each restart of a restarted attack (name -> stats).
         restarts: runs of the attack per image (the per-image worst is kept).
         seconds: wall time of the evaluation.
+        objects: per-image summaries of the ground-truth connected components (the ``size`` table), or None:
+            ``connectivity``; ``clean``, one :meth:`eroseg.objects.LabelObjects.clean_summary` per image;
+            ``adv``, one :meth:`~eroseg.objects.LabelObjects.attacked_summary` per image (equal to the clean
+            scores with nothing flipped in a clean evaluation); ``components``, the same per component name.
     """
 
     method: str | None
@@ -86,6 +92,7 @@ class EvalRecord:
     components: dict[str, PerImageStats] = dataclasses.field(default_factory=dict)
     restarts: int = 1
     seconds: float = 0.0
+    objects: dict | None = None
 
     @property
     def num_images(self) -> int:
@@ -103,6 +110,8 @@ class EvalRecord:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["per_image"] = {**self.per_image.to_dict(), "pixel_acc": [float(v) for v in self.per_image.pixel_acc]}
         out["components"] = {k: v.to_dict() for k, v in self.components.items()}
+        if self.objects is None:
+            del out["objects"]
         out["num_images"] = self.num_images
         out["version"] = RECORD_VERSION
         return out
@@ -124,7 +133,7 @@ class EvalRecord:
             raise ValueError(f"{path}: not an evaluation record of format {RECORD_VERSION} (found {found}); rerun "
                              "the evaluation")
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted(n for n in names if n not in stored and n not in ("components", "restarts", "seconds"))
+        missing = sorted(n for n in names if n not in stored and n not in OPTIONAL_FIELDS)
         if missing:
             raise ValueError(f"{path}: evaluation record lacks {missing}")
         fields: dict[str, Any] = {n: stored[n] for n in names if n in stored}
@@ -169,15 +178,50 @@ class _ComponentStats:
     Called as the attack's ``component_callback(name, adv)``; ``parts`` maps each name to its counts.
     """
 
-    def __init__(self, model, labels, num_classes: int, ignore_index: int, amp: bool):
+    def __init__(self, model, labels, num_classes: int, ignore_index: int, amp: bool, keep_predictions: bool = False):
         self.model, self.labels, self.amp = model, labels, amp
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.parts: dict[str, PerImageStats] = {}
+        self.keep_predictions = keep_predictions
+        self.predictions: dict[str, torch.Tensor] = {}  # name -> [B, H, W] (kept for the object summaries)
 
     def __call__(self, name: str, adv: torch.Tensor) -> PerImageStats:
-        stats = per_image_stats(predict(self.model, adv, self.amp), self.labels, self.num_classes, self.ignore_index)
+        pred = predict(self.model, adv, self.amp)
+        stats = per_image_stats(pred, self.labels, self.num_classes, self.ignore_index)
         self.parts[name] = stats
+        if self.keep_predictions:
+            self.predictions[name] = pred
         return stats
+
+
+class _ObjectSummaries:
+    """Per-image summaries of the ground-truth components (:class:`eroseg.objects.LabelObjects`), batch by batch:
+    the clean prediction's, the result's and each component's (SEA's losses, restarts)."""
+
+    def __init__(self, connectivity: int, ignore_index: int):
+        self.connectivity, self.ignore_index = connectivity, ignore_index
+        self.clean: list[dict] = []
+        self.adv: list[dict] = []
+        self.components: dict[str, list[dict]] = {}
+
+    def add(self, labels: torch.Tensor, pred_clean: torch.Tensor, pred_adv: torch.Tensor,
+            component_predictions: Mapping[str, torch.Tensor]) -> None:
+        from eroseg.objects import LabelObjects
+
+        labels, pred_clean, pred_adv = (t.cpu().numpy() for t in (labels, pred_clean, pred_adv))
+        parts = {name: pred.cpu().numpy() for name, pred in component_predictions.items()}
+        for j, label in enumerate(labels):
+            objects = LabelObjects(label, ignore_index=self.ignore_index, connectivity=self.connectivity)
+            self.clean.append(objects.clean_summary(pred_clean[j]))
+            self.adv.append(objects.attacked_summary(pred_clean[j], pred_adv[j]))
+            for name, pred in parts.items():
+                self.components.setdefault(name, []).append(objects.attacked_summary(pred_clean[j], pred[j]))
+
+    def in_order(self, order: np.ndarray) -> dict:
+        """The summaries in dataset order (``order``: :func:`eroseg.data.batching.dataset_order`)."""
+        return {"connectivity": self.connectivity, "clean": [self.clean[i] for i in order],
+                "adv": [self.adv[i] for i in order],
+                "components": {name: [rows[i] for i in order] for name, rows in self.components.items()}}
 
 
 def _run_attack(model, images, labels, attack, *, seed, batch_index, restarts, components, callback,
@@ -214,14 +258,19 @@ def _step_recorder(steps: dict[str, list]) -> Callable[[dict], None]:
 
 
 def _attack_batch(model, images, labels, attack, component_stats: dict[str, list[PerImageStats]], *, num_classes,
-                  ignore_index, amp, seed, batch_index, restarts, components, callback) -> torch.Tensor:
-    """:func:`_run_attack` on one batch; appends each component's per-image counts to ``component_stats``."""
-    parts = _ComponentStats(model, labels, num_classes, ignore_index, amp)
+                  ignore_index, amp, seed, batch_index, restarts, components, callback, keep_predictions=False
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """:func:`_run_attack` on one batch; appends each component's per-image counts to ``component_stats``.
+
+    Returns:
+        The adversarial images and, with ``keep_predictions``, each component's predictions (else empty).
+    """
+    parts = _ComponentStats(model, labels, num_classes, ignore_index, amp, keep_predictions)
     adv = _run_attack(model, images, labels, attack, seed=seed, batch_index=batch_index, restarts=restarts,
                       components=components, callback=callback, parts=parts)
     for name, stats in parts.parts.items():
         component_stats.setdefault(name, []).append(stats)
-    return adv
+    return adv, parts.predictions
 
 
 def _add_samples(samples: dict[str, list], indices: list[int], num_samples: int, *, model, images, adv, labels,
@@ -240,11 +289,12 @@ def _add_samples(samples: dict[str, list], indices: list[int], num_samples: int,
 
 def _results(confusion: ConfusionMatrix, parts: list[PerImageStats], component_stats: dict[str, list[PerImageStats]],
              samples: dict[str, list], steps: dict[str, list], batch_indices: list[list[int]], ignore_index: int,
-             seconds: float) -> dict:
+             seconds: float, objects: _ObjectSummaries | None) -> dict:
     """The dict :func:`evaluate` returns, per-image rows and samples put back into dataset order."""
     order = dataset_order(batch_indices)
     sample_order = np.argsort(samples.pop("index", []), kind="stable")
     return {
+        "objects": None if objects is None else objects.in_order(order),
         "metrics": confusion.compute(),
         "per_image": _reorder(PerImageStats.concat(parts), order),
         "components": {k: _reorder(PerImageStats.concat(v), order) for k, v in component_stats.items()},
@@ -273,6 +323,7 @@ def evaluate(
     components: bool = False,
     num_workers: int | None = None,
     batch_offset: int = 0,
+    objects: int | None = None,
 ) -> dict:
     """Evaluate ``model`` on ``dataset``, clean (``attack=None``) or under ``attack``.
 
@@ -300,12 +351,14 @@ def evaluate(
         batch_offset: number of this evaluation's first batch in the random-start streams: a shard of a
             larger evaluation passes the index its first batch has there (:func:`eroseg.shards.shard_subset`),
             so its attacks draw the one-job evaluation's random starts.
+        objects: summarise each image's ground-truth connected components of this connectivity (4 or 8) under
+            the clean prediction, the result and each component (the ``size`` table); None: not.
 
     Returns:
         dict with ``metrics`` (miou, pixel_acc, per_class_iou), ``per_image``
         (:class:`PerImageStats`), ``components`` (name -> :class:`PerImageStats`,
         possibly empty), ``samples`` (dict of arrays, possibly empty), ``steps``
-        (dict of arrays, possibly empty) and ``seconds``.
+        (dict of arrays, possibly empty), ``seconds`` and ``objects`` (the record's ``objects`` field, or None).
     """
     if not isinstance(restarts, int) or restarts < 1:
         raise ValueError(f"restarts must be an integer >= 1, got {restarts!r}")
@@ -316,28 +369,34 @@ def evaluate(
     steps: dict[str, list] = {}
     component_stats: dict[str, list[PerImageStats]] = {}
     batch_indices: list[list[int]] = []
+    summaries = None if objects is None else _ObjectSummaries(objects, ignore_index)
     start = time.perf_counter()
     workers = default_num_workers(device) if num_workers is None else num_workers
     batches = size_bucketed_batches(dataset, batch_size, num_workers=workers)
     for batch_index, (indices, images, labels) in enumerate(batches):
         batch_indices.append(indices)
         images, labels = images.to(device), labels.to(device)
-        adv = images if attack is None else _attack_batch(
+        adv, component_predictions = (images, {}) if attack is None else _attack_batch(
             model, images, labels, attack, component_stats, num_classes=num_classes, ignore_index=ignore_index,
             amp=amp, seed=seed, batch_index=batch_offset + batch_index, restarts=restarts, components=components,
-            callback=_step_recorder(steps) if record_steps and batch_index == 0 else None)
+            callback=_step_recorder(steps) if record_steps and batch_index == 0 else None,
+            keep_predictions=summaries is not None)
         pred = predict(model, adv, amp)
         confusion.update(pred, labels)
         parts.append(per_image_stats(pred, labels, num_classes, ignore_index))
+        if summaries is not None:
+            summaries.add(labels, pred if attack is None else predict(model, images, amp), pred,
+                          component_predictions)
         _add_samples(samples, indices, num_samples, model=model, images=images, adv=adv, labels=labels, pred=pred,
                      amp=amp, attacked=attack is not None)
     seconds = time.perf_counter() - start
-    return _results(confusion, parts, component_stats, samples, steps, batch_indices, ignore_index, seconds)
+    return _results(confusion, parts, component_stats, samples, steps, batch_indices, ignore_index, seconds,
+                    summaries)
 
 
 # ------------------------------------------------------------- evaluation jobs
 #: Keys of one entry of ``eroseg evaluate --settings``.
-SETTING_KEYS = ("setting", "attack", "params", "params_file", "restarts", "out")
+SETTING_KEYS = ("setting", "attack", "params", "params_file", "restarts", "objects", "out")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -350,6 +409,8 @@ class EvalSetting:
         params: the attack's parameters (a tuning file's choice laid over them).
         restarts: runs of the attack per image (the per-image worst is kept).
         out: path of the evaluation JSON.
+        objects: connectivity (4 or 8) of the ground-truth components summarised per image (the record's
+            ``objects``, read by the ``size`` table); None: none. In JSON ``{"connectivity": 4}``.
     """
 
     setting: str
@@ -357,6 +418,7 @@ class EvalSetting:
     params: dict
     restarts: int
     out: str
+    objects: int | None = None
 
     @classmethod
     def from_dict(cls, item: Mapping, where: str) -> EvalSetting:
@@ -364,7 +426,8 @@ class EvalSetting:
 
         Raises:
             ValueError: not an object, no ``out``, an unknown key, ``params`` not an object, ``restarts``
-                not an integer >= 1, or a bad tuning file (each names ``where`` and the key).
+                not an integer >= 1, ``objects`` not ``{"connectivity": 4 or 8}``, or a bad tuning file (each
+                names ``where`` and the key).
         """
         from eroseg.tune import tuned_params
 
@@ -381,7 +444,19 @@ class EvalSetting:
         if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
             raise ValueError(f"{where}.restarts must be an integer >= 1, got {restarts!r}")
         return cls(setting=item.get("setting") or ("clean" if attack == "none" else attack), attack=attack,
-                   params=tuned_params(params, item.get("params_file")), restarts=restarts, out=item["out"])
+                   params=tuned_params(params, item.get("params_file")), restarts=restarts, out=item["out"],
+                   objects=_connectivity(item.get("objects"), f"{where}.objects"))
+
+
+def _connectivity(objects, where: str) -> int | None:
+    """The connectivity of a setting's ``objects`` entry (None: no object summaries)."""
+    if objects is None:
+        return None
+    connectivity = objects.get("connectivity", 4) if isinstance(objects, Mapping) else None
+    if not isinstance(objects, Mapping) or set(objects) - {"connectivity"} or connectivity not in (4, 8) \
+            or isinstance(connectivity, bool):
+        raise ValueError(f"{where} must be null or {{\"connectivity\": 4 or 8}}, got {objects!r}")
+    return int(connectivity)
 
 
 def parse_settings(settings_json: str | None, single: Mapping, *, samples: bool = False) -> list[EvalSetting]:
@@ -443,7 +518,7 @@ def write_evaluations(model: torch.nn.Module, meta: Mapping, dataset, settings: 
         for k, (item, attack) in enumerate(zip(settings, attacks), 1):
             result = evaluate(model, dataset, int(meta["num_classes"]), attack=attack,
                               num_samples=samples_n if samples else 0, record_steps=record_steps,
-                              restarts=item.restarts,
+                              restarts=item.restarts, objects=item.objects,
                               components=attack is not None and attack_has_components(item.attack),
                               **evaluate_options)
             record = _record(item, attack is not None, result, meta, split, source)
@@ -463,7 +538,7 @@ def _record(item: EvalSetting, attacked: bool, result: dict, meta: Mapping, spli
         method=meta.get("method"), seed=meta.get("seed"), setting=item.setting, attack=item.attack,
         attack_params=resolve_attack_params(item.params) if attacked else {}, split=split, checkpoint=source,
         classes=meta.get("classes"), per_image=result["per_image"], components=result["components"],
-        restarts=item.restarts, seconds=result["seconds"], **result["metrics"])
+        restarts=item.restarts, seconds=result["seconds"], objects=result["objects"], **result["metrics"])
 
 
 def _write_samples(path: str, result: dict) -> None:

@@ -121,6 +121,71 @@ def _union_with_segments(components: np.ndarray, n: int, label: np.ndarray, pred
     return (area + touched - hits)[1:]
 
 
+class LabelObjects:
+    """The ground-truth components of one label map, found once and scored against any number of predictions.
+
+    Args:
+        label: ``[H, W]`` ground truth (``ignore_index`` for void).
+        ignore_index: void label.
+        connectivity: 4 or 8.
+
+    Attributes:
+        components: ``[H, W]`` component ids ``1..n`` (0: void).
+        n: number of components.
+        classes, areas: per component, its class and its pixel count.
+    """
+
+    def __init__(self, label, *, ignore_index: int = IGNORE_INDEX, connectivity: int = 4):
+        self.label = np.asarray(label)
+        self.ignore_index, self.connectivity = ignore_index, connectivity
+        self.valid = self.label != ignore_index
+        self.components, self.n = connected_components(_ids(self.label, ignore_index), connectivity)
+        self._flat = self.components.ravel()
+        first_pixel = np.unique(self._flat, return_index=True)[1][1:]
+        self.classes = self.label.ravel()[first_pixel]
+        self.areas = self._count(self._flat > 0)
+
+    def _count(self, mask: np.ndarray) -> np.ndarray:
+        return np.bincount(self._flat[mask], minlength=self.n + 1)[1:]
+
+    def _right(self, pred) -> np.ndarray:
+        pred = np.asarray(pred)
+        if pred.shape != self.label.shape:
+            raise ValueError(f"prediction {pred.shape} and label {self.label.shape} must have one shape")
+        return (self.valid & (pred == self.label)).ravel()
+
+    def scored(self, pred) -> dict[str, np.ndarray]:
+        """Per component: ``correct`` (pixels predicted as its class) and ``union`` (the IoU's denominator)."""
+        return {"correct": self._count(self._right(pred)),
+                "union": _union_with_segments(self.components, self.n, self.label, np.asarray(pred), self.valid,
+                                              self.connectivity)}
+
+    def clean_summary(self, pred_clean) -> dict[str, list[int]]:
+        """JSON-able lists per component: ``class``, ``area``, ``correct``, ``union`` of the clean prediction."""
+        return _ints({"class": self.classes, "area": self.areas, **self.scored(pred_clean)})
+
+    def attacked_summary(self, pred_clean, pred_adv) -> dict[str, list[int]]:
+        """JSON-able lists per component: ``correct``, ``union`` under attack and ``flipped`` (right on the clean
+        image, wrong under attack)."""
+        flipped = self._count(self._right(pred_clean) & ~self._right(pred_adv))
+        return _ints({**self.scored(pred_adv), "flipped": flipped})
+
+
+def _ints(columns: dict) -> dict[str, list[int]]:
+    return {key: [int(v) for v in values] for key, values in columns.items()}
+
+
+def join_summaries(clean: dict, attacked: dict) -> dict[str, list[int]]:
+    """One image's :meth:`LabelObjects.clean_summary` and :meth:`~LabelObjects.attacked_summary` as the fields of
+    :data:`SUMMARY_FIELDS`."""
+    if len(clean["area"]) != len(attacked["correct"]):
+        raise ValueError(f"clean summary of {len(clean['area'])} components and attacked summary of "
+                         f"{len(attacked['correct'])} do not describe one image")
+    return {"class": clean["class"], "area": clean["area"], "correct_clean": clean["correct"],
+            "correct_adv": attacked["correct"], "flipped": attacked["flipped"], "union_clean": clean["union"],
+            "union_adv": attacked["union"]}
+
+
 def component_summary(label: np.ndarray, pred_clean: np.ndarray, pred_adv: np.ndarray, *,
                       ignore_index: int = IGNORE_INDEX, connectivity: int = 4) -> dict[str, list[int]]:
     """Per ground-truth component of one image: class, area and the counts behind its scores.
@@ -142,23 +207,8 @@ def component_summary(label: np.ndarray, pred_clean: np.ndarray, pred_adv: np.nd
     if not label.shape == pred_clean.shape == pred_adv.shape:
         raise ValueError(f"label {label.shape}, clean prediction {pred_clean.shape} and adversarial prediction "
                          f"{pred_adv.shape} must have one shape")
-    valid = label != ignore_index
-    components, n = connected_components(_ids(label, ignore_index), connectivity)
-    flat = components.ravel()
-    right_clean = (valid & (pred_clean == label)).ravel()
-    right_adv = (valid & (pred_adv == label)).ravel()
-    first_pixel = np.unique(flat, return_index=True)[1][1:]
-
-    def count(mask: np.ndarray) -> np.ndarray:
-        return np.bincount(flat[mask], minlength=n + 1)[1:]
-
-    out = {
-        "class": label.ravel()[first_pixel], "area": count(flat > 0), "correct_clean": count(right_clean),
-        "correct_adv": count(right_adv), "flipped": count(right_clean & ~right_adv),
-        "union_clean": _union_with_segments(components, n, label, pred_clean, valid, connectivity),
-        "union_adv": _union_with_segments(components, n, label, pred_adv, valid, connectivity),
-    }
-    return {key: [int(v) for v in out[key]] for key in SUMMARY_FIELDS}
+    objects = LabelObjects(label, ignore_index=ignore_index, connectivity=connectivity)
+    return join_summaries(objects.clean_summary(pred_clean), objects.attacked_summary(pred_clean, pred_adv))
 
 
 def component_frame(summaries: list[dict]) -> pd.DataFrame:

@@ -27,6 +27,8 @@ from eroseg.tune import grid_candidates
 
 #: Defaults of the nullable ``evaluation.checks`` block (the schema cannot fill defaults into a null).
 CHECKS_DEFAULTS = {"restarts": None, "max_restart_gain": 1.0, "seeds": "all"}
+#: ``evaluation.size`` where the config leaves it out (the schema's default): object summaries on, 4-connected.
+SIZE_DEFAULTS = {"connectivity": 4}
 #: Defaults of the nullable ``evaluation.min_norm`` block.
 MIN_NORM_DEFAULTS = {"norm": "linf", "adv_threshold": 0.99, "max_images": None, "batch_size": None, "methods": None,
                      "seeds": "first"}
@@ -69,6 +71,9 @@ class EvaluationPlan:
         self.check_min_norm()
         self.shards = int(self.evaluation.get("shards", 1))
         self.check_tune_split()
+        size = self.evaluation.get("size", SIZE_DEFAULTS)
+        #: Connectivity of the ground-truth components of the ``size`` table (None: ``evaluation.size`` is off).
+        self.size_connectivity = None if size is None else int({**SIZE_DEFAULTS, **size}["connectivity"])
 
     # ------------------------------------------------------------------ numbers and names
     @staticmethod
@@ -379,9 +384,19 @@ class EvaluationPlan:
         setting = self.evaluation["samples"]["attack"]
         return self.attack_params(setting, eps_tag(self.head_eps), self.steps_of(setting, self.head_steps))
 
+    def size_settings(self) -> set[tuple[str, str, int]]:
+        """The (setting, eps tag, steps) whose evaluations keep object summaries: the worst case's settings at the
+        headline (empty when ``evaluation.size`` is off); the clean evaluation keeps them too."""
+        if self.size_connectivity is None:
+            return set()
+        head = eps_tag(self.head_eps)
+        return {(s, head, self.steps_of(s, self.head_steps)) for s in self.report_spec().worst_case_settings()}
+
     def evaluation_settings(self, method, seed) -> list[dict]:
         """The ``--settings`` list of one model's evaluation job (clean first)."""
-        items = [{"setting": "clean", "attack": "none", "out": f"{self.eval_dir(method, seed)}/clean.json"}]
+        objects = {} if self.size_connectivity is None else {"objects": {"connectivity": self.size_connectivity}}
+        items = [{"setting": "clean", "attack": "none", "out": f"{self.eval_dir(method, seed)}/clean.json", **objects}]
+        with_objects = self.size_settings()
         for setting, tag, steps in self.model_settings(method, seed):
             entry = self.settings[setting]
             item = {"setting": setting, "attack": entry["attack"], "params": self.attack_params(setting, tag, steps),
@@ -389,6 +404,8 @@ class EvaluationPlan:
                     "out": self.eval_file(method, seed, setting, tag, steps)}
             if entry.get("tuned"):
                 item["params_file"] = self.tuning_path(setting)
+            if (setting, tag, steps) in with_objects:
+                item.update(objects)
             items.append(item)
         return items
 
@@ -491,6 +508,8 @@ class EvaluationPlan:
                  "--adv-threshold", repr(args["adv_threshold"]), "--batch-size", str(args["batch_size"])]
         words += ["--steps", str(args["steps"])] if args["steps"] else []
         words += ["--max-images", str(args["max_images"])] if args["max_images"] else []
+        if self.size_connectivity is not None:
+            words += ["--objects-eps", repr(self.head_eps), "--connectivity", str(self.size_connectivity)]
         return " ".join(shlex.quote(w) for w in words)
 
     def min_norm_report(self) -> dict | None:
@@ -515,6 +534,7 @@ class EvaluationPlan:
             "ablation": {"method": evaluation["ablation"]["method"],
                          "attacks": [[k, v] for k, v in evaluation["ablation"]["variants"].items()]},
             "tuning": self.tuned_families, "timings": True, "min_norm": self.min_norm_report(),
+            "size": self.size_connectivity is not None,
             "dataset": self.dataset["name"], "dpi": self.config["figures"]["dpi"],
             "per_class": {"method": evaluation["sweep"]["method"], "attacks": evaluation["main_attacks"],
                           "seed": first},

@@ -84,13 +84,34 @@ def _differing_field(records: Sequence[EvalRecord]) -> str | None:
             return name
     if any(set(r.components) != set(records[0].components) for r in records[1:]):
         return "components"
+    if any(_object_layout(r) != _object_layout(records[0]) for r in records[1:]):
+        return "objects"
     return None
+
+
+def _object_layout(record: EvalRecord) -> tuple | None:
+    """What must agree between shards for their object summaries to merge: connectivity and component names."""
+    objects = record.objects
+    return None if objects is None else (objects["connectivity"], sorted(objects["components"]))
+
+
+def _merged_objects(records: Sequence[EvalRecord]) -> dict | None:
+    """The shards' per-image object summaries concatenated in shard order (None: the records have none)."""
+    first = records[0].objects
+    if first is None:
+        return None
+    return {"connectivity": first["connectivity"],
+            "clean": [row for r in records for row in r.objects["clean"]],
+            "adv": [row for r in records for row in r.objects["adv"]],
+            "components": {name: [row for r in records for row in r.objects["components"][name]]
+                           for name in first["components"]}}
 
 
 def merge_records(records: Sequence[EvalRecord]) -> EvalRecord:
     """Merge the records of an evaluation's shards, given in shard order, into the one-job record.
 
-    Per-image counts (and those of every component: SEA's losses, restarts) are
+    Per-image counts (and those of every component: SEA's losses, restarts), and
+    the per-image object summaries where the records have them, are
     concatenated in the given order, which is dataset order when the records
     are those of shards 0, 1, ... of :func:`shard_range`; ``miou``,
     ``pixel_acc`` and ``per_class_iou`` are recomputed from the merged counts.
@@ -105,13 +126,15 @@ def merge_records(records: Sequence[EvalRecord]) -> EvalRecord:
         raise ValueError("merge_records: no shard records given; expected one per shard")
     differing = _differing_field(records)
     if differing is not None:
-        values = [getattr(r, differing) if differing != "components" else sorted(r.components) for r in records]
+        values = [sorted(r.components) if differing == "components" else _object_layout(r)
+                  if differing == "objects" else getattr(r, differing) for r in records]
         raise ValueError(f"merge_records: the shard records differ in {differing!r} ({values}); expected the "
                          "shards of one evaluation (same model, setting, split and parameters)")
     per_image = PerImageStats.concat([r.per_image for r in records])
     components = {name: PerImageStats.concat([r.components[name] for r in records]) for name in records[0].components}
     return dataclasses.replace(records[0], per_image=per_image, components=components,
-                               seconds=float(sum(r.seconds for r in records)), **per_image.scores())
+                               objects=_merged_objects(records), seconds=float(sum(r.seconds for r in records)),
+                               **per_image.scores())
 
 
 def merge_record_files(paths: Sequence[str | Path], out: str | Path) -> EvalRecord:

@@ -210,6 +210,24 @@ def test_evaluate_min_norm_record():
         stats_at_eps(record, 0.2)
 
 
+def test_min_norm_record_keeps_object_summaries_at_one_eps():
+    torch.set_num_threads(1)
+    images, labels = linear_batch(n=3)
+    labels[1, :2] = 255  # another void count: the summaries skip void pixels
+    grid = [0.01, 0.05]
+    record = evaluate_min_norm(linear_model(), _Pairs(images, labels), K, attack="alma_prox", eps_grid=grid,
+                               steps=20, params={"lr_init": 0.1}, batch_size=2, objects_eps=0.05, connectivity=8)
+    objects = record["objects"]
+    assert objects["eps"] == 0.05 and objects["connectivity"] == 8 and len(objects["adv"]) == 3
+    at_eps = stats_at_eps(record, 0.05)
+    assert [sum(row["correct"]) for row in objects["adv"]] == list(at_eps.tp.sum(1))
+    assert [sum(row["area"]) for row in objects["clean"]] == list(at_eps.label.sum(1))
+    assert [sum(row["correct"]) for row in objects["clean"]] == [int((labels[i] != 255).sum()) for i in range(3)]
+    with pytest.raises(ValueError, match="objects_eps 0.02 is not on the eps grid"):
+        evaluate_min_norm(linear_model(), _Pairs(images, labels), K, attack="alma_prox", eps_grid=grid, steps=2,
+                          objects_eps=0.02)
+
+
 def _hand_record(method, seed, norms, success, at_eps_tp):
     """A record with 4 images of 10 valid pixels of one class, norms in pixel units (None: failed)."""
     counts = lambda tp: {"tp": [[t] for t in tp], "pred": [[t] for t in tp], "label": [[10]] * 4}  # noqa: E731

@@ -72,12 +72,28 @@ def test_evaluation_settings_and_paths(tests_plan):
     assert tests_plan.training_tuning_file("eroseg_at") == "results/tests/tuning/eroseg.json"
 
 
+def test_object_summaries_on_clean_and_the_headline_worst_case_only(tests_plan, registry_info):
+    items = tests_plan.evaluation_settings("standard", 0)
+    with_objects = {(i["setting"], i["out"].rsplit("/", 1)[-1]) for i in items if "objects" in i}
+    # evaluation.size defaults to 4-connected components; worst_case: fgsm, pgd, eroseg at 8/255 (fgsm 1 step)
+    assert with_objects == {("clean", "clean.json"), ("fgsm", "eps8_steps1.json"), ("pgd", "eps8_steps3.json"),
+                            ("eroseg", "eps8_steps3.json")}
+    assert {i["objects"]["connectivity"] for i in items if "objects" in i} == {4}
+    assert "--objects-eps 0.03137254901960784 --connectivity 4" in tests_plan.min_norm_options("alma_prox")
+    config = load("tests.yaml")
+    config["evaluation"]["size"] = None
+    off = EvaluationPlan(config, registry_info)
+    assert not any("objects" in i for i in off.evaluation_settings("standard", 0))
+    assert "--objects-eps" not in off.min_norm_options("alma_prox")
+    assert "size" not in {t.name for t in off.report_tables()} | {f.name for f in off.report_figures()}
+
+
 def test_outputs_name_the_tables_each_config_enables(tests_plan, registry_info):
     outputs = tests_plan.all_outputs()
     tables = {p.split("/")[-1].rsplit(".", 1)[0] for p in outputs if "/tables/" in p}
     # tests.yaml: tuning grids, checks, claims and minimal-norm runs, but no SEA
     assert tables == {"main", "results", "steps", "eps", "ablation", "timings", "tuning", "checks", "claims",
-                      "verdicts", "min_norm"}
+                      "verdicts", "min_norm", "size"}
     assert "results/tests/figures/erosion.svg" in outputs and "results/tests/data/manifest.csv" in outputs
     default = EvaluationPlan(load("config.yaml"), registry_info)
     default_tables = {t.name for t in default.report_tables()}

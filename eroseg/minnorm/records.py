@@ -73,17 +73,46 @@ def _per_image_fields(result: MinNormResult, seconds_each: float) -> dict[str, l
 
 
 def _attack_batch(model, images, labels, attack: str, settings: dict, eps_grid: list[float], num_classes: int,
-                  ignore_index: int) -> tuple[dict[str, list], PerImageStats, list[PerImageStats]]:
-    """One batch: the attack, its per-image fields, clean counts and counts at each eps."""
+                  ignore_index: int, objects: _Objects | None = None
+                  ) -> tuple[dict[str, list], PerImageStats, list[PerImageStats]]:
+    """One batch: the attack, its per-image fields, clean counts and counts at each eps (and, with ``objects``,
+    the object summaries at its eps)."""
     start = time.perf_counter()
     result = run_min_norm(attack, model, images, labels, ignore_index=ignore_index, **settings)
     seconds_each = (time.perf_counter() - start) / len(images)
     norm = settings.get("norm", "linf")
     with torch.no_grad():
-        clean = per_image_stats(model(images).argmax(1), labels, num_classes, ignore_index)
-        at_eps = [per_image_stats(model(scale_to_eps(images, result.adv, eps, norm)).argmax(1), labels,
-                                  num_classes, ignore_index) for eps in eps_grid]
+        pred_clean = model(images).argmax(1)
+        clean = per_image_stats(pred_clean, labels, num_classes, ignore_index)
+        at_eps = []
+        for eps in eps_grid:
+            pred = model(scale_to_eps(images, result.adv, eps, norm)).argmax(1)
+            at_eps.append(per_image_stats(pred, labels, num_classes, ignore_index))
+            if objects is not None and eps == objects.eps:
+                objects.add(labels, pred_clean, pred)
     return _per_image_fields(result, seconds_each), clean, at_eps
+
+
+class _Objects:
+    """Per-image ground-truth component summaries (:class:`eroseg.objects.LabelObjects`) of the perturbation
+    scaled to one eps of the grid, batch by batch."""
+
+    def __init__(self, eps: float, connectivity: int, ignore_index: int):
+        self.eps, self.connectivity, self.ignore_index = eps, connectivity, ignore_index
+        self.clean: list[dict] = []
+        self.adv: list[dict] = []
+
+    def add(self, labels: torch.Tensor, pred_clean: torch.Tensor, pred_adv: torch.Tensor) -> None:
+        from eroseg.objects import LabelObjects
+
+        for label, clean, adv in zip(*(t.cpu().numpy() for t in (labels, pred_clean, pred_adv))):
+            objects = LabelObjects(label, ignore_index=self.ignore_index, connectivity=self.connectivity)
+            self.clean.append(objects.clean_summary(clean))
+            self.adv.append(objects.attacked_summary(clean, adv))
+
+    def in_order(self, order: np.ndarray) -> dict:
+        return {"eps": self.eps, "connectivity": self.connectivity, "clean": [self.clean[i] for i in order],
+                "adv": [self.adv[i] for i in order]}
 
 
 def _ordered(rows: list[dict[str, list]], order: np.ndarray) -> dict[str, list]:
@@ -105,7 +134,8 @@ def evaluate_min_norm(model: torch.nn.Module, dataset, num_classes: int, *, atta
                       params: dict | None = None, norm: str = "linf", adv_threshold: float = 0.99,
                       steps: int | None = None, batch_size: int = 16, device: torch.device | str = "cpu",
                       seed: int = 0, ignore_index: int = IGNORE_INDEX, max_images: int | None = None,
-                      num_workers: int | None = None) -> dict[str, Any]:
+                      num_workers: int | None = None, objects_eps: float | None = None,
+                      connectivity: int = 4) -> dict[str, Any]:
     """Attack every image once with a minimal-norm attack; keep norms and the counts at each eps of ``eps_grid``.
 
     Args:
@@ -122,6 +152,9 @@ def evaluate_min_norm(model: torch.nn.Module, dataset, num_classes: int, *, atta
         ignore_index: void label.
         max_images: only the first ``max_images`` images.
         num_workers: DataLoader workers (default: 0 on CPU).
+        objects_eps: an eps of ``eps_grid`` at which each image's ground-truth connected components are
+            summarised (:class:`eroseg.objects.LabelObjects`; the ``size`` table's worst case); None: none.
+        connectivity: of those components, 4 or 8.
 
     Returns:
         A JSON-able dict: ``kind`` (``"min_norm"``), ``version``, ``attack``, ``attack_params`` (norm,
@@ -131,16 +164,19 @@ def evaluate_min_norm(model: torch.nn.Module, dataset, num_classes: int, *, atta
         ``fooled_share`` (None: no valid pixels), ``success``, ``seconds`` (the batch's time shared
         equally); ``clean`` and ``at_eps`` (one entry per eps: ``eps``, ``miou``, ``pixel_acc`` and
         ``per_image`` counts ``{"tp", "pred", "label"}``). Each eps scales the attack's best try,
-        successful or not, by ``min(1, eps / perturbation_norm)`` (:func:`scale_to_eps`).
+        successful or not, by ``min(1, eps / perturbation_norm)`` (:func:`scale_to_eps`). With
+        ``objects_eps``, ``objects``: ``eps``, ``connectivity`` and per image (dataset order) the ``clean`` and
+        ``adv`` summaries (the format of ``EvalRecord.objects``).
 
     Raises:
-        ValueError: bad attack arguments or an empty ``eps_grid``.
+        ValueError: bad attack arguments, an empty ``eps_grid`` or ``objects_eps`` off the grid.
     """
     params = dict(params or {})
     attack_arguments(attack, norm, adv_threshold, steps, params)  # refuse bad settings before any work
     grid = [float(e) for e in eps_grid]
     if not grid or any(not e > 0 for e in grid):
         raise ValueError(f"eps_grid must be a non-empty list of budgets > 0, got {eps_grid!r}")
+    objects = _objects_at(objects_eps, grid, connectivity, ignore_index)
     model, dataset, device = prepare_run(model, dataset, device, max_images)
     settings = {"norm": norm, "adv_threshold": adv_threshold, "steps": steps, **params}
     adv_lib_segmentation()  # imported before the clock starts: seconds per image are the attack's own
@@ -152,18 +188,32 @@ def evaluate_min_norm(model: torch.nn.Module, dataset, num_classes: int, *, atta
         batch_indices.append(indices)
         fields, clean_stats, eps_stats = _attack_batch(
             model, images.to(device), labels.to(device), attack, {**settings, "seed": seed + batch_index}, grid,
-            num_classes, ignore_index)
+            num_classes, ignore_index, objects)
         rows.append(fields)
         clean.append(clean_stats)
         for column, stats in zip(at_eps, eps_stats):
             column.append(stats)
     order = dataset_order(batch_indices)
+    extra = {} if objects is None else {"objects": objects.in_order(order)}
     return {
         "kind": RECORD_KIND, "version": RECORD_VERSION, "attack": attack, "attack_params": settings,
         "eps_grid": grid, "num_images": int(len(order)), "seconds": time.perf_counter() - start,
         "per_image": _ordered(rows, order), "clean": _scores(_in_order(clean, order)),
         "at_eps": [{"eps": eps, **_scores(_in_order(column, order))} for eps, column in zip(grid, at_eps)],
+        **extra,
     }
+
+
+def _objects_at(eps: float | None, grid: list[float], connectivity: int, ignore_index: int) -> _Objects | None:
+    """The object summaries to collect at ``eps`` (None: none); ``eps`` must be on ``grid``, within 1e-9."""
+    if eps is None:
+        return None
+    on_grid = [e for e in grid if abs(e - float(eps)) <= 1e-9]
+    if not on_grid:
+        raise ValueError(f"objects_eps {eps!r} is not on the eps grid {grid}")
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity!r}")
+    return _Objects(on_grid[0], connectivity, ignore_index)
 
 
 def _in_order(parts: list[PerImageStats], order: np.ndarray) -> PerImageStats:

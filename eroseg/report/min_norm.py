@@ -3,7 +3,7 @@
 The records (:func:`eroseg.minnorm.evaluate_min_norm`, written by ``eroseg min-norm`` with ``method``,
 ``seed`` and ``setting``) are named by the spec's ``min_norm.files``. At the headline eps, each record's
 perturbation scaled to eps (:func:`eroseg.minnorm.stats_at_eps`) is one more per-image candidate of the
-main table's worst case (:func:`worst_case_with_min_norm`). A record may cover only the first images of the
+main table's worst case (:func:`worst_case_choice`). A record may cover only the first images of the
 evaluated split (``evaluation.min_norm.max_images``): on the others the candidate repeats the first
 candidate of the pool, so it can never win there.
 
@@ -97,8 +97,10 @@ def min_norm_candidates(records: list[dict], method: str, seed: int, eps: float,
     return out
 
 
-def worst_case_with_min_norm(pool: list[EvalRecord], rule: str, candidates_of) -> tuple[float, dict[str, int] | None]:
-    """The worst-case mIoU over ``pool`` with the minimal-norm candidates, and on how many images each won.
+def worst_case_choice(pool: list[EvalRecord], rule: str, candidates_of
+                      ) -> tuple[float, dict[str, int] | None, list[str]]:
+    """The worst-case mIoU over ``pool`` with the minimal-norm candidates, on how many images each won, and the
+    candidate chosen on each image.
 
     ``candidates_of(filler)`` gives the candidates (:func:`min_norm_candidates`) padded with ``filler``. With
     the ``miou`` rule the result is the lower of the worst case with and without them (coordinate descent is a
@@ -106,9 +108,10 @@ def worst_case_with_min_norm(pool: list[EvalRecord], rule: str, candidates_of) -
     rule's per-image choice over the larger pool.
 
     Returns:
-        ``(miou, wins)``: ``wins`` maps each minimal-norm setting to the images whose chosen result is its
-        perturbation (0 everywhere when the worst case without them is kept); None when the model has no
-        minimal-norm record.
+        ``(miou, wins, names)``: ``wins`` maps each minimal-norm setting to the images whose chosen result is
+        its perturbation (0 everywhere when the worst case without them is kept), None when the model has no
+        minimal-norm record; ``names`` is the candidate chosen per image (``setting``, ``setting:component``
+        or ``min_norm:setting``).
     """
     from eroseg.metrics import worst_case_stats
     from eroseg.report.evals import candidates
@@ -116,25 +119,33 @@ def worst_case_with_min_norm(pool: list[EvalRecord], rule: str, candidates_of) -
     base: dict[str, PerImageStats] = {}
     for rec in pool:
         base.update(candidates(rec))
-    chosen, _ = worst_case_stats(base, rule=rule)
+    chosen, names_without = worst_case_stats(base, rule=rule)
     without = chosen.scores()["miou"]
     extra = candidates_of(next(iter(base.values())))
     if not extra:
-        return without, None
+        return without, None, names_without
     chosen, names = worst_case_stats({**base, **extra}, rule=rule)
     with_extra = chosen.scores()["miou"]
     keep_without = rule == "miou" and with_extra >= without
     wins = {name[len(CANDIDATE_PREFIX):]: 0 if keep_without else names.count(name) for name in extra}
-    return (without if keep_without else with_extra), wins
+    return (without, wins, names_without) if keep_without else (with_extra, wins, names)
 
 
 def headline_worst_case(evals, spec: ReportSpec, method: str, seed: int, records: list[dict]
                         ) -> tuple[float, dict[str, int] | None]:
     """One model's worst case at the headline (``spec.worst_case_settings()``) with its minimal-norm candidates."""
+    miou, wins, _ = headline_worst_case_choice(evals, spec, method, seed, records)[1:]
+    return miou, wins
+
+
+def headline_worst_case_choice(evals, spec: ReportSpec, method: str, seed: int, records: list[dict]
+                               ) -> tuple[list[EvalRecord], float, dict[str, int] | None, list[str]]:
+    """:func:`headline_worst_case` with its pool of records and the candidate chosen on each image
+    (:func:`worst_case_choice`)."""
     from eroseg.report.evals import headline_records
 
     pool = headline_records(evals, spec, method, seed, spec.worst_case_settings())
-    return worst_case_with_min_norm(pool, spec.worst_case_rule, lambda filler: min_norm_candidates(
+    return pool, *worst_case_choice(pool, spec.worst_case_rule, lambda filler: min_norm_candidates(
         records, method, seed, spec.headline.eps, filler))
 
 

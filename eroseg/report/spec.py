@@ -247,7 +247,9 @@ class ReportSpec:
     the worst case, SEA added; empty: ``attacks``), ``worst_case_rule``, ``checks``, ``claims``
     (:func:`eroseg.stats.claims_options`; with it the verdicts), ``sweep``, ``ablation``, ``tuning`` (the
     tuned families: the tuning table), ``timings`` (the table of wall times per rule) and ``min_norm``
-    (:class:`MinNorm`: the minimal-norm table and curve, and a candidate of the worst case). A table is written
+    (:class:`MinNorm`: the minimal-norm table and curve, and a candidate of the worst case), ``size`` (the
+    table and figure of robustness by object size, from the object summaries of the clean and worst-case
+    evaluations at the headline). A table is written
     when its block is set (:mod:`eroseg.report.registry`). Figures also read ``dataset`` (class names,
     palette), ``dpi``, ``per_class``, ``samples`` and the two title overrides.
     """
@@ -267,6 +269,7 @@ class ReportSpec:
     tuning: tuple[str, ...] = _check(_names, default=())
     timings: bool = _check(_flag, default=False)
     min_norm: MinNorm | None = _check(_block(MinNorm), default=None)
+    size: bool = _check(_flag, default=False)
     dataset: str = _check(_name, default="synthetic", metadata=FIGURE_ONLY)
     dpi: int = _check(_count, default=120, metadata=FIGURE_ONLY)
     per_class: PerClass | None = _check(_block(PerClass), default=None, metadata=FIGURE_ONLY)

@@ -79,9 +79,10 @@ CODE_DATA = source_hash("data/*.py", "io.py", "conventions.py")
 CODE_TRAIN = source_hash("data/*.py", "io.py", "models.py", "training/*.py", "attacks/*.py", "metrics.py", "numbers.py",
                          "evaluate.py", "seeds.py", "conventions.py")
 CODE_EVAL = source_hash("data/*.py", "io.py", "models.py", "evaluate.py", "attacks/*.py", "metrics.py", "numbers.py",
-                        "conventions.py", "seeds.py", "tune.py", "external.py", "inference.py", "shards.py")
-CODE_AGG = source_hash("aggregate.py", "report/*.py", "stats.py", "evaluate.py", "metrics.py", "io.py", "numbers.py")
-CODE_FIG = source_hash("figures.py", "report/*.py", "aggregate.py", "io.py")
+                        "conventions.py", "seeds.py", "tune.py", "external.py", "inference.py", "shards.py", "objects.py")
+CODE_AGG = source_hash("aggregate.py", "report/*.py", "stats.py", "evaluate.py", "metrics.py", "io.py", "numbers.py",
+                       "objects.py")
+CODE_FIG = source_hash("figures.py", "report/*.py", "aggregate.py", "io.py", "objects.py")
 
 # The attack registry's summary and the DAG-time parameter checks are cached in .snakemake/eroseg/ (or
 # $EROSEG_CACHE_DIR), keyed by the source of eroseg.attacks and eroseg.numbers (see eroseg.plan).

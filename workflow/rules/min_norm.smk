@@ -4,7 +4,7 @@
 # (the min_norm table, the robustness curve, one more worst-case candidate at the headline eps).
 
 CODE_MIN_NORM = source_hash("minnorm/*.py", "data/*.py", "io.py", "models.py", "metrics.py", "numbers.py",
-                            "external.py")
+                            "external.py", "objects.py")
 # What the min_norm table, the curve and the worst-case candidate read (the aggregate and figures rules).
 CODE_MIN_NORM_REPORT = source_hash("minnorm/records.py", "minnorm/tables.py")
 
