@@ -89,8 +89,9 @@ def tick_labels(ax) -> list[str]:
 
 def test_every_figure_written_as_png_and_svg(rendered):
     out, written, kept = rendered
-    # robustness_curve needs minimal-norm records (tests/test_min_norm_report.py draws it)
-    drawn = set(FIGURES) - {"robustness_curve"}
+    # robustness_curve needs minimal-norm records (tests/test_min_norm_report.py draws it), size object summaries
+    # (tests/test_size.py draws it)
+    drawn = set(FIGURES) - {"robustness_curve", "size"}
     assert set(kept) == drawn
     for name in drawn:
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

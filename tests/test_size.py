@@ -180,3 +180,19 @@ def test_the_per_image_stats_of_the_hand_made_records_are_consistent():
     rec = _evals().get("m", 0, "fgsm", EPS, 3)
     assert isinstance(rec.per_image, PerImageStats)
     assert [sum(row["correct"]) for row in rec.objects["adv"]] == list(rec.per_image.tp.sum(1))
+
+
+def test_the_size_figure_draws_one_line_per_method_from_the_records(tmp_path):
+    from eroseg.report import FIGURES
+    from eroseg.report.figures import FigureInputs
+
+    paths = []
+    for rec in _evals().records:
+        rec.write(tmp_path / f"{rec.setting}.json")
+        paths.append(str(tmp_path / f"{rec.setting}.json"))
+    inputs = FigureInputs(spec=ReportSpec.from_dict(SPEC), out_dir=tmp_path / "figures", evals=paths)
+    written = FIGURES["size"].build(inputs)
+    assert sorted(p.name for p in written) == ["size.png", "size.svg"]
+    assert (tmp_path / "figures" / "size.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no evaluation records"):
+        FIGURES["size"].build(FigureInputs(spec=ReportSpec.from_dict(SPEC), out_dir=tmp_path))
