@@ -557,8 +557,9 @@ def _add_evaluate_parser(sub) -> None:
                         help="independent runs of the attack; per image the run with the lowest pixel accuracy is kept")
     parser.add_argument("--settings", default=None, metavar="JSON",
                         help="several settings in one process, as a JSON list of {setting, attack, params, "
-                             "params_file, restarts, out} (replaces --attack/--attack-params/--setting/"
-                             "--restarts/--out)")
+                             "params_file, restarts, objects, out} (replaces --attack/--attack-params/--setting/"
+                             "--restarts/--out; objects: {\"connectivity\": 4} keeps each image's ground-truth "
+                             "component summaries, read by the size table)")
     _attack_run_args(parser, "evaluate")
     parser.add_argument("--max-pixels", type=_non_negative_int, default=None, metavar="N",
                         help="refuse, naming it, an image with more pixels (H x W) than this, before any work "
