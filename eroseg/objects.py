@@ -219,7 +219,8 @@ def component_frame(summaries: list[dict]) -> pd.DataFrame:
             :func:`component_summary`.
 
     Returns:
-        Columns ``method, seed, image, class, area, recall_clean, recall_adv, iou_clean, iou_adv, flipped_share``.
+        Columns ``method, seed, image, class, area, correct_clean, flipped, recall_clean, recall_adv, iou_clean,
+        iou_adv, flipped_share`` (``correct_clean`` and ``flipped`` in pixels).
     """
     rows = []
     for summary in summaries:
@@ -238,7 +239,7 @@ def component_frame(summaries: list[dict]) -> pd.DataFrame:
         frame[f"recall_{when}"] = frame[f"correct_{when}"] / area
         frame[f"iou_{when}"] = frame[f"correct_{when}"] / frame[f"union_{when}"].astype(float)
     frame["flipped_share"] = frame["flipped"] / area
-    return frame.drop(columns=[c for c in SUMMARY_FIELDS if c not in ("class", "area")])
+    return frame.drop(columns=[c for c in SUMMARY_FIELDS if c not in ("class", "area", "correct_clean", "flipped")])
 
 
 def size_terciles(areas) -> tuple[float, float]:
@@ -256,16 +257,21 @@ def tercile_of(areas, edges: tuple[float, float]) -> np.ndarray:
 
 
 def size_table(frame: pd.DataFrame, class_names: list[str] | None = None) -> pd.DataFrame:
-    """Per method, size tercile and class (and ``all``): mean IoU and flipped share of the components.
+    """Per method, size tercile and class (and ``all``): mean IoU and flipped share of the components, and the
+    share of their clean-right pixels that flip.
 
     Args:
         frame: :func:`component_frame` rows (all seeds of every method, over one split).
         class_names: names of the class ids (default: the ids).
 
     Returns:
-        Columns ``method, tercile, class, components, area_range, iou_clean, iou_adv, recall_clean, recall_adv,
-        flipped_share`` (means over components and seeds, in percent). The tercile edges come from the areas of
-        all rows, so every method is cut at the same areas.
+        Rows by method (in the order of their first row in ``frame``), tercile and class (``all`` first); columns
+        ``method, tercile, class, components, area_range, iou_clean, iou_adv, recall_clean, recall_adv,
+        flipped_share, flipped_of_right`` (in percent): means over components and seeds, and
+        ``flipped_of_right``, the flipped pixels over the pixels right on the clean image, pooled over the group's
+        components (a small object that is mostly wrong on the clean image has little left to flip: this column
+        asks how much of what was right the attack took). The tercile edges come from the areas of all rows, so
+        every method is cut at the same areas.
     """
     if frame.empty:
         raise ValueError("size table: no components")
@@ -277,17 +283,23 @@ def size_table(frame: pd.DataFrame, class_names: list[str] | None = None) -> pd.
     parts = [frame.groupby(["method", "tercile", "class"], sort=False),
              frame.assign(**{"class": "all"}).groupby(["method", "tercile", "class"], sort=False)]
     table = pd.concat([
-        g[scores].mean().mul(100).join(g["area"].agg(["size", "min", "max"])) for g in parts]).reset_index()
+        g[scores].mean().mul(100).join(g["area"].agg(["size", "min", "max"]))
+        .assign(flipped_of_right=100 * g["flipped"].sum() / g["correct_clean"].sum().replace(0, np.nan))
+        for g in parts]).reset_index()
     table["area_range"] = [f"{lo}-{hi}" for lo, hi in zip(table.pop("min"), table.pop("max"))]
     table = table.rename(columns={"size": "components"})
-    table = table.assign(tercile_rank=table["tercile"].map({name: i for i, name in enumerate(TERCILES)}),
+    methods = {name: i for i, name in enumerate(frame["method"].unique())}
+    table = table.assign(method_rank=table["method"].map(methods),
+                         tercile_rank=table["tercile"].map({name: i for i, name in enumerate(TERCILES)}),
                          class_rank=table["class"].map(lambda v: (v != "all", str(v))))
-    table = table.sort_values(["method", "tercile_rank", "class_rank"], kind="stable")
-    return table[["method", "tercile", "class", "components", "area_range", *scores]].reset_index(drop=True)
+    table = table.sort_values(["method_rank", "tercile_rank", "class_rank"], kind="stable")
+    return table[["method", "tercile", "class", "components", "area_range", *scores,
+                  "flipped_of_right"]].reset_index(drop=True)
 
 
 def size_figure(table: pd.DataFrame):
-    """IoU (clean and under attack) and flipped share per size tercile, one line per method (class ``all``).
+    """IoU (clean and under attack) and flipped pixels (of the clean-right ones, and of the area) per size tercile,
+    one line per method (class ``all``).
 
     Returns:
         A matplotlib figure (the caller saves it).
@@ -301,11 +313,14 @@ def size_figure(table: pd.DataFrame):
         rows = rows.set_index("tercile").reindex(list(TERCILES))
         line = ax_iou.plot(x, rows["iou_adv"], marker="o", label=f"{method}")[0]
         ax_iou.plot(x, rows["iou_clean"], marker="o", linestyle=":", color=line.get_color())
-        ax_flip.plot(x, rows["flipped_share"], marker="o", color=line.get_color(), label=method)
-    for ax, ylabel in ((ax_iou, "component IoU (%): attacked solid, clean dotted"), (ax_flip, "flipped share (%)")):
+        ax_flip.plot(x, rows["flipped_of_right"], marker="o", color=line.get_color(), label=method)
+        ax_flip.plot(x, rows["flipped_share"], marker="o", linestyle=":", color=line.get_color())
+    for ax, title in ((ax_iou, "component IoU: attacked (solid), clean (dotted)"),
+                      (ax_flip, "flipped: of the right pixels (solid), of the area (dotted)")):
         ax.set_xticks(x, TERCILES)
         ax.set_xlabel("ground-truth component size tercile")
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel("%")
+        ax.set_title(title, fontsize="small")
         ax.grid(alpha=0.3)
     ax_flip.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
     fig.tight_layout()

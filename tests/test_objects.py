@@ -78,6 +78,8 @@ def test_size_table_on_hand_made_components():
     assert overall.loc["small", "flipped_share"] == pytest.approx(50.0)  # the single car pixel flipped, the tree not
     assert overall.loc["medium", "flipped_share"] == pytest.approx(100 * (0 + 1 / 5 + 0) / 3)
     assert overall.loc["large", "iou_clean"] == pytest.approx(100.0)
+    # every component is right on the clean image: one flipped pixel of medium's 4 + 5 + 5 right pixels
+    assert overall.loc["medium", "flipped_of_right"] == pytest.approx(100 / 14)
     assert list(table["tercile"].drop_duplicates()) == ["small", "medium", "large"]
     assert set(table["class"]) == {"all", "bg", "car", "tree"}
 

@@ -87,7 +87,8 @@ def size_of(evals: Evals, spec: ReportSpec) -> pd.DataFrame:
 def _title(inputs: TableInputs) -> str:
     return ("Robustness by object size: ground-truth connected components in size terciles (area range in pixels), "
             "per class and all; mean component IoU and recall clean and under the worst case at "
-            f"{eps_label(inputs.spec.headline.eps)}, flipped share (%); means over components and seeds")
+            f"{eps_label(inputs.spec.headline.eps)}, flipped share of the area (%), means over components and seeds; "
+            "flipped share of the clean-right pixels (%), pooled")
 
 
 @register_table("size", caption="table_size", enabled=_has_size, title=_title, index=False)
