@@ -405,7 +405,8 @@ def _plan(change=lambda cfg: None):
 
     cfg = load("tests.yaml")
     change(cfg)
-    return EvaluationPlan(cfg, attack_registry(Path(tempfile.mkdtemp(prefix="registry")), "test"))
+    with tempfile.TemporaryDirectory(prefix="registry") as cache:
+        return EvaluationPlan(cfg, attack_registry(Path(cache), "test"))
 
 
 def test_plan_refuses_a_tune_split_it_does_not_carve_and_reporting_on_tune():
