@@ -183,14 +183,14 @@ class _ComponentStats:
         self.num_classes, self.ignore_index = num_classes, ignore_index
         self.parts: dict[str, PerImageStats] = {}
         self.keep_predictions = keep_predictions
-        self.predictions: dict[str, torch.Tensor] = {}  # name -> [B, H, W] (kept for the object summaries)
+        self.predictions: dict[str, torch.Tensor] = {}  # name -> [B, H, W] on the CPU (for the object summaries)
 
     def __call__(self, name: str, adv: torch.Tensor) -> PerImageStats:
         pred = predict(self.model, adv, self.amp)
         stats = per_image_stats(pred, self.labels, self.num_classes, self.ignore_index)
         self.parts[name] = stats
-        if self.keep_predictions:
-            self.predictions[name] = pred
+        if self.keep_predictions:  # on the host, 2 bytes a pixel: SEA keeps four maps of each batch
+            self.predictions[name] = pred.to(device="cpu", dtype=torch.int16)
         return stats
 
 
