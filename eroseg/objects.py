@@ -48,29 +48,73 @@ TERCILES = ("small", "medium", "large")
 SUMMARY_FIELDS = ("class", "area", "correct_clean", "correct_adv", "flipped", "union_clean", "union_adv")
 
 
-def _neighbour_pairs(same: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
-    """Flat indices of neighbouring pixel pairs that belong together (``same`` [H, W] holds the region ids)."""
-    h, w = same.shape
-    idx = np.arange(h * w).reshape(h, w)
-    shifts = [((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
-              ((slice(None, -1), slice(None)), (slice(1, None), slice(None)))]
+def _row_runs(regions: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Runs of equal values along each row of ``regions`` [H, W], in row-major order.
+
+    Returns:
+        ``(rows, starts, ends, values)``: per run its row, first column, column after its last, and value; the
+        runs of a row cover it from column 0 to W.
+    """
+    h, w = regions.shape
+    change = np.ones((h, w), dtype=bool)
+    change[:, 1:] = regions[:, 1:] != regions[:, :-1]
+    rows, starts = np.nonzero(change)
+    ends = np.append(starts[1:], w)
+    ends[np.append(rows[1:] != rows[:-1], True)] = w
+    return rows, starts, ends, regions[rows, starts]
+
+
+def _run_pairs(rows, starts, ends, values, width: int, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of runs in consecutive rows that touch and hold the same value >= 0.
+
+    Two runs of rows r and r + 1 share a column exactly when one of them starts inside the other, so looking up,
+    at every run start, the run of the other row that holds that column finds every overlapping pair. With
+    8-connectivity, runs that touch only at a corner are found from the column before each upper run and the
+    column after it, looked up in the row below.
+    """
+    keys = rows * (width + 1) + starts  # sorted: row-major
+
+    def run_at(row, column):
+        return np.searchsorted(keys, row * (width + 1) + column, side="right") - 1
+
+    upper = rows < rows.max()
+    lower = rows > 0
+    pairs = [(np.flatnonzero(upper), run_at(rows[upper] + 1, starts[upper])),  # lower runs holding an upper start
+             (run_at(rows[lower] - 1, starts[lower]), np.flatnonzero(lower))]  # upper runs holding a lower start
     if connectivity == 8:
-        shifts += [((slice(None, -1), slice(None, -1)), (slice(1, None), slice(1, None))),
-                   ((slice(None, -1), slice(1, None)), (slice(1, None), slice(None, -1)))]
-    sources, targets = [], []
-    for first, second in shifts:
-        joined = (same[first] == same[second]) & (same[first] >= 0)
-        sources.append(idx[first][joined])
-        targets.append(idx[second][joined])
-    return np.concatenate(sources), np.concatenate(targets)
+        before = upper & (starts > 0)
+        after = upper & (ends < width)
+        pairs += [(np.flatnonzero(before), run_at(rows[before] + 1, starts[before] - 1)),
+                  (np.flatnonzero(after), run_at(rows[after] + 1, ends[after]))]
+    first = np.concatenate([a for a, _ in pairs])
+    second = np.concatenate([b for _, b in pairs])
+    joined = (values[first] == values[second]) & (values[first] >= 0)
+    return first[joined], second[joined]
+
+
+def _roots(n: int, sources: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Union-find over ``n`` nodes joined by the edges ``sources``-``targets``: each node's root, the smallest node
+    of its set (hooking onto the smaller root, then pointer jumping, vectorised over all edges at once)."""
+    parent = np.arange(n)
+    while True:
+        root_s, root_t = parent[sources], parent[targets]
+        differ = root_s != root_t
+        if not differ.any():
+            return parent
+        np.minimum.at(parent, np.maximum(root_s, root_t)[differ], np.minimum(root_s, root_t)[differ])
+        while True:  # pointer jumping until every node points at its root
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                break
+            parent = jumped
 
 
 def connected_components(regions: np.ndarray, connectivity: int = 4) -> tuple[np.ndarray, int]:
     """Connected components of each region of an integer map (pixels < 0 belong to none).
 
-    Union-find with hooking onto the smaller root and pointer jumping,
-    vectorised over all pixel pairs at once (numpy only), so a large label map
-    takes a few dozen array passes rather than a Python loop over pixels.
+    Works on the runs of equal values along the rows (a segmentation map of 1024x2048 pixels has a few
+    tens of thousands): runs of consecutive rows that touch are joined by a vectorised union-find
+    (numpy only), and the component ids are painted back run by run.
 
     Args:
         regions: ``[H, W]`` integer map; neighbours with the same value >= 0 are joined.
@@ -84,24 +128,16 @@ def connected_components(regions: np.ndarray, connectivity: int = 4) -> tuple[np
     regions = np.asarray(regions)
     if regions.ndim != 2:
         raise ValueError(f"expected a [H, W] map, got shape {regions.shape}")
-    sources, targets = _neighbour_pairs(regions, connectivity)
-    parent = np.arange(regions.size)
-    while True:
-        root_s, root_t = parent[sources], parent[targets]
-        differ = root_s != root_t
-        if not differ.any():
-            break
-        np.minimum.at(parent, np.maximum(root_s, root_t)[differ], np.minimum(root_s, root_t)[differ])
-        while True:  # pointer jumping until every pixel points at its root
-            jumped = parent[parent]
-            if np.array_equal(jumped, parent):
-                break
-            parent = jumped
-    inside = regions.ravel() >= 0
-    _, ids = np.unique(parent[inside], return_inverse=True)
-    components = np.zeros(regions.size, dtype=np.int64)
-    components[inside] = ids.ravel() + 1
-    return components.reshape(regions.shape), int(ids.max() + 1) if ids.size else 0
+    if regions.size == 0:
+        return np.zeros(regions.shape, dtype=np.int64), 0
+    rows, starts, ends, values = _row_runs(regions)
+    parent = _roots(len(rows), *_run_pairs(rows, starts, ends, values, regions.shape[1], connectivity))
+    inside = values >= 0
+    _, ids = np.unique(parent[inside], return_inverse=True)  # roots are first runs: ids in order of first pixel
+    run_ids = np.zeros(len(rows), dtype=np.int64)
+    run_ids[inside] = ids.ravel() + 1
+    components = np.repeat(run_ids, ends - starts).reshape(regions.shape)
+    return components, int(ids.max() + 1) if ids.size else 0
 
 
 def _ids(label: np.ndarray, ignore_index: int) -> np.ndarray:
@@ -141,8 +177,9 @@ class LabelObjects:
         self.valid = self.label != ignore_index
         self.components, self.n = connected_components(_ids(self.label, ignore_index), connectivity)
         self._flat = self.components.ravel()
-        first_pixel = np.unique(self._flat, return_index=True)[1][1:]
-        self.classes = self.label.ravel()[first_pixel]
+        classes = np.zeros(self.n + 1, dtype=np.int64)
+        classes[self._flat] = self.label.ravel()  # every pixel of a component holds its class: any write will do
+        self.classes = classes[1:]
         self.areas = self._count(self._flat > 0)
 
     def _count(self, mask: np.ndarray) -> np.ndarray:

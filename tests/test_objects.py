@@ -44,6 +44,42 @@ def test_spiral_is_one_component():
     assert len(np.unique(components[grid == 1])) == 1
 
 
+def _flood_fill(regions: np.ndarray, connectivity: int) -> np.ndarray:
+    """Reference labelling: breadth-first flood fill from each unlabelled pixel in raster order (slow, plain)."""
+    h, w = regions.shape
+    steps = [(0, 1), (1, 0), (0, -1), (-1, 0)]
+    steps += [(1, 1), (1, -1), (-1, 1), (-1, -1)] if connectivity == 8 else []
+    out = np.zeros((h, w), dtype=np.int64)
+    n = 0
+    for y in range(h):
+        for x in range(w):
+            if regions[y, x] < 0 or out[y, x]:
+                continue
+            n += 1
+            out[y, x] = n
+            queue = [(y, x)]
+            while queue:
+                cy, cx = queue.pop()
+                for dy, dx in steps:
+                    ny, nx = cy + dy, cx + dx
+                    if 0 <= ny < h and 0 <= nx < w and not out[ny, nx] and regions[ny, nx] == regions[y, x]:
+                        out[ny, nx] = n
+                        queue.append((ny, nx))
+    return out
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+@pytest.mark.parametrize("shape, classes, seed", [((1, 9), 2, 0), ((9, 1), 2, 1), ((13, 17), 3, 2),
+                                                  ((20, 20), 2, 3), ((16, 24), 5, 4)])
+def test_connected_components_equal_a_flood_fill(shape, classes, seed, connectivity):
+    rng = np.random.default_rng(seed)
+    regions = rng.integers(-1, classes, size=shape)  # -1: void, scattered
+    components, n = connected_components(regions, connectivity)
+    expected = _flood_fill(regions, connectivity)
+    assert n == expected.max()
+    assert np.array_equal(components, expected)  # same ids too: numbered in order of first pixel
+
+
 def test_component_summary_scores():
     clean = LABEL.copy()
     clean[clean == 255] = 0
