@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from eroseg.io import (
 from eroseg.metrics import IGNORE_INDEX, ConfusionMatrix, PerImageStats, per_image_stats
 from eroseg.numbers import resolve_attack_params
 from eroseg.seeds import evaluation_generator
+
+if TYPE_CHECKING:  # eroseg.objects imports pandas: loaded only when summaries are asked for
+    from eroseg.objects import ObjectSummaries
 
 log = logging.getLogger(__name__)
 
@@ -194,36 +197,6 @@ class _ComponentStats:
         return stats
 
 
-class _ObjectSummaries:
-    """Per-image summaries of the ground-truth components (:class:`eroseg.objects.LabelObjects`), batch by batch:
-    the clean prediction's, the result's and each component's (SEA's losses, restarts)."""
-
-    def __init__(self, connectivity: int, ignore_index: int):
-        self.connectivity, self.ignore_index = connectivity, ignore_index
-        self.clean: list[dict] = []
-        self.adv: list[dict] = []
-        self.components: dict[str, list[dict]] = {}
-
-    def add(self, labels: torch.Tensor, pred_clean: torch.Tensor, pred_adv: torch.Tensor,
-            component_predictions: Mapping[str, torch.Tensor]) -> None:
-        from eroseg.objects import LabelObjects
-
-        labels, pred_clean, pred_adv = (t.cpu().numpy() for t in (labels, pred_clean, pred_adv))
-        parts = {name: pred.cpu().numpy() for name, pred in component_predictions.items()}
-        for j, label in enumerate(labels):
-            objects = LabelObjects(label, ignore_index=self.ignore_index, connectivity=self.connectivity)
-            self.clean.append(objects.clean_summary(pred_clean[j]))
-            self.adv.append(objects.attacked_summary(pred_clean[j], pred_adv[j]))
-            for name, pred in parts.items():
-                self.components.setdefault(name, []).append(objects.attacked_summary(pred_clean[j], pred[j]))
-
-    def in_order(self, order: np.ndarray) -> dict:
-        """The summaries in dataset order (``order``: :func:`eroseg.data.batching.dataset_order`)."""
-        return {"connectivity": self.connectivity, "clean": [self.clean[i] for i in order],
-                "adv": [self.adv[i] for i in order],
-                "components": {name: [rows[i] for i in order] for name, rows in self.components.items()}}
-
-
 def _run_attack(model, images, labels, attack, *, seed, batch_index, restarts, components, callback,
                 parts) -> torch.Tensor:
     """One batch under ``attack``; with restarts, per image the run with the lowest pixel accuracy (ties: first)."""
@@ -289,7 +262,7 @@ def _add_samples(samples: dict[str, list], indices: list[int], num_samples: int,
 
 def _results(confusion: ConfusionMatrix, parts: list[PerImageStats], component_stats: dict[str, list[PerImageStats]],
              samples: dict[str, list], steps: dict[str, list], batch_indices: list[list[int]], ignore_index: int,
-             seconds: float, objects: _ObjectSummaries | None) -> dict:
+             seconds: float, objects: ObjectSummaries | None) -> dict:
     """The dict :func:`evaluate` returns, per-image rows and samples put back into dataset order."""
     order = dataset_order(batch_indices)
     sample_order = np.argsort(samples.pop("index", []), kind="stable")
@@ -369,7 +342,9 @@ def evaluate(
     steps: dict[str, list] = {}
     component_stats: dict[str, list[PerImageStats]] = {}
     batch_indices: list[list[int]] = []
-    summaries = None if objects is None else _ObjectSummaries(objects, ignore_index)
+    if objects is not None:
+        from eroseg.objects import ObjectSummaries
+    summaries = None if objects is None else ObjectSummaries(objects, ignore_index)
     start = time.perf_counter()
     workers = default_num_workers(device) if num_workers is None else num_workers
     batches = size_bucketed_batches(dataset, batch_size, num_workers=workers)

@@ -208,6 +208,42 @@ class LabelObjects:
         return _ints({**self.scored(pred_adv), "flipped": flipped})
 
 
+class ObjectSummaries:
+    """Per-image summaries of the ground-truth components, gathered batch by batch: the clean prediction's
+    (:meth:`LabelObjects.clean_summary`), the result's and each named component's (SEA's losses, restarts;
+    :meth:`LabelObjects.attacked_summary`). The ``objects`` field of an evaluation record."""
+
+    def __init__(self, connectivity: int, ignore_index: int = IGNORE_INDEX):
+        if connectivity not in (4, 8):
+            raise ValueError(f"connectivity must be 4 or 8, got {connectivity!r}")
+        self.connectivity, self.ignore_index = connectivity, ignore_index
+        self.clean: list[dict] = []
+        self.adv: list[dict] = []
+        self.components: dict[str, list[dict]] = {}
+
+    def add(self, labels, pred_clean, pred_adv, component_predictions=None) -> None:
+        """One batch: ``[B, H, W]`` labels and predictions (tensors or arrays), components by name."""
+        labels, pred_clean, pred_adv = (_numpy(t) for t in (labels, pred_clean, pred_adv))
+        parts = {name: _numpy(pred) for name, pred in (component_predictions or {}).items()}
+        for j, label in enumerate(labels):
+            objects = LabelObjects(label, ignore_index=self.ignore_index, connectivity=self.connectivity)
+            self.clean.append(objects.clean_summary(pred_clean[j]))
+            self.adv.append(objects.attacked_summary(pred_clean[j], pred_adv[j]))
+            for name, pred in parts.items():
+                self.components.setdefault(name, []).append(objects.attacked_summary(pred_clean[j], pred[j]))
+
+    def in_order(self, order) -> dict:
+        """``connectivity`` and the summaries in dataset order (``order``: rows as gathered, e.g.
+        :func:`eroseg.data.batching.dataset_order`)."""
+        return {"connectivity": self.connectivity, "clean": [self.clean[i] for i in order],
+                "adv": [self.adv[i] for i in order],
+                "components": {name: [rows[i] for i in order] for name, rows in self.components.items()}}
+
+
+def _numpy(values) -> np.ndarray:
+    return values.cpu().numpy() if hasattr(values, "cpu") else np.asarray(values)
+
+
 def _ints(columns: dict) -> dict[str, list[int]]:
     return {key: [int(v) for v in values] for key, values in columns.items()}
 

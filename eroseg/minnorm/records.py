@@ -12,7 +12,7 @@ each eps (:func:`stats_at_eps`) like any other attack.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ from eroseg.minnorm.attacks import (
     perturbation_norms,
     run_min_norm,
 )
+
+if TYPE_CHECKING:  # eroseg.objects imports pandas: loaded only when summaries are asked for
+    from eroseg.objects import ObjectSummaries
 
 #: ``kind`` field of a minimal-norm record (evaluation records of fixed-budget attacks have none).
 RECORD_KIND = "min_norm"
@@ -73,7 +76,7 @@ def _per_image_fields(result: MinNormResult, seconds_each: float) -> dict[str, l
 
 
 def _attack_batch(model, images, labels, attack: str, settings: dict, eps_grid: list[float], num_classes: int,
-                  ignore_index: int, objects: _Objects | None = None
+                  ignore_index: int, objects: tuple[float, ObjectSummaries] | None = None
                   ) -> tuple[dict[str, list], PerImageStats, list[PerImageStats]]:
     """One batch: the attack, its per-image fields, clean counts and counts at each eps (and, with ``objects``,
     the object summaries at its eps)."""
@@ -88,31 +91,9 @@ def _attack_batch(model, images, labels, attack: str, settings: dict, eps_grid: 
         for eps in eps_grid:
             pred = model(scale_to_eps(images, result.adv, eps, norm)).argmax(1)
             at_eps.append(per_image_stats(pred, labels, num_classes, ignore_index))
-            if objects is not None and eps == objects.eps:
-                objects.add(labels, pred_clean, pred)
+            if objects is not None and eps == objects[0]:
+                objects[1].add(labels, pred_clean, pred)
     return _per_image_fields(result, seconds_each), clean, at_eps
-
-
-class _Objects:
-    """Per-image ground-truth component summaries (:class:`eroseg.objects.LabelObjects`) of the perturbation
-    scaled to one eps of the grid, batch by batch."""
-
-    def __init__(self, eps: float, connectivity: int, ignore_index: int):
-        self.eps, self.connectivity, self.ignore_index = eps, connectivity, ignore_index
-        self.clean: list[dict] = []
-        self.adv: list[dict] = []
-
-    def add(self, labels: torch.Tensor, pred_clean: torch.Tensor, pred_adv: torch.Tensor) -> None:
-        from eroseg.objects import LabelObjects
-
-        for label, clean, adv in zip(*(t.cpu().numpy() for t in (labels, pred_clean, pred_adv))):
-            objects = LabelObjects(label, ignore_index=self.ignore_index, connectivity=self.connectivity)
-            self.clean.append(objects.clean_summary(clean))
-            self.adv.append(objects.attacked_summary(clean, adv))
-
-    def in_order(self, order: np.ndarray) -> dict:
-        return {"eps": self.eps, "connectivity": self.connectivity, "clean": [self.clean[i] for i in order],
-                "adv": [self.adv[i] for i in order]}
 
 
 def _ordered(rows: list[dict[str, list]], order: np.ndarray) -> dict[str, list]:
@@ -194,7 +175,7 @@ def evaluate_min_norm(model: torch.nn.Module, dataset, num_classes: int, *, atta
         for column, stats in zip(at_eps, eps_stats):
             column.append(stats)
     order = dataset_order(batch_indices)
-    extra = {} if objects is None else {"objects": objects.in_order(order)}
+    extra = {} if objects is None else {"objects": {"eps": objects[0], **objects[1].in_order(order)}}
     return {
         "kind": RECORD_KIND, "version": RECORD_VERSION, "attack": attack, "attack_params": settings,
         "eps_grid": grid, "num_images": int(len(order)), "seconds": time.perf_counter() - start,
@@ -204,16 +185,17 @@ def evaluate_min_norm(model: torch.nn.Module, dataset, num_classes: int, *, atta
     }
 
 
-def _objects_at(eps: float | None, grid: list[float], connectivity: int, ignore_index: int) -> _Objects | None:
+def _objects_at(eps: float | None, grid: list[float], connectivity: int, ignore_index: int
+                ) -> tuple[float, ObjectSummaries] | None:
     """The object summaries to collect at ``eps`` (None: none); ``eps`` must be on ``grid``, within 1e-9."""
     if eps is None:
         return None
+    from eroseg.objects import ObjectSummaries
+
     on_grid = [e for e in grid if abs(e - float(eps)) <= 1e-9]
     if not on_grid:
         raise ValueError(f"objects_eps {eps!r} is not on the eps grid {grid}")
-    if connectivity not in (4, 8):
-        raise ValueError(f"connectivity must be 4 or 8, got {connectivity!r}")
-    return _Objects(on_grid[0], connectivity, ignore_index)
+    return on_grid[0], ObjectSummaries(connectivity, ignore_index)  # refuses a connectivity other than 4 or 8
 
 
 def _in_order(parts: list[PerImageStats], order: np.ndarray) -> PerImageStats:
